@@ -1,0 +1,1 @@
+//! sizespec agent: everything that touches a GPU (or the CPU as one).

@@ -1,0 +1,4 @@
+//! `agent` command line.
+fn main() {
+    println!("sizespec agent: not yet implemented");
+}

@@ -1,0 +1,1 @@
+//! sizespec coordinator: plans, places and journals model tasks; aggregates results. Never links candle.

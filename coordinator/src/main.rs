@@ -1,0 +1,4 @@
+//! `coordinator` command line.
+fn main() {
+    println!("sizespec coordinator: not yet implemented");
+}

@@ -1,0 +1,1 @@
+//! sizespec shared domain: pure logic and types, no candle, no tonic.

@@ -1,0 +1,1 @@
+//! sizespec end-to-end test helpers: start a coordinator and N agents in one process on loopback.
