@@ -79,3 +79,50 @@ pub enum ProgressEvent {
     /// Free-form stage change ("loading", "quantising", "saving adapter", ...).
     Stage { name: String },
 }
+
+/// A model as a task sees it (resolved from the config by the planner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Results key stem: `LLM_Llama-8B`, `SLM_Qwen-3B`.
+    pub key: String,
+    /// Hub id, local HF folder, or `.gguf` path.
+    pub name: String,
+    pub revision: Option<String>,
+    /// "Llama-8B", "Qwen-3B".
+    pub label: String,
+    /// "8B", "3B".
+    pub size: String,
+    pub role: ModelRole,
+    pub quantization: Quantization,
+}
+
+/// What an evaluation task needs besides the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPayload {
+    pub samples: Vec<crate::dataset::Record>,
+    pub prompt: crate::config::PromptConfig,
+    pub generation: crate::config::GenerationConfig,
+    /// Artifact name of the PEFT adapter to apply, for a finetuned SLM.
+    pub adapter: Option<String>,
+}
+
+/// What a finetuning task needs besides the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetunePayload {
+    pub train: Vec<crate::dataset::Record>,
+    pub validation: Vec<crate::dataset::Record>,
+    pub prompt: crate::config::PromptConfig,
+    pub lora: crate::config::LoraConfig,
+    pub training: crate::config::TrainingConfig,
+}
+
+/// A task as handed to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub id: TaskId,
+    pub kind: TaskKind,
+    pub model: ModelSpec,
+    pub depends_on: Vec<TaskId>,
+    /// Estimated peak device memory, MiB (see `plan`).
+    pub estimate_mib: u64,
+}
