@@ -1,1 +1,2 @@
 //! sizespec coordinator: plans, places and journals model tasks; aggregates results. Never links candle.
+pub mod report;
