@@ -171,6 +171,36 @@ pub fn messages(cfg: &PromptConfig, dialogue: &str) -> Vec<ChatMessage> {
     out
 }
 
+/// The assistant's target answer for training: `{code}` is the dotted code, `{code_undotted}` the
+/// normalised one, `{description}` the code's description.
+pub fn answer(cfg: &PromptConfig, code: &str, description: &str) -> String {
+    let normalized = crate::icd10::normalize(code);
+    let dotted = crate::icd10::dotted(&normalized);
+    render(
+        &cfg.answer_template,
+        &[
+            ("code", &dotted),
+            ("code_undotted", &normalized),
+            ("description", description),
+        ],
+    )
+}
+
+/// [`messages`] followed by the assistant's [`answer`]: a full training conversation.
+pub fn training_messages(
+    cfg: &PromptConfig,
+    dialogue: &str,
+    code: &str,
+    description: &str,
+) -> Vec<ChatMessage> {
+    let mut out = messages(cfg, dialogue);
+    out.push(ChatMessage::new(
+        Role::Assistant,
+        answer(cfg, code, description),
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +295,32 @@ mod tests {
             }
         ));
         validate(&cfg("s", "{dialogue}", "{code_undotted} - {description}")).unwrap();
+    }
+    #[test]
+    fn answer_uses_the_dotted_code_by_default() {
+        let c = PromptConfig::default();
+        assert_eq!(answer(&c, "S72001A", "Fracture"), "S72.001A");
+        assert_eq!(answer(&c, "u071", "COVID-19"), "U07.1");
+        assert_eq!(answer(&c, "I10", "Essential hypertension"), "I10");
+        let c = cfg("s", "{dialogue}", "{code} ({code_undotted}): {description}");
+        let a = answer(
+            &c,
+            "E11.9",
+            "Type 2 diabetes mellitus without complications {code}",
+        );
+        assert_eq!(
+            a,
+            "E11.9 (E119): Type 2 diabetes mellitus without complications {code}"
+        );
+    }
+
+    #[test]
+    fn training_messages_end_with_the_answer() {
+        let c = PromptConfig::default();
+        let m = training_messages(&c, "Patient: I cough.", "J20.9", "Acute bronchitis");
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[..2], messages(&c, "Patient: I cough.")[..]);
+        assert_eq!(m[2], ChatMessage::new(Role::Assistant, "J20.9"));
+        assert!(m.iter().all(|msg| !has_unreplaced(&msg.content)));
     }
 }
