@@ -1,0 +1,185 @@
+//! Per-batch attention context (positions and masks for left-padded batches) and the KV cache.
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{AgentError, Result};
+
+/// What every layer needs to know about the batch being run.
+///
+/// Batches are **left-padded**: row `r` has `pads[r]` padding columns before its first real token.
+/// Columns are counted in the padded layout, including those already in the KV cache (`offset`).
+/// A real token's position is its column minus the row's padding, so each row starts at position 0.
+/// Attention is causal, padded keys are masked, and a padding query attends only to itself (so its
+/// row stays finite; its output is never used).
+#[derive(Debug, Clone)]
+pub struct AttnCtx {
+    /// Left padding per row.
+    pub pads: Vec<usize>,
+    /// Columns already in the KV cache before this call.
+    pub offset: usize,
+    /// Columns in this call.
+    pub seq_len: usize,
+    /// `[b, t, head_dim / 2]` in the model's dtype.
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    /// Additive f32 mask `[b or 1, 1, t, offset + t]`; `None` when nothing is masked.
+    pub(crate) mask: Option<Tensor>,
+}
+
+impl AttnCtx {
+    /// Build the context. `inv_freq`: `[head_dim / 2]` f32 on `device`.
+    pub fn new(
+        pads: &[usize],
+        offset: usize,
+        seq_len: usize,
+        inv_freq: &Tensor,
+        sliding_window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if pads.is_empty() || seq_len == 0 {
+            return Err(AgentError::UnsupportedModel(
+                "attention context for an empty batch".into(),
+            ));
+        }
+        let b = pads.len();
+        let positions: Vec<f32> = pads
+            .iter()
+            .flat_map(|&p| (offset..offset + seq_len).map(move |c| c.saturating_sub(p) as f32))
+            .collect();
+        let positions = Tensor::from_vec(positions, (b, seq_len, 1), device)?;
+        let half = inv_freq.dim(0)?;
+        let freqs = positions.broadcast_mul(&inv_freq.reshape((1, 1, half))?)?;
+        let cos = freqs.cos()?.to_dtype(dtype)?;
+        let sin = freqs.sin()?.to_dtype(dtype)?;
+        let total = offset + seq_len;
+        let any_pad = pads.iter().any(|&p| p > 0);
+        let window_bites = sliding_window.is_some_and(|w| total > w + 1);
+        let mask = if !any_pad && seq_len == 1 && !window_bites {
+            None
+        } else {
+            Some(build_mask(pads, offset, seq_len, sliding_window, device)?)
+        };
+        Ok(Self {
+            pads: pads.to_vec(),
+            offset,
+            seq_len,
+            cos,
+            sin,
+            mask,
+        })
+    }
+
+    /// Rows in the batch.
+    pub fn batch(&self) -> usize {
+        self.pads.len()
+    }
+}
+
+/// The mask is built on the device from index comparisons, so a long prefill uploads only the pads.
+fn build_mask(
+    pads: &[usize],
+    offset: usize,
+    seq_len: usize,
+    sliding_window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = pads.len();
+    let total = offset + seq_len;
+    let any_pad = pads.iter().any(|&p| p > 0);
+    let kidx = Tensor::arange(0f32, total as f32, device)?.reshape((1, 1, 1, total))?;
+    let qidx = Tensor::arange(offset as f32, total as f32, device)?.reshape((1, 1, seq_len, 1))?;
+    let mut allowed = kidx.broadcast_le(&qidx)?;
+    if let Some(w) = sliding_window {
+        // HF/candle Mistral: key j is visible from query i when i - j <= window.
+        let near = (&kidx + w as f64)?.broadcast_ge(&qidx)?;
+        allowed = allowed.broadcast_mul(&near)?;
+    }
+    let rows = if any_pad {
+        let pads: Vec<f32> = pads.iter().map(|&p| p as f32).collect();
+        let pads = Tensor::from_vec(pads, (b, 1, 1, 1), device)?;
+        let real_key = kidx.broadcast_ge(&pads)?;
+        allowed = allowed.broadcast_mul(&real_key)?;
+        let diag = kidx.broadcast_eq(&qidx)?;
+        allowed = allowed.broadcast_maximum(&diag)?;
+        b
+    } else {
+        1
+    };
+    let shape = (rows, 1, seq_len, total);
+    let allowed = allowed.broadcast_as(shape)?.contiguous()?;
+    let zero = Tensor::zeros(shape, DType::F32, device)?;
+    let neg = Tensor::full(f32::NEG_INFINITY, shape, device)?;
+    Ok(allowed.where_cond(&zero, &neg)?)
+}
+
+/// One layer's cached keys and values, `[b, kv_heads, columns, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Append this call's keys/values and return the full ones.
+    pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (k, v) = match (&self.k, &self.v) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            _ => (k, v),
+        };
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        Ok((k, v))
+    }
+
+    /// Columns cached.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The KV cache of the whole model: one [`LayerCache`] per layer. Grows by concatenation.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+        }
+    }
+
+    /// Columns cached (the `offset` of the next [`AttnCtx`]).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep only the given batch rows (in this order): lets a generator drop finished sequences.
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(dev) = self
+            .layers
+            .iter()
+            .find_map(|l| l.k.as_ref().map(|k| k.device().clone()))
+        else {
+            return Ok(());
+        };
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &dev)?;
+        for l in &mut self.layers {
+            if let (Some(k), Some(v)) = (&l.k, &l.v) {
+                l.k = Some(k.index_select(&idx, 0)?);
+                l.v = Some(v.index_select(&idx, 0)?);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! `LoraLinear`: a frozen base projection (dense or quantised) plus an optional trainable LoRA pair.
+//!
+//! `y = x·Wᵀ (+ bias) + scale · dropout(x)·Aᵀ·Bᵀ` with `A: [r, in]`, `B: [out, r]` (peft's layout),
+//! `scale = alpha / r`. The base weight is a plain `Tensor` (or a `QMatMul`), never a `Var`, so the
+//! optimiser never sees it. The LoRA pair is kept in f32 whatever the model's dtype.
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::frozen::frozen_matmul;
+
+/// The frozen part of a projection.
+#[derive(Debug, Clone)]
+pub enum BaseWeight {
+    /// `[out, in]` in the model's dtype.
+    Dense(Tensor),
+    /// Quantised weights (inference only: a quantised matmul has no backward pass).
+    Quant(Arc<QMatMul>),
+}
+
+impl BaseWeight {
+    /// `x·Wᵀ` for `x: [..., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => frozen_matmul(x, w),
+            Self::Quant(q) => {
+                // candle's quantised matmul takes f32 activations.
+                let dtype = x.dtype();
+                q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
+            }
+        }
+    }
+
+    /// The weight as a dense tensor of `dtype` (dequantised if needed).
+    pub fn to_dense(&self, dtype: DType) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => w.to_dtype(dtype),
+            Self::Quant(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => t.dequantize(&t.device())?.to_dtype(dtype),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(dtype),
+            },
+        }
+    }
+}
+
+/// Whether the model runs for inference or training (dropout on, differentiable ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Eval,
+    Train,
+}
+
+/// The seeded source of dropout masks. On CPU masks are drawn on the host from a ChaCha stream so a run
+/// is bit-reproducible; on a GPU they are drawn on the device from its seeded generator.
+#[derive(Debug)]
+pub struct DropoutRng {
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Inverted dropout: zero each element with probability `p`, scale the rest by `1 / (1 - p)`.
+    pub fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - p;
+        let mask = match x.device() {
+            Device::Cpu => {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                let n = x.elem_count();
+                let v: Vec<f32> = (0..n)
+                    .map(|_| {
+                        if rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(v, x.shape(), &Device::Cpu)?
+            }
+            dev => {
+                let u = Tensor::rand(0f32, 1f32, x.shape(), dev)?;
+                (u.lt(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?
+            }
+        };
+        x.mul(&mask.to_dtype(x.dtype())?)
+    }
+}
+
+/// A trainable low-rank update.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `[r, in]`, f32.
+    pub a: Var,
+    /// `[out, r]`, f32.
+    pub b: Var,
+    /// `alpha / r`.
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// A projection: frozen base, optional bias, optional LoRA.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    pub base: BaseWeight,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl LoraLinear {
+    pub fn new(base: BaseWeight, bias: Option<Tensor>, in_dim: usize, out_dim: usize) -> Self {
+        Self {
+            base,
+            bias,
+            lora: None,
+            in_dim,
+            out_dim,
+        }
+    }
+
+    /// `x: [..., in]` → `[..., out]`. Dropout on the LoRA input only in [`Mode::Train`].
+    pub fn forward(&self, x: &Tensor, mode: Mode, rng: &DropoutRng) -> Result<Tensor> {
+        let mut y = self.base.forward(x)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xf = x.to_dtype(DType::F32)?;
+            let xf = match mode {
+                Mode::Train => rng.apply(&xf, l.dropout)?,
+                Mode::Eval => xf,
+            };
+            let h = xf.broadcast_matmul(&l.a.as_tensor().t()?)?;
+            let d = (h.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
+            let dtype = y.dtype();
+            y = (y + d.to_dtype(dtype)?)?;
+        }
+        Ok(y)
+    }
+
+    /// Attach a fresh adapter: `A` kaiming-uniform (`a = sqrt(5)`, as peft/`nn.Linear` do: bound
+    /// `1/sqrt(in)`), `B = 0`, so the model's output is unchanged until training moves `B`.
+    pub fn add_lora(
+        &mut self,
+        r: usize,
+        alpha: f64,
+        dropout: f64,
+        rng: &mut ChaCha8Rng,
+        device: &Device,
+    ) -> Result<()> {
+        let bound = 1.0 / (self.in_dim as f64).sqrt();
+        let a: Vec<f32> = (0..r * self.in_dim)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let a = Var::from_tensor(&Tensor::from_vec(a, (r, self.in_dim), device)?)?;
+        let b = Var::zeros((self.out_dim, r), DType::F32, device)?;
+        self.lora = Some(LoraAdapter {
+            a,
+            b,
+            scale: alpha / r as f64,
+            dropout,
+        });
+        Ok(())
+    }
+
+    /// Fold `scale·B·A` into the base weight and drop the adapter (a quantised base is dequantised
+    /// to `dtype` first: merging changes every weight).
+    pub fn merge(&mut self, dtype: DType) -> Result<()> {
+        let Some(l) = self.lora.take() else {
+            return Ok(());
+        };
+        let w = self.base.to_dense(DType::F32)?;
+        let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
+        self.base = BaseWeight::Dense((w + delta)?.to_dtype(dtype)?);
+        Ok(())
+    }
+}

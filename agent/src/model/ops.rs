@@ -1,0 +1,154 @@
+//! The decoder's numeric building blocks (RMSNorm, RoPE, attention, SwiGLU) behind small functions,
+//! so a fused CUDA kernel can replace one later without touching the model.
+//!
+//! Each takes an [`OpPath`]: candle's fused `rms_norm`, `rope` and `softmax_last_dim` have **no backward
+//! pass** (gradients silently stop there), so the trainable path is built from basic ops only.
+use candle_core::{D, DType, Result, Tensor};
+
+/// Which implementation of an op to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpPath {
+    /// candle's fused kernels where they exist: fast, no backward pass (inference only).
+    #[default]
+    Fused,
+    /// Basic ops only, every one with a backward pass (training).
+    Differentiable,
+}
+
+/// RMSNorm over the last dimension, computed in f32 and cast back to `x`'s dtype.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, path: OpPath) -> Result<Tensor> {
+    match path {
+        OpPath::Fused if x.is_contiguous() => candle_nn::ops::rms_norm(x, weight, eps as f32),
+        _ => {
+            let dtype = x.dtype();
+            let xf = x.to_dtype(DType::F32)?;
+            let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+            normed.to_dtype(dtype)?.broadcast_mul(weight)
+        }
+    }
+}
+
+/// Rotary embedding in the HF "rotate half" layout (not interleaved).
+/// `x`: `[b, heads, t, head_dim]`; `cos`, `sin`: `[b, t, head_dim / 2]` (per-row positions).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, path: OpPath) -> Result<Tensor> {
+    match path {
+        OpPath::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
+        OpPath::Differentiable => {
+            let half = x.dim(D::Minus1)? / 2;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, half)?;
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        }
+    }
+}
+
+/// Repeat each key/value head `n_rep` times: `[b, kv, t, d]` → `[b, kv * n_rep, t, d]`.
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))
+}
+
+/// Scaled dot-product attention with an additive f32 mask (`0` allowed, `-inf` masked), computed in f32.
+/// `q`: `[b, h, tq, d]`; `k`, `v`: `[b, kv, tk, d]`; `mask`: broadcastable to `[b, h, tq, tk]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    path: OpPath,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let k = repeat_kv(k, n_rep)?;
+    let v = repeat_kv(v, n_rep)?;
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let q = q.to_dtype(DType::F32)?;
+    let k = k.to_dtype(DType::F32)?;
+    let v = v.to_dtype(DType::F32)?.contiguous()?;
+    let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = match path {
+        OpPath::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+        OpPath::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+    };
+    probs.matmul(&v)?.to_dtype(dtype)
+}
+
+/// SwiGLU: `silu(gate) * up` (candle's `silu` has a backward pass).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_and_differentiable_paths_agree() {
+        let x = rand(&[2, 3, 5, 8], 1);
+        let w = rand(&[8], 2);
+        let a = rms_norm(&x, &w, 1e-5, OpPath::Fused).unwrap();
+        let b = rms_norm(&x, &w, 1e-5, OpPath::Differentiable).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+        let cos = rand(&[2, 5, 4], 3);
+        let sin = rand(&[2, 5, 4], 4);
+        let a = rope(&x, &cos, &sin, OpPath::Fused).unwrap();
+        let b = rope(&x, &cos, &sin, OpPath::Differentiable).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+        let k = rand(&[2, 1, 5, 8], 5);
+        let a = attention(&x, &k, &k, None, OpPath::Fused).unwrap();
+        let b = attention(&x, &k, &k, None, OpPath::Differentiable).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+    }
+
+    #[test]
+    fn differentiable_path_passes_gradients() {
+        let x = Var::from_tensor(&rand(&[1, 2, 3, 4], 7)).unwrap();
+        let w = rand(&[4], 8);
+        let cos = rand(&[1, 3, 2], 9);
+        let sin = rand(&[1, 3, 2], 10);
+        let y = rms_norm(x.as_tensor(), &w, 1e-5, OpPath::Differentiable).unwrap();
+        let y = rope(&y, &cos, &sin, OpPath::Differentiable).unwrap();
+        let y = attention(&y, &y, &y, None, OpPath::Differentiable).unwrap();
+        let loss = y.sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient reaches the input");
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0);
+    }
+}

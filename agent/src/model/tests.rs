@@ -1,0 +1,1 @@
+//! Parity tests against candle-transformers (being written).

@@ -1,0 +1,174 @@
+//! Where the decoder's weights come from: a [`WeightSource`] hands out tensors by their HF name
+//! (`model.layers.0.self_attn.q_proj.weight`), already in the form [`LoadOptions`] asks for.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::lora::BaseWeight;
+use crate::error::{AgentError, Result};
+
+/// How the frozen projection weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Dense tensors in [`LoadOptions::dtype`] (required for training: gradients flow through them).
+    #[default]
+    Dense,
+    /// Quantised projections and head (inference only). Dense sources are quantised at load; a GGUF
+    /// source keeps tensors already of this type and converts the others.
+    Quantized(GgmlDType),
+}
+
+/// Where and how to load the model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+    pub format: WeightFormat,
+}
+
+impl LoadOptions {
+    /// Dense f32 on the CPU (tests, reference runs).
+    pub fn cpu_f32() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            format: WeightFormat::Dense,
+        }
+    }
+}
+
+/// The token embedding table.
+#[derive(Debug, Clone)]
+pub enum TokenEmbedding {
+    /// `[vocab, hidden]` in the model's dtype.
+    Dense(Tensor),
+    /// Quantised rows, looked up without dequantising the whole table.
+    Quant(Arc<QTensor>),
+}
+
+impl TokenEmbedding {
+    /// `ids: [b, t]` (u32) → `[b, t, hidden]` in `dtype`.
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(w) => {
+                let (b, t) = ids.dims2()?;
+                let h = w.dim(1)?;
+                w.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))
+            }
+            Self::Quant(q) => {
+                let (b, t) = ids.dims2()?;
+                let h = q.shape().dims()[1];
+                q.embedding(&ids.flatten_all()?)?
+                    .to_dtype(dtype)?
+                    .reshape((b, t, h))
+            }
+        }
+    }
+
+    /// The same weights as a tied output head.
+    pub fn as_head(&self) -> Result<BaseWeight> {
+        Ok(match self {
+            Self::Dense(w) => BaseWeight::Dense(w.clone()),
+            Self::Quant(q) => BaseWeight::Quant(Arc::new(QMatMul::from_arc(q.clone())?)),
+        })
+    }
+}
+
+/// A provider of named weights. Names are Hugging Face's; shapes are checked by the caller's request.
+pub trait WeightSource {
+    /// Where the weights come from, for error messages ("model.safetensors", "x.gguf").
+    fn origin(&self) -> String;
+    /// Whether a tensor of that name exists.
+    fn contains(&self, name: &str) -> bool;
+    /// A dense tensor of the expected shape in `opts.dtype` on `opts.device`.
+    fn tensor(&self, name: &str, shape: &[usize], opts: &LoadOptions) -> Result<Tensor>;
+
+    /// A projection weight `[out, in]` in the form `opts.format` asks for.
+    fn linear(&self, name: &str, out: usize, inp: usize, opts: &LoadOptions) -> Result<BaseWeight> {
+        let w = self.tensor(name, &[out, inp], opts)?;
+        quantize_if_asked(w, name, opts)
+    }
+
+    /// The embedding table `[vocab, hidden]`.
+    fn embedding(
+        &self,
+        name: &str,
+        vocab: usize,
+        hidden: usize,
+        opts: &LoadOptions,
+    ) -> Result<TokenEmbedding> {
+        Ok(TokenEmbedding::Dense(self.tensor(
+            name,
+            &[vocab, hidden],
+            opts,
+        )?))
+    }
+}
+
+/// Quantise a dense weight when `opts.format` says so and its row length fits the block size
+/// (K-quants need multiples of 256); otherwise, or for unsupported types, keep it dense.
+pub fn quantize_if_asked(w: Tensor, name: &str, opts: &LoadOptions) -> Result<BaseWeight> {
+    let WeightFormat::Quantized(qt) = opts.format else {
+        return Ok(BaseWeight::Dense(w));
+    };
+    let inp = w.dim(1)?;
+    if inp % qt.block_size() != 0 {
+        tracing::debug!(
+            name,
+            inp,
+            ?qt,
+            "row length not a multiple of the block size; kept dense"
+        );
+        return Ok(BaseWeight::Dense(w));
+    }
+    let q = QTensor::quantize(&w.to_dtype(DType::F32)?, qt)?;
+    Ok(BaseWeight::Quant(Arc::new(QMatMul::from_qtensor(q)?)))
+}
+
+/// Check a tensor's shape against the expected one, naming the tensor and the origin on mismatch.
+pub fn check_shape(t: &Tensor, name: &str, shape: &[usize], origin: &str) -> Result<()> {
+    if t.dims() != shape {
+        return Err(AgentError::Weight {
+            name: name.into(),
+            reason: format!("{origin}: shape {:?}, expected {shape:?}", t.dims()),
+        });
+    }
+    Ok(())
+}
+
+/// An in-memory map of named tensors (tests, and weights assembled by other loaders).
+#[derive(Debug, Clone, Default)]
+pub struct TensorMap {
+    pub tensors: HashMap<String, Tensor>,
+    pub origin: String,
+}
+
+impl TensorMap {
+    pub fn new(tensors: HashMap<String, Tensor>, origin: impl Into<String>) -> Self {
+        Self {
+            tensors,
+            origin: origin.into(),
+        }
+    }
+}
+
+impl WeightSource for TensorMap {
+    fn origin(&self) -> String {
+        self.origin.clone()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize], opts: &LoadOptions) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| AgentError::Weight {
+            name: name.into(),
+            reason: format!("not found in {}", self.origin),
+        })?;
+        check_shape(t, name, shape, &self.origin)?;
+        Ok(t.to_dtype(opts.dtype)?.to_device(&opts.device)?)
+    }
+}
