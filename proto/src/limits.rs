@@ -1,0 +1,18 @@
+//! Message-size bounds. Both ends set them on every service so an oversize message is refused
+//! (`ResourceExhausted` / `OutOfRange`) instead of being buffered.
+
+/// Largest message either side decodes: a task offer carries its samples (a full MedSynth test
+/// split is ~5 MiB of dialogue), so 64 MiB leaves ample headroom while bounding memory.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest control-plane request (an experiment TOML): configs are a few KiB.
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Artifact chunk size on the wire.
+pub const ARTIFACT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest single artifact file accepted (a LoRA adapter of a 3B model at r=64 is ~120 MiB in f32).
+pub const MAX_ARTIFACT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Largest prediction batch accepted in one message.
+pub const MAX_PREDICTION_BATCH: usize = 4096;
