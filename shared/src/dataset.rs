@@ -28,16 +28,8 @@ pub struct Record {
     pub description: String,
 }
 
-/// What to do with a record whose code is not in the ICD-10-CM release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InvalidCodePolicy {
-    /// Keep it (the dataset as published; a model can never match such a reference exactly).
-    #[default]
-    Keep,
-    /// Drop it (counted in the [`LoadReport`]).
-    Drop,
-}
+/// The invalid-code policy is a config value; its one definition lives in the config.
+pub use crate::config::InvalidCodePolicy;
 
 /// Loader options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -223,6 +215,21 @@ pub fn load_path(path: &Path, opts: &LoadOptions) -> Result<LoadedDataset, Datas
     }
 }
 
+/// The code cell without control and zero-width characters (U+200B-U+200D, U+2060, U+FEFF), which
+/// spreadsheet exports leave behind and which would otherwise make a valid code look invalid.
+fn clean_code(raw: &str) -> String {
+    raw.chars()
+        .filter(|&c| {
+            !c.is_control() && !matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
+        })
+        .collect()
+}
+
+/// Whether a code cell holds no code at all once cleaned and normalised.
+fn code_is_empty(raw: &str) -> bool {
+    crate::icd10::normalize(&clean_code(raw)).is_empty()
+}
+
 /// What a loader found in one row, before the policy decides.
 struct Candidate {
     row: u64,
@@ -269,7 +276,8 @@ impl Collector {
             self.report.empty_dialogues_dropped += 1;
             return;
         }
-        let raw_code = c.raw_code.trim();
+        let raw_code = clean_code(&c.raw_code);
+        let raw_code = raw_code.trim();
         self.report.dotted_codes_seen += usize::from(raw_code.contains('.'));
         let code = crate::icd10::normalize(raw_code);
         if !crate::icd10::is_valid(&code) {

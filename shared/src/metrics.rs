@@ -10,11 +10,15 @@
 //!   F1(L) = 2·TP / (2·TP + FP + FN).
 //! - Micro-F1 pools TP / FP / FN over all labels: 2·TP / (rows + rows with a prediction). With no
 //!   missing predictions it equals exact-match accuracy.
-//! - Macro-F1 is the unweighted mean of F1(L) over the labels that **occur**: in the references or
-//!   in the predictions of these rows (labels of the code system that occur in neither are not
-//!   averaged in; see Edin et al. 2023, arXiv 2304.10909). It is the mean of per-label F1 scores,
-//!   not the F1 of macro precision and macro recall. [`EvalMetrics::macro_f1_reference_labels`]
-//!   averages over reference labels only, for comparison with papers that do so.
+//! - Macro-F1 ([`EvalMetrics::macro_f1`]) is the unweighted mean of F1(L) over the labels that
+//!   **occur** in these rows: in the references or in the predictions. Codes of the code system that
+//!   occur in neither are not averaged in (counting them as F1 = 0 is the error Edin et al. 2023,
+//!   arXiv 2304.10909, found in earlier work). It is the mean of per-label F1 scores, not the F1 of
+//!   macro precision and macro recall (Opitz & Burst 2019, arXiv 1911.03347). When every row has a
+//!   prediction it equals scikit-learn's `f1_score(average="macro")`.
+//!   [`EvalMetrics::macro_f1_reference_labels`] averages over the reference labels only (the labels
+//!   of the test set, as Edin et al. do): a prediction of a code absent from the references still
+//!   counts as a miss for its row's reference code but adds no zero term of its own.
 //! - Weighted-F1 weights F1(L) by L's support (its count among the references), so labels that
 //!   only occur as predictions get weight 0.
 //! - Latency percentiles use the nearest-rank method: the p-th percentile of n sorted values is the

@@ -53,7 +53,7 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<LoadedDataset, Data
         if parsed.id.trim().is_empty() {
             return Err(empty("id"));
         }
-        if !parsed.dialogue.trim().is_empty() && crate::icd10::normalize(&parsed.code).is_empty() {
+        if !parsed.dialogue.trim().is_empty() && super::code_is_empty(&parsed.code) {
             return Err(empty("code"));
         }
         let id = parsed.id.trim().to_string();

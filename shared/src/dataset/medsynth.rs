@@ -132,7 +132,7 @@ pub fn load_medsynth(path: &Path, opts: &LoadOptions) -> Result<LoadedDataset, D
         let dialogue = field(columns.dialogue, DIALOGUE)?;
         let raw_code = field(columns.code, ICD10)?;
         // A row without a dialogue is dropped whatever its code; one with a dialogue needs a code.
-        if !dialogue.trim().is_empty() && crate::icd10::normalize(&raw_code).is_empty() {
+        if !dialogue.trim().is_empty() && super::code_is_empty(&raw_code) {
             return Err(DatasetError::EmptyField {
                 path: path.to_path_buf(),
                 row,

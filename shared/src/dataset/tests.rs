@@ -384,3 +384,21 @@ fn invalid_code_policy_reads_lower_case() {
     assert_eq!(w.policy, InvalidCodePolicy::Drop);
     assert_eq!(InvalidCodePolicy::default(), InvalidCodePolicy::Keep);
 }
+
+#[test]
+fn zero_width_and_control_characters_in_codes_are_ignored() {
+    let csv = format!("{HEADER}n,d1,\u{feff}M25562\u{200b},x\nn,d2,\"I10\t\",x\nn,d3,\u{200b},x\n");
+    let f = write_file(".csv", csv.as_bytes());
+    let (err, text) = err_text(load_medsynth(f.path(), &keep()));
+    assert!(
+        matches!(err, DatasetError::EmptyField { row: 4, .. }),
+        "a zero-width-only code is empty: {err:?}"
+    );
+    assert!(text.contains("row 4"), "{text}");
+    let csv = format!("{HEADER}n,d1,\u{feff}M25562\u{200b},x\nn,d2,\"I10\t\",x\n");
+    let f = write_file(".csv", csv.as_bytes());
+    let loaded = load_medsynth(f.path(), &keep()).unwrap();
+    let codes: Vec<&str> = loaded.records.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(codes, ["M25562", "I10"]);
+    assert_eq!(loaded.report.invalid_codes_seen, 0);
+}
