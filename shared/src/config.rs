@@ -1,7 +1,26 @@
-//! The experiment config: defaults → TOML file → `SIZESPEC_*` env; `deny_unknown_fields` everywhere.
+//! The experiment config: defaults → TOML file → `SIZESPEC_*` env → CLI; `deny_unknown_fields` everywhere.
 //!
-//! (Section types first; loading, env overrides and validation are being written.)
+//! [`ExperimentConfig`] is the whole experiment; its sections are the types below. Loading, env
+//! overrides and error locations live in [`load`] (see there for the `SIZESPEC_*` scheme), the checks
+//! that serde cannot express in [`validate`], the offline default in [`offline`].
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+use crate::split::SplitConfig;
+
+mod load;
+mod offline;
+mod select;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use load::{ConfigError, Loaded, env_overrides_from};
+pub use offline::{MODELS_DIR_PLACEHOLDER, SMOLLM2_GGUF_FILE};
+pub use select::{ComputeBackend, DeviceSelection, TrainDtype};
+pub use validate::Problem;
 
 /// One model of the experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +69,15 @@ impl Default for PromptConfig {
 }
 
 /// Which projections carry a LoRA adapter.
-pub const ALL_PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const ALL_PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// LoRA hyper-parameters (defaults: the seed's r=64, alpha=128, dropout 0.1, all seven projections).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +91,12 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { r: 64, alpha: 128.0, dropout: 0.1, target_modules: ALL_PROJECTIONS.iter().map(|s| s.to_string()).collect() }
+        Self {
+            r: 64,
+            alpha: 128.0,
+            dropout: 0.1,
+            target_modules: ALL_PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -129,6 +161,212 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 16, batch_size: 16 }
+        Self {
+            max_new_tokens: 16,
+            batch_size: 16,
+        }
+    }
+}
+
+/// What to do with reference codes that are not valid billable ICD-10-CM codes (~5% of MedSynth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidCodePolicy {
+    /// Keep the rows: the model is scored against the code as published.
+    #[default]
+    Keep,
+    /// Drop the rows before splitting (the split hash changes accordingly).
+    Drop,
+}
+
+/// The MedSynth repository on the Hugging Face hub.
+pub const MEDSYNTH_REPO: &str = "Ahmad0067/MedSynth";
+/// The single CSV file of that repository.
+pub const MEDSYNTH_FILE: &str = "MedSynth_huggingface_final.csv";
+
+fn default_medsynth_repo() -> String {
+    MEDSYNTH_REPO.into()
+}
+
+fn default_medsynth_file() -> String {
+    MEDSYNTH_FILE.into()
+}
+
+/// Where the examples come from (`[data.source]`, selected by `kind`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSource {
+    /// The dataset shipped inside the binary (generated from public-domain ICD-10-CM; offline).
+    Embedded,
+    /// A local copy of the MedSynth CSV (same columns as the hub file).
+    MedsynthCsv { path: PathBuf },
+    /// MedSynth downloaded from the hub (`HF_TOKEN` is used if the repository is gated).
+    MedsynthHub {
+        #[serde(default = "default_medsynth_repo")]
+        repo: String,
+        #[serde(default = "default_medsynth_file")]
+        file: String,
+        /// Branch, tag or commit; `None` = `main`. Pin a commit for a reproducible verdict.
+        #[serde(default)]
+        revision: Option<String>,
+    },
+    /// One JSON object per line with the fields of [`crate::dataset::Record`].
+    Jsonl { path: PathBuf },
+}
+
+impl Default for DataSource {
+    /// The default experiment of DESIGN.md runs on MedSynth from the hub.
+    fn default() -> Self {
+        DataSource::MedsynthHub {
+            repo: default_medsynth_repo(),
+            file: default_medsynth_file(),
+            revision: None,
+        }
+    }
+}
+
+/// The dataset, how it is cleaned and split, and how much of it is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Caps the test examples every model is evaluated on (the same first N of the test split for
+    /// every model); `None` = the whole test split.
+    pub max_eval_samples: Option<usize>,
+    /// Caps the training examples of each finetune; `None` = the whole train split.
+    pub max_train_samples: Option<usize>,
+    pub invalid_codes: InvalidCodePolicy,
+    pub source: DataSource,
+    pub split: SplitConfig,
+}
+
+/// How predictions are scored and summarised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    /// Bootstrap resamples for the confidence intervals of each metric; 0 = no intervals.
+    pub bootstrap_resamples: u32,
+    /// Two-sided confidence level of those intervals.
+    pub confidence: f64,
+    /// Seed of the bootstrap resampling (fixed so the report is reproducible).
+    pub bootstrap_seed: u64,
+    /// Also evaluate each SLM zero-shot before finetuning: the difference is the finetuning effect.
+    pub include_slm_zero_shot: bool,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_resamples: 1000,
+            confidence: 0.95,
+            bootstrap_seed: 42,
+            include_slm_zero_shot: true,
+        }
+    }
+}
+
+/// One experiment: which models, which data, how to train and evaluate, where to write.
+///
+/// Field order matters for [`ExperimentConfig::to_toml`]: plain values before tables before arrays of
+/// tables, as TOML requires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    /// Experiment name (shown in the report and recorded in the results' meta).
+    pub name: String,
+    /// Folder for results, predictions, adapters and the report.
+    pub output: PathBuf,
+    /// Which devices the single-box mode uses.
+    pub device: DeviceSelection,
+    /// Precision of the SLMs during LoRA training.
+    pub dtype: TrainDtype,
+    pub data: DataConfig,
+    pub prompt: PromptConfig,
+    pub lora: LoraConfig,
+    pub training: TrainingConfig,
+    pub generation: GenerationConfig,
+    pub evaluation: EvaluationConfig,
+    /// Large models, evaluated zero-shot (4-bit unless `load_in_4bit = false`).
+    pub llm_models: Vec<ModelEntry>,
+    /// Small models, LoRA-finetuned in full precision (`load_in_4bit` is ignored for them).
+    pub slm_models: Vec<ModelEntry>,
+}
+
+fn entry(name: &str, size: &str, label: &str, description: &str, load_in_4bit: bool) -> ModelEntry {
+    ModelEntry {
+        name: name.into(),
+        revision: None,
+        size: size.into(),
+        label: label.into(),
+        description: description.into(),
+        load_in_4bit,
+    }
+}
+
+impl Default for ExperimentConfig {
+    /// DESIGN.md's default experiment: two 7-8B LLMs zero-shot in 4-bit against two 3B SLMs
+    /// LoRA-finetuned in bf16, on MedSynth.
+    fn default() -> Self {
+        Self {
+            name: "medsynth-icd10".into(),
+            output: PathBuf::from("runs/medsynth-icd10"),
+            device: DeviceSelection::Auto,
+            dtype: TrainDtype::Auto,
+            data: DataConfig::default(),
+            prompt: PromptConfig::default(),
+            lora: LoraConfig::default(),
+            training: TrainingConfig::default(),
+            generation: GenerationConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            llm_models: vec![
+                entry(
+                    "meta-llama/Meta-Llama-3.1-8B-Instruct",
+                    "8B",
+                    "Llama-8B",
+                    "Llama 3.1 8B Instruct, zero-shot, 4-bit",
+                    true,
+                ),
+                entry(
+                    "mistralai/Mistral-7B-Instruct-v0.3",
+                    "7B",
+                    "Mistral-7B",
+                    "Mistral 7B Instruct v0.3, zero-shot, 4-bit",
+                    true,
+                ),
+            ],
+            slm_models: vec![
+                entry(
+                    "meta-llama/Llama-3.2-3B-Instruct",
+                    "3B",
+                    "Llama-3B",
+                    "Llama 3.2 3B Instruct, LoRA in bf16",
+                    false,
+                ),
+                entry(
+                    "Qwen/Qwen2.5-3B-Instruct",
+                    "3B",
+                    "Qwen-3B",
+                    "Qwen 2.5 3B Instruct, LoRA in bf16",
+                    false,
+                ),
+            ],
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// The resolved config as TOML (written next to the results so a run can be repeated exactly).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
+    }
+
+    /// Replaces [`MODELS_DIR_PLACEHOLDER`] in model names by `models_dir` (the CLI knows where the
+    /// models folder is; the config stays free of machine-specific paths).
+    pub fn resolve_models_dir(&mut self, models_dir: &std::path::Path) {
+        let dir = models_dir.to_string_lossy();
+        for m in self.llm_models.iter_mut().chain(self.slm_models.iter_mut()) {
+            if m.name.contains(MODELS_DIR_PLACEHOLDER) {
+                m.name = m.name.replace(MODELS_DIR_PLACEHOLDER, &dir);
+            }
+        }
     }
 }

@@ -1,0 +1,87 @@
+//! The offline default experiment: the embedded dataset and SmolLM2-135M in both roles, ~15 min on 2 CPU cores.
+use std::path::PathBuf;
+
+use super::{
+    DataConfig, DataSource, DeviceSelection, EvaluationConfig, ExperimentConfig, GenerationConfig,
+    InvalidCodePolicy, LoraConfig, ModelEntry, PromptConfig, TrainDtype, TrainingConfig,
+};
+use crate::split::SplitConfig;
+
+/// Stands for the local models folder in model names; the CLI replaces it
+/// ([`ExperimentConfig::resolve_models_dir`]) with `$SIZESPEC_MODELS` or `~/.cache/sizespec/models`,
+/// where `scripts/fetch-smollm2.sh` puts the model.
+pub const MODELS_DIR_PLACEHOLDER: &str = "${SIZESPEC_MODELS}";
+
+/// The file name of SmolLM2-135M-Instruct as shipped (Q4_1 GGUF, Apache-2.0).
+pub const SMOLLM2_GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+impl ExperimentConfig {
+    /// A real but small experiment that needs no network and no GPU.
+    ///
+    /// Sizing for 2 CPU cores (speeds from DATA.md, candle 0.11, prompts of ~150 tokens):
+    /// - finetune: 300 examples × 2 epochs = 600 sequences × 0.72 s (LoRA r8 on q,v, f32, batch 4)
+    ///   ≈ 430 s ≈ 7.2 min, 150 optimiser steps;
+    /// - validation at each epoch end: forward only, ≈ ⅓ of a training step (≈ 0.25 s a sequence),
+    ///   on the validation split (10% of the embedded set) — under a minute for both epochs;
+    /// - evaluation, 3 tasks × 150 prompts (LLM zero-shot, SLM zero-shot, SLM + adapter):
+    ///   the GGUF converted to Q8_0 at load: 150 / 178 tok/s prefill ≈ 0.85 s + ≤ 12 tokens / 70 tok/s
+    ///   ≈ 0.17 s → ≈ 1.0 s a prompt → 150 s; the SLMs in f32: 150 / ~400 tok/s ≈ 0.4 s + 12 / 30 tok/s
+    ///   ≈ 0.4 s → ≈ 0.8 s a prompt → 2 × 120 s; ≈ 6.5 min in all;
+    /// - total ≈ 7.2 + 0.8 + 6.5 ≈ 14.5 min plus model loads (~1 s each): about 15 minutes.
+    ///
+    /// `max_new_tokens = 12` fits the longest code with its dot (`T38.3X5A` is 8 characters, one token
+    /// per digit) plus the end-of-turn token, with a little room for a stray word.
+    pub fn offline_default() -> ExperimentConfig {
+        let gguf = format!("{MODELS_DIR_PLACEHOLDER}/{SMOLLM2_GGUF_FILE}");
+        let smollm = |description: &str| ModelEntry {
+            name: gguf.clone(),
+            revision: None,
+            size: "135M".into(),
+            label: "SmolLM2-135M".into(),
+            description: description.into(),
+            // Q4_1 as shipped: quantising again at load would change nothing but the error.
+            load_in_4bit: false,
+        };
+        ExperimentConfig {
+            name: "offline-smollm2".into(),
+            output: PathBuf::from("runs/offline-smollm2"),
+            device: DeviceSelection::Cpu,
+            dtype: TrainDtype::F32,
+            data: DataConfig {
+                max_eval_samples: Some(150),
+                max_train_samples: Some(300),
+                invalid_codes: InvalidCodePolicy::Keep,
+                source: DataSource::Embedded,
+                split: SplitConfig::default(),
+            },
+            prompt: PromptConfig::default(),
+            lora: LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                dropout: 0.05,
+                target_modules: vec!["q_proj".into(), "v_proj".into()],
+            },
+            training: TrainingConfig {
+                // A 135M model with a rank-8 adapter and only 150 steps needs a larger step than the
+                // 3B defaults to move at all.
+                learning_rate: 5e-4,
+                epochs: 2,
+                early_stopping_patience: 0,
+                eval_every_steps: 0,
+                max_length: 512,
+                batch_size: 4,
+                gradient_accumulation_steps: 1,
+                ..TrainingConfig::default()
+            },
+            generation: GenerationConfig {
+                max_new_tokens: 12,
+                batch_size: 8,
+            },
+            evaluation: EvaluationConfig::default(),
+            llm_models: vec![smollm("SmolLM2-135M-Instruct (Q4_1 GGUF), zero-shot")],
+            slm_models: vec![smollm(
+                "SmolLM2-135M-Instruct, dequantised to f32, LoRA r8 on q,v",
+            )],
+        }
+    }
+}
