@@ -9,7 +9,7 @@ mod table;
 mod tests;
 
 pub use extract::extract;
-pub use table::{Chapter, TableError, chapters, codes};
+pub use table::{Chapter, Code, TableError, chapters, codes};
 
 /// Trims, upper-cases and drops dots and spaces: `"s72.001a " -> "S72001A"`.
 pub fn normalize(raw: &str) -> String {

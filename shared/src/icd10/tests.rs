@@ -210,6 +210,39 @@ fn extract_table() {
         ("ICD10:E11.9", Some("E119")),
         ("E11.9-", Some("E119")),
         ("1. J45.909\n2. J45.901", Some("J45909")),
+        // whole answers as models write them
+        (
+            "The ICD-10-CM code for this patient's condition is **J02.9** (Acute pharyngitis, unspecified).",
+            Some("J029"),
+        ),
+        (
+            "Based on the dialogue, the most appropriate code is: S93.401A",
+            Some("S93401A"),
+        ),
+        (
+            "I would code this as R51.9 (Headache, unspecified). Alternatively, G44.209 could apply.",
+            Some("R519"),
+        ),
+        (
+            "Diagnosis: Essential hypertension\nICD-10-CM: I10",
+            Some("I10"),
+        ),
+        (
+            "{\"code\": \"E11.9\", \"description\": \"Type 2 diabetes\"}",
+            Some("E119"),
+        ),
+        ("E11.9,E78.5", Some("E119")),
+        ("J02.9<|im_end|>", Some("J029")),
+        ("assistant\nICD-10-CM code: m54.50", Some("M5450")),
+        ("1) H66.90 – otitis media", Some("H6690")),
+        ("ICD-9 401.9 maps to I10 in ICD-10-CM.", Some("I10")),
+        ("Code: 250.00 (ICD-9)", None),
+        (
+            "The patient (age 45, BMI 31.2) likely has GERD; K21.9.",
+            Some("K219"),
+        ),
+        ("O9A.211", Some("O9A211")),
+        ("Z00.00 annual exam", Some("Z0000")),
         // tricky non-codes before a real one
         (
             "Seen on 2023-05-11, BP 120/80; assessment: I10",
