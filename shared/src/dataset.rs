@@ -70,7 +70,7 @@ pub struct LoadReport {
     pub invalid_codes_seen: usize,
     /// Of those, dropped under [`InvalidCodePolicy::Drop`].
     pub invalid_codes_dropped: usize,
-    /// Up to [`MAX_INVALID_EXAMPLES`] invalid codes, in file order.
+    /// Up to [`MAX_INVALID_EXAMPLES`] distinct invalid codes (first occurrence of each), in file order.
     pub invalid_code_examples: Vec<InvalidCodeExample>,
     /// Kept rows whose code is valid but not billable (a category or subcategory heading).
     pub non_billable_codes: usize,
@@ -282,7 +282,9 @@ impl Collector {
         let code = crate::icd10::normalize(raw_code);
         if !crate::icd10::is_valid(&code) {
             self.report.invalid_codes_seen += 1;
-            if self.report.invalid_code_examples.len() < MAX_INVALID_EXAMPLES {
+            let examples = &self.report.invalid_code_examples;
+            if examples.len() < MAX_INVALID_EXAMPLES && !examples.iter().any(|e| e.raw == raw_code)
+            {
                 self.report.invalid_code_examples.push(InvalidCodeExample {
                     row: c.row,
                     raw: raw_code.to_string(),

@@ -122,26 +122,34 @@ fn header_matching_ignores_case_whitespace_bom_and_order() {
 }
 
 #[test]
-fn invalid_code_examples_stop_at_ten() {
+fn invalid_code_examples_are_distinct_and_stop_at_ten() {
     let mut csv = String::from(HEADER);
+    // Row 2 and row 3 repeat one invalid code: the examples list each code once.
+    csv.push_str("n,d,QQ000,x\n");
     for i in 0..15 {
         csv.push_str(&format!("n,d{i},QQ{i:03},x\n"));
     }
     csv.push_str("n,valid,I10,x\n");
     let f = write_file(".csv", csv.as_bytes());
     let loaded = load_medsynth(f.path(), &drop_invalid()).unwrap();
-    assert_eq!(loaded.report.invalid_codes_seen, 15);
+    assert_eq!(loaded.report.invalid_codes_seen, 16);
+    let examples = &loaded.report.invalid_code_examples;
+    assert_eq!(examples.len(), MAX_INVALID_EXAMPLES);
     assert_eq!(
-        loaded.report.invalid_code_examples.len(),
-        MAX_INVALID_EXAMPLES
-    );
-    assert_eq!(
-        loaded.report.invalid_code_examples[0],
+        examples[0],
         InvalidCodeExample {
             row: 2,
             raw: "QQ000".into()
         }
     );
+    assert_eq!(
+        examples[1],
+        InvalidCodeExample {
+            row: 4,
+            raw: "QQ001".into()
+        }
+    );
+    assert_eq!(examples[9].raw, "QQ009");
     assert_eq!(loaded.records.len(), 1);
 }
 
