@@ -202,8 +202,9 @@ fn per_second(amount: f64, seconds: f64) -> f64 {
 }
 
 /// All metrics of one evaluation. `wall_seconds` is the evaluation's wall time (for samples/s and
-/// tokens/s; non-positive gives 0 throughput). References and extracted codes are normalised again
-/// here so rows from older files with dotted codes still compare correctly.
+/// tokens/s; non-positive gives 0 throughput). The rows' `correct` flags are not trusted: references
+/// and extracted codes are normalised again and an extracted code outside the ICD-10-CM release
+/// counts as no prediction, so rows from older files or other extractors are scored the same way.
 pub fn compute(rows: &[PredictionRow], wall_seconds: f64) -> EvalMetrics {
     let pairs: Vec<(String, Option<String>)> = rows
         .iter()
@@ -213,7 +214,7 @@ pub fn compute(rows: &[PredictionRow], wall_seconds: f64) -> EvalMetrics {
                 r.extracted
                     .as_deref()
                     .map(icd10::normalize)
-                    .filter(|c| !c.is_empty()),
+                    .filter(|c| icd10::is_valid(c)),
             )
         })
         .collect();

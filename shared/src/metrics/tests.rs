@@ -181,3 +181,18 @@ fn zero_wall_time_gives_zero_throughput_not_infinity() {
     assert_eq!((m.samples_per_s, m.generated_tokens_per_s), (0.0, 0.0));
     assert!(close(m.exact_match, 1.0));
 }
+
+#[test]
+fn an_extracted_code_outside_the_release_counts_as_invalid() {
+    // ZZZ99 is not an ICD-10-CM code: the row is an invalid output, not a wrong prediction.
+    let rows = vec![
+        row("I10", Some("ZZZ99"), 1.0, 2),
+        row("I10", Some("I10"), 1.0, 2),
+    ];
+    let m = compute(&rows, 1.0);
+    assert_eq!(m.valid_predictions, 1);
+    assert!(close(m.invalid_code_rate, 0.5));
+    // labels: I10 only (TP 1, FN 1) → F1 2/3; no ZZZ99 label enters the macro average.
+    assert_eq!(m.macro_f1_labels, 1);
+    assert!(close(m.macro_f1, 2.0 / 3.0));
+}
