@@ -1,1 +1,3 @@
-//! (being written)
+//! The verdict: statistics over per-sample predictions, plots, and the self-contained report.
+pub mod mcnemar;
+pub mod stats;
