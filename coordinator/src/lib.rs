@@ -1,2 +1,15 @@
 //! sizespec coordinator: plans, places and journals model tasks; aggregates results. Never links candle.
+//!
+//! Layout tour: [`experiment`] the planned tasks of an experiment; [`state`] the single owner of
+//! all mutable state (scheduler, leases, retries) fed by a command channel; [`journal`] what
+//! survives a restart; [`artifacts`] the adapter store; [`outputs`] the results folder;
+//! [`server`] the gRPC services (agent session, artifacts, control, health, reflection);
+//! [`report`] the verdict, plots and HTML.
+pub mod artifacts;
+pub mod experiment;
+pub mod journal;
+pub mod outcome;
+pub mod outputs;
 pub mod report;
+pub mod server;
+pub mod state;

@@ -1,0 +1,47 @@
+//! An experiment as the coordinator runs it: the planned tasks with their payloads (the coordinator
+//! owns the data and the split, so every agent sees the same examples) and where outputs go.
+use serde::{Deserialize, Serialize};
+use shared::task::{EvalPayload, FinetunePayload, TaskSpec};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// An experiment's id: `<name>-<first 8 hex of the config+split hash>`, so resubmitting the same
+/// config resumes it rather than starting over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExperimentId(pub String);
+
+impl std::fmt::Display for ExperimentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a task needs besides its spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskPayload {
+    Evaluate(EvalPayload),
+    Finetune(FinetunePayload),
+}
+
+/// One task with its payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedTask {
+    pub spec: TaskSpec,
+    pub payload: TaskPayload,
+}
+
+/// Everything needed to run (and resume) an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentPlan {
+    pub id: ExperimentId,
+    pub name: String,
+    /// The resolved config, written as `config.resolved.toml`.
+    pub config_toml: String,
+    pub output_dir: PathBuf,
+    pub split_hash: String,
+    /// Per reference code, its count in the train split (`train_code_counts.json`, for the report).
+    pub train_code_counts: BTreeMap<String, usize>,
+    /// In loading order (DESIGN.md): LLM evals, then each SLM's finetune → eval.
+    pub tasks: Vec<PlannedTask>,
+}

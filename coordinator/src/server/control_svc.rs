@@ -1,0 +1,124 @@
+//! `ControlService`: what the CLI calls (submit, watch, status, results).
+use super::ServerError;
+use crate::experiment::{ExperimentId, ExperimentPlan};
+use crate::state::{Command, StateHandle};
+use proto::pb;
+use proto::pb::control_service_server::ControlService;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Turns an experiment TOML into a plan (loads the data, splits it, plans the tasks). Blocking.
+pub trait Planner: Send + Sync + 'static {
+    fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String>;
+}
+
+pub struct ControlSvc {
+    pub state: StateHandle,
+    pub planner: Arc<dyn Planner>,
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<pb::ExperimentEvent, Status>> + Send>>;
+
+fn experiment_id(s: String) -> Result<ExperimentId, Status> {
+    if s.is_empty() { Err(Status::invalid_argument("`experiment_id` is empty")) } else { Ok(ExperimentId(s)) }
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlSvc {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+        let text = req.into_inner().config_toml;
+        let planner = self.planner.clone();
+        let plan = tokio::task::spawn_blocking(move || planner.plan(&text))
+            .await
+            .map_err(|e| Status::internal(format!("planner: {e}")))?
+            .map_err(Status::invalid_argument)?;
+        let task_ids = plan.tasks.iter().map(|t| t.spec.id.0.clone()).collect();
+        let id = self.state.submit(plan).await.map_err(ServerError::from)?;
+        Ok(Response::new(pb::SubmitReply { experiment_id: id.0, task_ids }))
+    }
+
+    type WatchStream = Events;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {
+        let experiment = experiment_id(req.into_inner().experiment_id)?;
+        let (snapshot, rx) = self
+            .state
+            .ask(|reply| Command::Watch { experiment, reply })
+            .await
+            .map_err(ServerError::from)?
+            .map_err(ServerError::from)?;
+        let done_in_snapshot = snapshot.iter().any(is_finished);
+        let head = tokio_stream::iter(snapshot.into_iter().map(Ok));
+        let live = live_events(rx, done_in_snapshot);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(head, live))))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let id = req.into_inner().experiment_id;
+        let experiment = (!id.is_empty()).then_some(ExperimentId(id));
+        let reply = self
+            .state
+            .ask(|reply| Command::Status { experiment, reply })
+            .await
+            .map_err(ServerError::from)?
+            .map_err(ServerError::from)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsReply>, Status> {
+        let experiment = experiment_id(req.into_inner().experiment_id)?;
+        let name = experiment.0.clone();
+        let (dir, finished) = self
+            .state
+            .ask(|reply| Command::Results { experiment, reply })
+            .await
+            .map_err(ServerError::from)?
+            .map_err(ServerError::from)?;
+        if !finished {
+            return Err(Status::failed_precondition(format!("experiment `{name}` is still running; `watch` it first")));
+        }
+        let path = dir.join("results.json");
+        let results_json = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
+        Ok(Response::new(pb::ResultsReply { results_json, output_dir: dir.display().to_string() }))
+    }
+}
+
+fn is_finished(e: &pb::ExperimentEvent) -> bool {
+    matches!(e.event, Some(pb::experiment_event::Event::Finished(_)))
+}
+
+/// Live events until the experiment's `finished` event (inclusive). A watcher that falls behind
+/// by more than the channel holds is told so and the stream ends (it can `watch` again).
+fn live_events(
+    rx: tokio::sync::broadcast::Receiver<pb::ExperimentEvent>,
+    already_done: bool,
+) -> impl Stream<Item = Result<pb::ExperimentEvent, Status>> + Send {
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, out) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        if already_done {
+            return;
+        }
+        let mut rx = rx;
+        loop {
+            let item = match rx.recv().await {
+                Ok(ev) => {
+                    let done = is_finished(&ev);
+                    if tx.send(Ok(ev)).await.is_err() || done {
+                        break;
+                    }
+                    continue;
+                }
+                Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!("watcher fell {n} events behind; watch again"))),
+                Err(RecvError::Closed) => Err(Status::unavailable("the coordinator is shutting down")),
+            };
+            let _ = tx.send(item).await;
+            break;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(out)
+}

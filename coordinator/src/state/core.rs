@@ -1,0 +1,536 @@
+//! The coordinator's state and its event handlers. Synchronous and free of I/O: each handler
+//! mutates the state and queues effects (messages to agents, journal writes, watcher notices) that
+//! the owner task ([`super::run`]) carries out. That keeps every decision testable without a network.
+use super::phase::{Phase, PhaseEvent};
+use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
+use crate::journal::{ExperimentJournal, Restored, TaskJournal};
+use crate::outcome::TaskOutput;
+use shared::task::{AgentId, PredictionRow, ProgressEvent, TaskId};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Scheduling knobs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A running task whose agent sent nothing for this long is re-queued.
+    pub lease: Duration,
+    /// A task lost or failed this many times fails for good.
+    pub max_attempts: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { heartbeat_interval: Duration::from_secs(2), lease: Duration::from_secs(20), max_attempts: 3 }
+    }
+}
+
+/// CPU or a CUDA GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// A device as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub total_mib: u64,
+    pub free_mib: u64,
+    pub driver: String,
+}
+
+/// An agent's registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub agent: AgentId,
+    pub host: String,
+    pub version: String,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// Identifies one task attempt on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub experiment: ExperimentId,
+    pub task: TaskId,
+    pub attempt: u32,
+}
+
+/// What an agent reported at the end of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done(TaskOutput),
+    Failed(String),
+    Cancelled(String),
+}
+
+/// A message for an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToAgent {
+    Offer { task: TaskRef, spec: shared::task::TaskSpec, device_uuid: String, payload: TaskPayload },
+    Cancel { task: TaskRef, reason: String },
+}
+
+/// A journal write, in order.
+#[derive(Debug, Clone)]
+pub enum Io {
+    SavePlan(Box<ExperimentPlan>),
+    SaveState(ExperimentId, ExperimentJournal),
+    AppendPredictions(ExperimentId, TaskId, Vec<PredictionRow>),
+    WriteOutputs(Box<crate::outputs::OutputsInput>),
+}
+
+/// Something watchers hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Task(ExperimentId, TaskId),
+    Progress(ExperimentId, TaskId, ProgressEvent),
+    Finished(ExperimentId, ExperimentState),
+}
+
+/// An experiment's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// Effects queued by handlers.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub to_agents: Vec<(AgentId, u64, ToAgent)>,
+    pub io: Vec<Io>,
+    pub notices: Vec<Notice>,
+}
+
+#[derive(Debug)]
+pub struct DeviceSlot {
+    pub info: DeviceInfo,
+    /// The task placed on it (offered or running): one task per device at a time.
+    pub busy: Option<(ExperimentId, TaskId)>,
+}
+
+#[derive(Debug)]
+pub struct AgentEntry {
+    pub reg: Registration,
+    /// Increments per connection, so a stale session's disconnect is not mistaken for the new one's.
+    pub session: u64,
+    pub devices: Vec<DeviceSlot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub agent: AgentId,
+    pub session: u64,
+    pub device_uuid: String,
+}
+
+#[derive(Debug)]
+pub struct TaskEntry {
+    pub phase: Phase,
+    /// Offer sequence number (the wire `attempt`).
+    pub attempt: u32,
+    /// Times the task was lost or failed on an agent.
+    pub losses: u32,
+    pub placed: Option<Placement>,
+    pub deadline: Option<Instant>,
+    /// (agent, device) pairs that declined the current offer round.
+    pub declined: HashSet<(AgentId, String)>,
+    /// Received predictions by sample id (persisted before they count).
+    pub predictions: BTreeMap<String, PredictionRow>,
+    pub output: Option<TaskOutput>,
+    pub ran_on: Option<AgentId>,
+    pub last_progress: Option<ProgressEvent>,
+}
+
+#[derive(Debug)]
+pub struct ExperimentEntry {
+    pub plan: ExperimentPlan,
+    pub tasks: Vec<TaskEntry>,
+    pub state: ExperimentState,
+}
+
+impl ExperimentEntry {
+    fn index(&self, id: &TaskId) -> Option<usize> {
+        self.plan.tasks.iter().position(|t| &t.spec.id == id)
+    }
+
+    pub fn journal(&self) -> ExperimentJournal {
+        ExperimentJournal {
+            tasks: self
+                .plan
+                .tasks
+                .iter()
+                .zip(&self.tasks)
+                .map(|(p, t)| {
+                    let tj = TaskJournal {
+                        phase: t.phase.clone(),
+                        attempt: t.attempt,
+                        output: t.output.clone(),
+                        ran_on: t.ran_on.clone(),
+                    };
+                    (p.spec.id.clone(), tj)
+                })
+                .collect(),
+            finished: self.state != ExperimentState::Running,
+        }
+    }
+}
+
+/// The whole state.
+#[derive(Debug, Default)]
+pub struct Core {
+    pub settings: Settings,
+    pub agents: BTreeMap<AgentId, AgentEntry>,
+    /// In submission order.
+    pub experiments: Vec<ExperimentEntry>,
+    next_session: u64,
+    pub fx: Effects,
+}
+
+/// Why a request from the CLI or an agent was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CoreError {
+    #[error("unknown experiment `{0}`")]
+    UnknownExperiment(String),
+    #[error("agent `{0}` registered no device")]
+    NoDevices(String),
+}
+
+impl Core {
+    pub fn new(settings: Settings) -> Core {
+        Core { settings, ..Core::default() }
+    }
+
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.fx)
+    }
+
+    pub fn experiment(&self, id: &ExperimentId) -> Option<&ExperimentEntry> {
+        self.experiments.iter().find(|e| &e.plan.id == id)
+    }
+
+    fn exp_index(&self, id: &ExperimentId) -> Option<usize> {
+        self.experiments.iter().position(|e| &e.plan.id == id)
+    }
+
+    /// Adds an experiment; an id already known resumes that one (same config and data).
+    pub fn submit(&mut self, plan: ExperimentPlan, now: Instant) -> ExperimentId {
+        let id = plan.id.clone();
+        if self.exp_index(&id).is_some() {
+            tracing::info!(experiment = %id, "already known: resuming");
+            return id;
+        }
+        let tasks = plan.tasks.iter().map(|_| new_task(Phase::Pending, 0, None, None)).collect();
+        let entry = ExperimentEntry { plan: plan.clone(), tasks, state: ExperimentState::Running };
+        self.fx.io.push(Io::SavePlan(Box::new(plan)));
+        self.fx.io.push(Io::SaveState(id.clone(), entry.journal()));
+        self.experiments.push(entry);
+        self.schedule(now);
+        id
+    }
+
+    /// Re-admits a journalled experiment: finished tasks stay finished; tasks that were offered or
+    /// running when the coordinator stopped go back to the queue with their predictions kept.
+    pub fn restore(&mut self, r: Restored, now: Instant) {
+        let mut tasks = Vec::with_capacity(r.plan.tasks.len());
+        for t in &r.plan.tasks {
+            let j = r.state.tasks.get(&t.spec.id);
+            let phase = match j.map(|j| &j.phase) {
+                Some(p @ (Phase::Succeeded | Phase::Failed { .. } | Phase::Cancelled { .. })) => p.clone(),
+                _ => Phase::Pending,
+            };
+            let mut entry = new_task(
+                phase,
+                j.map_or(0, |j| j.attempt),
+                j.and_then(|j| j.output.clone()),
+                j.and_then(|j| j.ran_on.clone()),
+            );
+            for row in r.predictions.get(&t.spec.id).into_iter().flatten() {
+                entry.predictions.entry(row.sample_id.clone()).or_insert_with(|| row.clone());
+            }
+            tasks.push(entry);
+        }
+        let state = if r.state.finished { final_state(&tasks) } else { ExperimentState::Running };
+        tracing::info!(experiment = %r.plan.id, ?state, "restored from the journal");
+        self.experiments.push(ExperimentEntry { plan: r.plan, tasks, state });
+        self.schedule(now);
+    }
+
+    pub fn register(&mut self, reg: Registration, now: Instant) -> Result<u64, CoreError> {
+        if reg.devices.is_empty() {
+            return Err(CoreError::NoDevices(reg.agent.0.clone()));
+        }
+        let id = reg.agent.clone();
+        if self.agents.contains_key(&id) {
+            // A reconnect: whatever the old session was running is lost.
+            self.lose_agent_tasks(&id, "the agent reconnected", now);
+        }
+        self.next_session += 1;
+        let session = self.next_session;
+        let devices = reg.devices.iter().map(|d| DeviceSlot { info: d.clone(), busy: None }).collect();
+        tracing::info!(agent = %id.0, host = %reg.host, devices = reg.devices.len(), session, "agent registered");
+        self.agents.insert(id, AgentEntry { reg, session, devices });
+        self.schedule(now);
+        Ok(session)
+    }
+
+    pub fn disconnect(&mut self, agent: &AgentId, session: u64, now: Instant) {
+        if self.agents.get(agent).is_none_or(|a| a.session != session) {
+            return;
+        }
+        tracing::warn!(agent = %agent.0, "agent disconnected");
+        self.lose_agent_tasks(agent, "the agent disconnected", now);
+        self.agents.remove(agent);
+        self.schedule(now);
+    }
+
+    /// Fresh free memory and the agent's running tasks: renews their leases.
+    pub fn heartbeat(&mut self, agent: &AgentId, session: u64, free: &[(String, u64)], running: &[TaskRef], now: Instant) {
+        let Some(a) = self.agents.get_mut(agent).filter(|a| a.session == session) else { return };
+        let mut changed = Vec::new();
+        for (uuid, mib) in free {
+            if let Some(d) = a.devices.iter_mut().find(|d| &d.info.uuid == uuid)
+                && d.info.free_mib != *mib
+            {
+                d.info.free_mib = *mib;
+                changed.push(uuid.clone());
+            }
+        }
+        let lease = self.settings.lease;
+        for e in &mut self.experiments {
+            for t in &mut e.tasks {
+                // New memory figures give a device that declined another chance.
+                t.declined.retain(|(aid, uuid)| !(aid == agent && changed.contains(uuid)));
+            }
+        }
+        for r in running {
+            if let Some((_, t)) = self.task_mut(r, agent, session) {
+                t.deadline = Some(now + lease);
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// Finds the task a message refers to, if it is still placed on this agent's session at this attempt.
+    fn task_mut(&mut self, r: &TaskRef, agent: &AgentId, session: u64) -> Option<(usize, &mut TaskEntry)> {
+        let ei = self.exp_index(&r.experiment)?;
+        let e = &mut self.experiments[ei];
+        let ti = e.index(&r.task)?;
+        let t = &mut e.tasks[ti];
+        let ours = t.attempt == r.attempt && t.placed.as_ref().is_some_and(|p| &p.agent == agent && p.session == session);
+        if !ours {
+            tracing::debug!(task = %r.task.0, agent = %agent.0, "ignoring a message for a task this agent no longer holds");
+            return None;
+        }
+        Some((ei, t))
+    }
+
+    pub fn offer_reply(&mut self, agent: &AgentId, session: u64, r: &TaskRef, accept: bool, reason: &str, free_mib: u64, now: Instant) {
+        let lease = self.settings.lease;
+        let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
+        if t.phase != Phase::Offered {
+            return;
+        }
+        let device = t.placed.as_ref().map(|p| p.device_uuid.clone()).unwrap_or_default();
+        if accept {
+            set_phase(t, PhaseEvent::Accept);
+            t.deadline = Some(now + lease);
+            t.ran_on = Some(agent.clone());
+        } else {
+            tracing::info!(task = %r.task.0, agent = %agent.0, reason, free_mib, "offer declined");
+            set_phase(t, PhaseEvent::Decline);
+            t.placed = None;
+            t.deadline = None;
+            t.declined.insert((agent.clone(), device.clone()));
+            if let Some(d) = self.device_mut(agent, &device) {
+                d.info.free_mib = free_mib;
+                d.busy = None;
+            }
+        }
+        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.persist(ei);
+        self.schedule(now);
+    }
+
+    pub fn progress(&mut self, agent: &AgentId, session: u64, r: &TaskRef, event: ProgressEvent, now: Instant) {
+        let lease = self.settings.lease;
+        let Some((_, t)) = self.task_mut(r, agent, session) else { return };
+        t.deadline = Some(now + lease);
+        t.last_progress = Some(event.clone());
+        self.fx.notices.push(Notice::Progress(r.experiment.clone(), r.task.clone(), event));
+    }
+
+    /// Keeps rows for samples of this task not seen before (a re-run or a duplicate batch never
+    /// counts twice) and journals them.
+    pub fn predictions(&mut self, agent: &AgentId, session: u64, r: &TaskRef, rows: Vec<PredictionRow>, now: Instant) {
+        let lease = self.settings.lease;
+        let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
+        t.deadline = Some(now + lease);
+        let ti = self.experiments[ei].index(&r.task).unwrap_or_default();
+        let e = &mut self.experiments[ei];
+        let known: HashSet<&str> = match &e.plan.tasks[ti].payload {
+            TaskPayload::Evaluate(p) => p.samples.iter().map(|s| s.id.as_str()).collect(),
+            TaskPayload::Finetune(_) => HashSet::new(),
+        };
+        let t = &mut e.tasks[ti];
+        let mut fresh = Vec::new();
+        for row in rows {
+            if known.contains(row.sample_id.as_str()) && !t.predictions.contains_key(&row.sample_id) {
+                t.predictions.insert(row.sample_id.clone(), row.clone());
+                fresh.push(row);
+            }
+        }
+        if !fresh.is_empty() {
+            self.fx.io.push(Io::AppendPredictions(r.experiment.clone(), r.task.clone(), fresh));
+        }
+    }
+
+    pub fn result(&mut self, agent: &AgentId, session: u64, r: &TaskRef, outcome: Outcome, now: Instant) {
+        let max_attempts = self.settings.max_attempts;
+        let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
+        if t.phase != Phase::Running {
+            return;
+        }
+        let device = t.placed.take().map(|p| p.device_uuid).unwrap_or_default();
+        t.deadline = None;
+        match outcome {
+            Outcome::Done(out) => {
+                set_phase(t, PhaseEvent::Succeed);
+                t.output = Some(out);
+            }
+            Outcome::Failed(why) => {
+                t.losses += 1;
+                if t.losses >= max_attempts {
+                    set_phase(t, PhaseEvent::Fail(format!("failed {} times; last error: {why}", t.losses)));
+                } else {
+                    tracing::warn!(task = %r.task.0, error = %why, "task failed on the agent; re-queued");
+                    set_phase(t, PhaseEvent::Requeue);
+                }
+            }
+            // Not the task's fault (the agent is shutting down): back to the queue, not counted.
+            Outcome::Cancelled(_) => set_phase(t, PhaseEvent::Requeue),
+        }
+        self.release_device(agent, &device);
+        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.persist(ei);
+        self.schedule(now);
+    }
+
+    /// Re-queues offers and running tasks whose lease ran out.
+    pub fn tick(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for e in &self.experiments {
+            for (p, t) in e.plan.tasks.iter().zip(&e.tasks) {
+                if let (Some(d), Some(pl)) = (t.deadline, &t.placed)
+                    && d <= now
+                {
+                    expired.push((e.plan.id.clone(), p.spec.id.clone(), t.attempt, pl.clone()));
+                }
+            }
+        }
+        for (exp, task, attempt, pl) in expired {
+            tracing::warn!(task = %task.0, agent = %pl.agent.0, "lease expired: re-queueing");
+            let r = TaskRef { experiment: exp, task, attempt };
+            self.fx.to_agents.push((pl.agent.clone(), pl.session, ToAgent::Cancel { task: r.clone(), reason: "lease expired".into() }));
+            self.lose_task(&r, "lease expired (no heartbeat or progress)");
+            self.release_device(&pl.agent, &pl.device_uuid);
+        }
+        self.schedule(now);
+    }
+
+    fn lose_agent_tasks(&mut self, agent: &AgentId, why: &str, _now: Instant) {
+        let mut lost = Vec::new();
+        for e in &self.experiments {
+            for (p, t) in e.plan.tasks.iter().zip(&e.tasks) {
+                if t.placed.as_ref().is_some_and(|pl| &pl.agent == agent) {
+                    lost.push(TaskRef { experiment: e.plan.id.clone(), task: p.spec.id.clone(), attempt: t.attempt });
+                }
+            }
+        }
+        for r in lost {
+            self.lose_task(&r, why);
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            for d in &mut a.devices {
+                d.busy = None;
+            }
+        }
+    }
+
+    /// A placed task lost its agent: back to the queue, or failed once attempts are used up.
+    fn lose_task(&mut self, r: &TaskRef, why: &str) {
+        let max_attempts = self.settings.max_attempts;
+        let Some(ei) = self.exp_index(&r.experiment) else { return };
+        let Some(ti) = self.experiments[ei].index(&r.task) else { return };
+        let t = &mut self.experiments[ei].tasks[ti];
+        let was_running = t.phase == Phase::Running;
+        t.placed = None;
+        t.deadline = None;
+        if was_running {
+            t.losses += 1;
+        }
+        if t.losses >= max_attempts {
+            set_phase(t, PhaseEvent::Fail(format!("lost {} times; last: {why}", t.losses)));
+        } else {
+            set_phase(t, PhaseEvent::Requeue);
+        }
+        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.persist(ei);
+    }
+
+    fn device_mut(&mut self, agent: &AgentId, uuid: &str) -> Option<&mut DeviceSlot> {
+        self.agents.get_mut(agent)?.devices.iter_mut().find(|d| d.info.uuid == uuid)
+    }
+
+    fn release_device(&mut self, agent: &AgentId, uuid: &str) {
+        if let Some(d) = self.device_mut(agent, uuid) {
+            d.busy = None;
+        }
+    }
+
+    pub(super) fn persist(&mut self, ei: usize) {
+        let e = &self.experiments[ei];
+        self.fx.io.push(Io::SaveState(e.plan.id.clone(), e.journal()));
+    }
+}
+
+pub(super) fn new_task(phase: Phase, attempt: u32, output: Option<TaskOutput>, ran_on: Option<AgentId>) -> TaskEntry {
+    TaskEntry {
+        phase,
+        attempt,
+        losses: 0,
+        placed: None,
+        deadline: None,
+        declined: HashSet::new(),
+        predictions: BTreeMap::new(),
+        output,
+        ran_on,
+        last_progress: None,
+    }
+}
+
+/// Applies a transition; an illegal one is a coordinator bug, logged and not applied.
+pub(super) fn set_phase(t: &mut TaskEntry, event: PhaseEvent) {
+    match t.phase.transition(event) {
+        Ok(next) => t.phase = next,
+        Err(e) => tracing::error!(error = %e, "illegal task transition ignored"),
+    }
+}
+
+pub(super) fn final_state(tasks: &[TaskEntry]) -> ExperimentState {
+    if tasks.iter().all(|t| t.phase == Phase::Succeeded) {
+        ExperimentState::Succeeded
+    } else if tasks.iter().all(|t| t.phase.is_terminal()) {
+        ExperimentState::Failed
+    } else {
+        ExperimentState::Running
+    }
+}

@@ -1,0 +1,235 @@
+//! The coordinator's state has one owner: [`run`] reads [`Command`]s from a channel, applies them
+//! to [`core::Core`] and carries out the effects (journal writes on the blocking pool, messages to
+//! agents, watcher events). Everything else talks to it through a [`StateHandle`].
+pub mod core;
+pub mod phase;
+mod sched;
+pub mod view;
+
+use self::core::{Core, CoreError, Io, Outcome, Registration, TaskRef};
+use crate::experiment::{ExperimentId, ExperimentPlan};
+use crate::journal::Journal;
+use proto::pb;
+use shared::task::{AgentId, PredictionRow, ProgressEvent};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Where the state owner sends an agent's messages.
+pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
+
+/// An agent's message, decoded.
+#[derive(Debug)]
+pub enum AgentEvent {
+    Heartbeat { free: Vec<(String, u64)>, running: Vec<TaskRef> },
+    OfferReply { task: TaskRef, accept: bool, reason: String, free_mib: u64 },
+    Progress { task: TaskRef, event: ProgressEvent },
+    Predictions { task: TaskRef, rows: Vec<PredictionRow> },
+    Result { task: TaskRef, outcome: Outcome },
+}
+
+/// A watcher's start: the current task states, then live events.
+pub type WatchStart = (Vec<pb::ExperimentEvent>, broadcast::Receiver<pb::ExperimentEvent>);
+
+/// Requests to the state owner.
+#[derive(Debug)]
+pub enum Command {
+    Submit { plan: Box<ExperimentPlan>, reply: oneshot::Sender<ExperimentId> },
+    Register { reg: Registration, tx: AgentTx, reply: oneshot::Sender<Result<u64, CoreError>> },
+    Disconnect { agent: AgentId, session: u64 },
+    FromAgent { agent: AgentId, session: u64, event: AgentEvent },
+    Status { experiment: Option<ExperimentId>, reply: oneshot::Sender<Result<pb::StatusReply, CoreError>> },
+    Watch { experiment: ExperimentId, reply: oneshot::Sender<Result<WatchStart, CoreError>> },
+    /// The output folder and whether the experiment has finished.
+    Results { experiment: ExperimentId, reply: oneshot::Sender<Result<(PathBuf, bool), CoreError>> },
+}
+
+/// The state owner is gone (the coordinator is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator is shutting down")]
+pub struct Closed;
+
+/// Cheap to clone; every call is a message to the owner.
+#[derive(Debug, Clone)]
+pub struct StateHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl StateHandle {
+    pub async fn send(&self, cmd: Command) -> Result<(), Closed> {
+        self.tx.send(cmd).await.map_err(|_| Closed)
+    }
+
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Closed> {
+        let (tx, rx) = oneshot::channel();
+        self.send(build(tx)).await?;
+        rx.await.map_err(|_| Closed)
+    }
+
+    pub async fn submit(&self, plan: ExperimentPlan) -> Result<ExperimentId, Closed> {
+        self.ask(|reply| Command::Submit { plan: Box::new(plan), reply }).await
+    }
+}
+
+/// Starts the owner task: restores the journal, then serves commands until `shutdown`.
+pub fn spawn(mut core: Core, journal: Journal, shutdown: CancellationToken) -> (StateHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Command>(1024);
+    let handle = tokio::spawn(async move {
+        let j = journal.clone();
+        match tokio::task::spawn_blocking(move || j.load_all()).await {
+            Ok(Ok(restored)) => {
+                for r in restored {
+                    core.restore(r, Instant::now());
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "could not read the journal; starting empty"),
+            Err(e) => tracing::error!(error = %e, "journal reader panicked"),
+        }
+        let mut owner = Owner { core, journal, agents: HashMap::new(), watchers: HashMap::new() };
+        owner.apply_effects().await;
+        let mut tick = tokio::time::interval(owner.core.settings.heartbeat_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => owner.handle(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => owner.core.tick(Instant::now()),
+                _ = shutdown.cancelled() => break,
+            }
+            owner.apply_effects().await;
+        }
+        tracing::info!("state owner stopped");
+    });
+    (StateHandle { tx }, handle)
+}
+
+struct Owner {
+    core: Core,
+    journal: Journal,
+    agents: HashMap<AgentId, (u64, AgentTx)>,
+    watchers: HashMap<ExperimentId, broadcast::Sender<pb::ExperimentEvent>>,
+}
+
+impl Owner {
+    fn handle(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Submit { plan, reply } => {
+                let id = self.core.submit(*plan, now);
+                let _ = reply.send(id);
+            }
+            Command::Register { reg, tx, reply } => {
+                let agent = reg.agent.clone();
+                let res = self.core.register(reg, now);
+                if let Ok(session) = res {
+                    // Sent here, before this command's effects, so `registered` precedes any offer.
+                    let hello = pb::CoordinatorMessage {
+                        msg: Some(pb::coordinator_message::Msg::Registered(pb::Registered {
+                            agent_id: agent.0.clone(),
+                            heartbeat_interval_ms: self.core.settings.heartbeat_interval.as_millis() as u32,
+                        })),
+                    };
+                    let _ = tx.try_send(Ok(hello));
+                    self.agents.insert(agent, (session, tx));
+                }
+                let _ = reply.send(res);
+            }
+            Command::Disconnect { agent, session } => {
+                if self.agents.get(&agent).is_some_and(|(s, _)| *s == session) {
+                    self.agents.remove(&agent);
+                }
+                self.core.disconnect(&agent, session, now);
+            }
+            Command::FromAgent { agent, session, event } => match event {
+                AgentEvent::Heartbeat { free, running } => self.core.heartbeat(&agent, session, &free, &running, now),
+                AgentEvent::OfferReply { task, accept, reason, free_mib } => {
+                    self.core.offer_reply(&agent, session, &task, accept, &reason, free_mib, now)
+                }
+                AgentEvent::Progress { task, event } => self.core.progress(&agent, session, &task, event, now),
+                AgentEvent::Predictions { task, rows } => self.core.predictions(&agent, session, &task, rows, now),
+                AgentEvent::Result { task, outcome } => self.core.result(&agent, session, &task, outcome, now),
+            },
+            Command::Status { experiment, reply } => {
+                let _ = reply.send(view::status(&self.core, experiment.as_ref()));
+            }
+            Command::Watch { experiment, reply } => {
+                let res = match self.core.experiment(&experiment) {
+                    None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
+                    Some(e) => {
+                        let snapshot = view::snapshot_events(e);
+                        let rx = self.watchers.entry(experiment).or_insert_with(|| broadcast::channel(1024).0).subscribe();
+                        Ok((snapshot, rx))
+                    }
+                };
+                let _ = reply.send(res);
+            }
+            Command::Results { experiment, reply } => {
+                let res = match self.core.experiment(&experiment) {
+                    None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
+                    Some(e) => Ok((e.plan.output_dir.clone(), e.state != core::ExperimentState::Running)),
+                };
+                let _ = reply.send(res);
+            }
+        }
+    }
+
+    /// Journal first (a batch is durable before anyone hears of it), then agents, then watchers.
+    async fn apply_effects(&mut self) {
+        let fx = self.core.take_effects();
+        if !fx.io.is_empty() {
+            let journal = self.journal.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                for op in fx.io {
+                    let r = match op {
+                        Io::SavePlan(p) => journal.save_plan(&p).map_err(|e| e.to_string()),
+                        Io::SaveState(id, s) => journal.save_state(&id, &s).map_err(|e| e.to_string()),
+                        Io::AppendPredictions(id, t, rows) => journal.append_predictions(&id, &t, &rows).map_err(|e| e.to_string()),
+                        Io::WriteOutputs(input) => crate::outputs::write_outputs(&input).map_err(|e| e.to_string()),
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "journal/output write failed");
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "journal writer panicked");
+            }
+        }
+        for (agent, session, msg) in fx.to_agents {
+            let Some((s, tx)) = self.agents.get(&agent) else { continue };
+            if *s != session {
+                continue;
+            }
+            let msg = match view::to_agent_pb(msg) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not encode a message for an agent");
+                    continue;
+                }
+            };
+            // Never block the owner on one slow agent: a full queue means it is not reading, and
+            // its lease will expire.
+            if let Err(e) = tx.try_send(Ok(msg)) {
+                tracing::warn!(agent = %agent.0, error = %e, "agent queue full or closed; message dropped");
+            }
+        }
+        for n in fx.notices {
+            let Some(ev) = view::notice_event(&self.core, &n) else { continue };
+            if let Some(w) = self.watchers.get(&ev_experiment(&n)) {
+                let _ = w.send(ev);
+            }
+        }
+    }
+}
+
+fn ev_experiment(n: &core::Notice) -> ExperimentId {
+    match n {
+        core::Notice::Task(e, _) | core::Notice::Progress(e, _, _) | core::Notice::Finished(e, _) => e.clone(),
+    }
+}
