@@ -7,9 +7,8 @@
 //! state owner calls them through `spawn_blocking`.
 use crate::experiment::{ExperimentId, ExperimentPlan};
 use crate::outcome::TaskOutput;
-use crate::state::phase::Phase;
 use serde::{Deserialize, Serialize};
-use shared::task::{AgentId, PredictionRow, TaskId};
+use shared::task::{AgentId, PredictionRow, TaskId, TaskState};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +28,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 /// A task's persisted progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskJournal {
-    pub phase: Phase,
+    pub state: TaskState,
+    /// Why it failed or was cancelled.
+    #[serde(default)]
+    pub detail: String,
     pub attempt: u32,
     pub output: Option<TaskOutput>,
     /// The agent that ran a finetune (its eval prefers that agent).

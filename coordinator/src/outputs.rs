@@ -3,9 +3,8 @@
 //! `config.resolved.toml`, `train_code_counts.json` (the report's frequency breakdown).
 use crate::experiment::ExperimentPlan;
 use crate::outcome::TaskOutput;
-use crate::state::phase::Phase;
 use shared::fsutil::{write_atomic, write_json_atomic};
-use shared::task::{PredictionRow, TaskKind, TaskSpec};
+use shared::task::{PredictionRow, TaskKind, TaskSpec, TaskState};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +19,8 @@ pub enum OutputsError {
 #[derive(Debug, Clone)]
 pub struct TaskResultView {
     pub spec: TaskSpec,
-    pub phase: Phase,
+    pub state: TaskState,
+    pub detail: String,
     pub output: Option<TaskOutput>,
     /// In the payload's sample order.
     pub predictions: Vec<PredictionRow>,

@@ -181,6 +181,9 @@ pub enum TaskEvent {
     Cancel,
     /// The user asked to run a failed task again.
     Retry,
+    /// No registered device has the total memory the task's estimate needs: it fails at once
+    /// instead of waiting forever (added by the coordinator's scheduler).
+    Unplaceable,
 }
 
 /// An event that makes no sense in the task's current state (a stale agent's report, a double
@@ -215,6 +218,7 @@ impl TaskState {
                 S::Cancelled
             }
             (S::Failed, E::Retry) => S::Ready,
+            (S::Pending | S::Ready, E::Unplaceable) => S::Failed,
             _ => return Err(IllegalTransition { from: self, event }),
         };
         Ok(next)

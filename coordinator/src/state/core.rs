@@ -1,11 +1,10 @@
 //! The coordinator's state and its event handlers. Synchronous and free of I/O: each handler
 //! mutates the state and queues effects (messages to agents, journal writes, watcher notices) that
 //! the owner task ([`super::run`]) carries out. That keeps every decision testable without a network.
-use super::phase::{Phase, PhaseEvent};
 use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
 use crate::journal::{ExperimentJournal, Restored, TaskJournal};
 use crate::outcome::TaskOutput;
-use shared::task::{AgentId, PredictionRow, ProgressEvent, TaskId};
+use shared::task::{AgentId, PredictionRow, ProgressEvent, TaskEvent, TaskId, TaskState};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -134,7 +133,9 @@ pub struct Placement {
 
 #[derive(Debug)]
 pub struct TaskEntry {
-    pub phase: Phase,
+    pub state: TaskState,
+    /// Why it failed or was cancelled (empty otherwise).
+    pub detail: String,
     /// Offer sequence number (the wire `attempt`).
     pub attempt: u32,
     /// Times the task was lost or failed on an agent.
@@ -171,7 +172,8 @@ impl ExperimentEntry {
                 .zip(&self.tasks)
                 .map(|(p, t)| {
                     let tj = TaskJournal {
-                        phase: t.phase.clone(),
+                        state: t.state.clone(),
+                        detail: t.detail.clone(),
                         attempt: t.attempt,
                         output: t.output.clone(),
                         ran_on: t.ran_on.clone(),
@@ -228,7 +230,7 @@ impl Core {
             tracing::info!(experiment = %id, "already known: resuming");
             return id;
         }
-        let tasks = plan.tasks.iter().map(|_| new_task(Phase::Pending, 0, None, None)).collect();
+        let tasks = plan.tasks.iter().map(|_| new_task(TaskState::Pending, 0, None, None)).collect();
         let entry = ExperimentEntry { plan: plan.clone(), tasks, state: ExperimentState::Running };
         self.fx.io.push(Io::SavePlan(Box::new(plan)));
         self.fx.io.push(Io::SaveState(id.clone(), entry.journal()));
@@ -243,16 +245,17 @@ impl Core {
         let mut tasks = Vec::with_capacity(r.plan.tasks.len());
         for t in &r.plan.tasks {
             let j = r.state.tasks.get(&t.spec.id);
-            let phase = match j.map(|j| &j.phase) {
-                Some(p @ (Phase::Succeeded | Phase::Failed { .. } | Phase::Cancelled { .. })) => p.clone(),
-                _ => Phase::Pending,
+            let state = match j.map(|j| &j.state) {
+                Some(s) if s.is_terminal() => s.clone(),
+                _ => TaskState::Pending,
             };
             let mut entry = new_task(
-                phase,
+                state,
                 j.map_or(0, |j| j.attempt),
                 j.and_then(|j| j.output.clone()),
                 j.and_then(|j| j.ran_on.clone()),
             );
+            entry.detail = j.map(|j| j.detail.clone()).unwrap_or_default();
             for row in r.predictions.get(&t.spec.id).into_iter().flatten() {
                 entry.predictions.entry(row.sample_id.clone()).or_insert_with(|| row.clone());
             }
@@ -336,17 +339,17 @@ impl Core {
     pub fn offer_reply(&mut self, agent: &AgentId, session: u64, r: &TaskRef, accept: bool, reason: &str, free_mib: u64, now: Instant) {
         let lease = self.settings.lease;
         let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
-        if t.phase != Phase::Offered {
+        if !matches!(t.state, TaskState::Offered { .. }) {
             return;
         }
         let device = t.placed.as_ref().map(|p| p.device_uuid.clone()).unwrap_or_default();
         if accept {
-            set_phase(t, PhaseEvent::Accept);
+            apply(t, TaskEvent::Accept { agent: agent.clone() });
             t.deadline = Some(now + lease);
             t.ran_on = Some(agent.clone());
         } else {
             tracing::info!(task = %r.task.0, agent = %agent.0, reason, free_mib, "offer declined");
-            set_phase(t, PhaseEvent::Decline);
+            apply(t, TaskEvent::Decline { agent: agent.clone() });
             t.placed = None;
             t.deadline = None;
             t.declined.insert((agent.clone(), device.clone()));
@@ -396,27 +399,28 @@ impl Core {
     pub fn result(&mut self, agent: &AgentId, session: u64, r: &TaskRef, outcome: Outcome, now: Instant) {
         let max_attempts = self.settings.max_attempts;
         let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
-        if t.phase != Phase::Running {
+        if !matches!(t.state, TaskState::Running { .. }) {
             return;
         }
         let device = t.placed.take().map(|p| p.device_uuid).unwrap_or_default();
         t.deadline = None;
         match outcome {
             Outcome::Done(out) => {
-                set_phase(t, PhaseEvent::Succeed);
+                apply(t, TaskEvent::Succeed { agent: agent.clone() });
                 t.output = Some(out);
             }
             Outcome::Failed(why) => {
                 t.losses += 1;
                 if t.losses >= max_attempts {
-                    set_phase(t, PhaseEvent::Fail(format!("failed {} times; last error: {why}", t.losses)));
+                    t.detail = format!("failed {} times; last error: {why}", t.losses);
+                    apply(t, TaskEvent::Fail { agent: agent.clone() });
                 } else {
                     tracing::warn!(task = %r.task.0, error = %why, "task failed on the agent; re-queued");
-                    set_phase(t, PhaseEvent::Requeue);
+                    apply(t, TaskEvent::Requeue);
                 }
             }
             // Not the task's fault (the agent is shutting down): back to the queue, not counted.
-            Outcome::Cancelled(_) => set_phase(t, PhaseEvent::Requeue),
+            Outcome::Cancelled(_) => apply(t, TaskEvent::Requeue),
         }
         self.release_device(agent, &device);
         self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
@@ -471,16 +475,21 @@ impl Core {
         let Some(ei) = self.exp_index(&r.experiment) else { return };
         let Some(ti) = self.experiments[ei].index(&r.task) else { return };
         let t = &mut self.experiments[ei].tasks[ti];
-        let was_running = t.phase == Phase::Running;
+        let running_on = match &t.state {
+            TaskState::Running { agent } => Some(agent.clone()),
+            _ => None,
+        };
         t.placed = None;
         t.deadline = None;
-        if was_running {
+        if running_on.is_some() {
             t.losses += 1;
         }
-        if t.losses >= max_attempts {
-            set_phase(t, PhaseEvent::Fail(format!("lost {} times; last: {why}", t.losses)));
-        } else {
-            set_phase(t, PhaseEvent::Requeue);
+        match running_on {
+            Some(agent) if t.losses >= max_attempts => {
+                t.detail = format!("lost {} times; last: {why}", t.losses);
+                apply(t, TaskEvent::Fail { agent });
+            }
+            _ => apply(t, TaskEvent::Requeue),
         }
         self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
@@ -502,9 +511,10 @@ impl Core {
     }
 }
 
-pub(super) fn new_task(phase: Phase, attempt: u32, output: Option<TaskOutput>, ran_on: Option<AgentId>) -> TaskEntry {
+pub(super) fn new_task(state: TaskState, attempt: u32, output: Option<TaskOutput>, ran_on: Option<AgentId>) -> TaskEntry {
     TaskEntry {
-        phase,
+        state,
+        detail: String::new(),
         attempt,
         losses: 0,
         placed: None,
@@ -518,17 +528,17 @@ pub(super) fn new_task(phase: Phase, attempt: u32, output: Option<TaskOutput>, r
 }
 
 /// Applies a transition; an illegal one is a coordinator bug, logged and not applied.
-pub(super) fn set_phase(t: &mut TaskEntry, event: PhaseEvent) {
-    match t.phase.transition(event) {
-        Ok(next) => t.phase = next,
+pub(super) fn apply(t: &mut TaskEntry, event: TaskEvent) {
+    match t.state.clone().transition(event) {
+        Ok(next) => t.state = next,
         Err(e) => tracing::error!(error = %e, "illegal task transition ignored"),
     }
 }
 
 pub(super) fn final_state(tasks: &[TaskEntry]) -> ExperimentState {
-    if tasks.iter().all(|t| t.phase == Phase::Succeeded) {
+    if tasks.iter().all(|t| t.state == TaskState::Succeeded) {
         ExperimentState::Succeeded
-    } else if tasks.iter().all(|t| t.phase.is_terminal()) {
+    } else if tasks.iter().all(|t| t.state.is_terminal()) {
         ExperimentState::Failed
     } else {
         ExperimentState::Running

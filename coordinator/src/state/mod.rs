@@ -2,7 +2,6 @@
 //! to [`core::Core`] and carries out the effects (journal writes on the blocking pool, messages to
 //! agents, watcher events). Everything else talks to it through a [`StateHandle`].
 pub mod core;
-pub mod phase;
 mod sched;
 pub mod view;
 

@@ -1,12 +1,11 @@
 //! Placement: which ready task goes to which idle device. One task per device at a time, only
 //! where the reported free memory fits the estimate, an SLM's eval preferably on the agent that
 //! finetuned it, and a task no registered device could ever hold fails at once.
-use super::core::{Core, ExperimentState, Io, Notice, Placement, ToAgent, TaskRef, final_state, set_phase};
-use super::phase::{Phase, PhaseEvent};
+use super::core::{Core, ExperimentState, Io, Notice, Placement, ToAgent, TaskRef, apply, final_state};
 use crate::experiment::TaskPayload;
 use crate::outcome::TaskOutput;
 use crate::outputs::{OutputsInput, TaskResultView};
-use shared::task::{AgentId, TaskId, TaskKind};
+use shared::task::{AgentId, TaskEvent, TaskId, TaskKind, TaskState};
 use std::time::Instant;
 
 impl Core {
@@ -19,7 +18,7 @@ impl Core {
             }
             let mut changed = self.promote(ei, largest);
             for ti in 0..self.experiments[ei].tasks.len() {
-                if self.experiments[ei].tasks[ti].phase == Phase::Ready && self.place(ei, ti, now) {
+                if self.experiments[ei].tasks[ti].state == TaskState::Ready && self.place(ei, ti, now) {
                     changed = true;
                 }
             }
@@ -42,34 +41,34 @@ impl Core {
         for ti in 0..self.experiments[ei].tasks.len() {
             let e = &self.experiments[ei];
             let spec = &e.plan.tasks[ti].spec;
-            let phase = &e.tasks[ti].phase;
-            if !matches!(phase, Phase::Pending | Phase::Ready) {
+            let state = &e.tasks[ti].state;
+            if !matches!(state, TaskState::Pending | TaskState::Ready) {
                 continue;
             }
             let event = if let Some(max) = largest.filter(|m| spec.estimate_mib > *m) {
-                Some(PhaseEvent::Fail(format!(
-                    "task `{}` needs {} MiB, largest device has {} MiB",
-                    spec.id.0, spec.estimate_mib, max
-                )))
-            } else if *phase == Phase::Pending {
-                let dep_phases: Vec<(&TaskId, &Phase)> = spec
+                let why = format!("task `{}` needs {} MiB, largest device has {} MiB", spec.id.0, spec.estimate_mib, max);
+                Some((TaskEvent::Unplaceable, why))
+            } else if *state == TaskState::Pending {
+                let dep_states: Vec<(&TaskId, &TaskState)> = spec
                     .depends_on
                     .iter()
-                    .map(|d| (d, e.plan.tasks.iter().position(|p| &p.spec.id == d).map(|i| &e.tasks[i].phase)))
-                    .map(|(d, p)| (d, p.unwrap_or(&Phase::Pending)))
+                    .map(|d| (d, e.plan.tasks.iter().position(|p| &p.spec.id == d).map(|i| &e.tasks[i].state)))
+                    .map(|(d, p)| (d, p.unwrap_or(&TaskState::Pending)))
                     .collect();
-                if let Some((d, _)) = dep_phases.iter().find(|(_, p)| matches!(p, Phase::Failed { .. } | Phase::Cancelled { .. })) {
-                    Some(PhaseEvent::Cancel(format!("dependency `{}` did not succeed", d.0)))
-                } else if dep_phases.iter().all(|(_, p)| **p == Phase::Succeeded) {
-                    Some(PhaseEvent::DependenciesMet)
+                if let Some((d, _)) = dep_states.iter().find(|(_, p)| matches!(p, TaskState::Failed | TaskState::Cancelled)) {
+                    Some((TaskEvent::DependencyFailed, format!("dependency `{}` did not succeed", d.0)))
+                } else if dep_states.iter().all(|(_, p)| **p == TaskState::Succeeded) {
+                    Some((TaskEvent::DependenciesMet, String::new()))
                 } else {
                     None
                 }
             } else {
                 None
             };
-            if let Some(ev) = event {
-                set_phase(&mut self.experiments[ei].tasks[ti], ev);
+            if let Some((ev, why)) = event {
+                let t = &mut self.experiments[ei].tasks[ti];
+                t.detail = why;
+                apply(t, ev);
                 self.fx.notices.push(Notice::Task(exp_id.clone(), self.experiments[ei].plan.tasks[ti].spec.id.clone()));
                 changed = true;
             }
@@ -114,7 +113,7 @@ impl Core {
         let e = &mut self.experiments[ei];
         let spec = e.plan.tasks[ti].spec.clone();
         let t = &mut e.tasks[ti];
-        set_phase(t, PhaseEvent::Offer);
+        apply(t, TaskEvent::Offer { agent: agent.clone() });
         t.attempt += 1;
         t.placed = Some(Placement { agent: agent.clone(), session, device_uuid: device_uuid.clone() });
         t.deadline = Some(now + lease);
@@ -162,7 +161,7 @@ impl Core {
                     TaskPayload::Evaluate(ev) => ev.samples.iter().filter_map(|s| t.predictions.get(&s.id).cloned()).collect(),
                     TaskPayload::Finetune(_) => Vec::new(),
                 };
-                TaskResultView { spec: p.spec.clone(), phase: t.phase.clone(), output: t.output.clone(), predictions: rows }
+                TaskResultView { spec: p.spec.clone(), state: t.state.clone(), detail: t.detail.clone(), output: t.output.clone(), predictions: rows }
             })
             .collect();
         self.fx.io.push(Io::WriteOutputs(Box::new(OutputsInput { plan: e.plan.clone(), tasks })));

@@ -1,9 +1,9 @@
 //! Wire views of the state: status replies, watcher events, messages to agents (edge code: the
 //! only part of the state module that builds `pb::*`).
 use super::core::{Core, CoreError, DeviceKind, ExperimentEntry, ExperimentState, Notice, TaskEntry, TaskRef, ToAgent};
-use super::phase::Phase;
 use crate::experiment::{ExperimentId, TaskPayload};
 use proto::pb;
+use shared::task::TaskState;
 
 fn task_ref(r: &TaskRef) -> pb::TaskRef {
     pb::TaskRef { experiment_id: r.experiment.0.clone(), task_id: r.task.0.clone(), attempt: r.attempt }
@@ -31,15 +31,15 @@ pub fn to_agent_pb(msg: ToAgent) -> Result<pb::CoordinatorMessage, serde_json::E
     Ok(pb::CoordinatorMessage { msg: Some(msg) })
 }
 
-fn phase_kind(p: &Phase) -> pb::TaskStateKind {
+fn state_kind(p: &TaskState) -> pb::TaskStateKind {
     match p {
-        Phase::Pending => pb::TaskStateKind::TaskStatePending,
-        Phase::Ready => pb::TaskStateKind::TaskStateReady,
-        Phase::Offered => pb::TaskStateKind::TaskStateOffered,
-        Phase::Running => pb::TaskStateKind::TaskStateRunning,
-        Phase::Succeeded => pb::TaskStateKind::TaskStateSucceeded,
-        Phase::Failed { .. } => pb::TaskStateKind::TaskStateFailed,
-        Phase::Cancelled { .. } => pb::TaskStateKind::TaskStateCancelled,
+        TaskState::Pending => pb::TaskStateKind::TaskStatePending,
+        TaskState::Ready => pb::TaskStateKind::TaskStateReady,
+        TaskState::Offered { .. } => pb::TaskStateKind::TaskStateOffered,
+        TaskState::Running { .. } => pb::TaskStateKind::TaskStateRunning,
+        TaskState::Succeeded => pb::TaskStateKind::TaskStateSucceeded,
+        TaskState::Failed => pb::TaskStateKind::TaskStateFailed,
+        TaskState::Cancelled => pb::TaskStateKind::TaskStateCancelled,
     }
 }
 
@@ -54,14 +54,14 @@ fn experiment_kind(s: ExperimentState) -> pb::ExperimentStateKind {
 fn task_status(e: &ExperimentEntry, i: usize) -> pb::TaskStatus {
     let spec = &e.plan.tasks[i].spec;
     let t: &TaskEntry = &e.tasks[i];
-    let detail = match (&t.phase, &t.last_progress) {
-        (Phase::Failed { reason } | Phase::Cancelled { reason }, _) => reason.clone(),
+    let detail = match (&t.state, &t.last_progress) {
+        (TaskState::Failed | TaskState::Cancelled, _) => t.detail.clone(),
         (_, Some(shared::task::ProgressEvent::Stage { name })) => name.clone(),
         _ => String::new(),
     };
     pb::TaskStatus {
         task_id: spec.id.0.clone(),
-        state: phase_kind(&t.phase) as i32,
+        state: state_kind(&t.state) as i32,
         agent_id: t.placed.as_ref().map(|p| p.agent.0.clone()).or_else(|| t.ran_on.as_ref().map(|a| a.0.clone())).unwrap_or_default(),
         attempt: t.attempt,
         detail,
