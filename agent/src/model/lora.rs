@@ -68,6 +68,29 @@ impl DropoutRng {
         }
     }
 
+    /// The stream's full state, to replay the same masks later (layer-by-layer recomputation).
+    pub fn snapshot(&self) -> ChaCha8Rng {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Rewind or advance the stream to a state from [`DropoutRng::snapshot`].
+    pub fn restore(&self, state: &ChaCha8Rng) {
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = state.clone();
+    }
+
+    /// `(seed, word position)`: a compact, serialisable form of the state (checkpoints).
+    pub fn position(&self) -> ([u8; 32], u128) {
+        let rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        (rng.get_seed(), rng.get_word_pos())
+    }
+
+    /// Restore a state saved with [`DropoutRng::position`].
+    pub fn restore_position(&self, seed: [u8; 32], word_pos: u128) {
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_word_pos(word_pos);
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = rng;
+    }
+
     /// Inverted dropout: zero each element with probability `p`, scale the rest by `1 / (1 - p)`.
     pub fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
