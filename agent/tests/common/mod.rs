@@ -1,0 +1,117 @@
+//! Shared helpers for the engine's integration tests: a tiny random-weight Llama-family model.
+#![allow(dead_code)]
+use std::collections::HashMap;
+
+use agent::model::{Config, LoadOptions, Model, TensorMap};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The shape of a tiny test model.
+#[derive(Debug, Clone, Copy)]
+pub struct Tiny {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+}
+
+impl Default for Tiny {
+    fn default() -> Self {
+        Self {
+            vocab: 64,
+            hidden: 32,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 64,
+        }
+    }
+}
+
+impl Tiny {
+    pub fn config(&self) -> Config {
+        let json = serde_json::json!({
+            "model_type": "llama",
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": 512,
+            "tie_word_embeddings": true,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "hidden_act": "silu",
+        });
+        Config::from_hf_json(&json.to_string(), "tiny config.json").expect("tiny config")
+    }
+
+    /// Random weights (uniform, scaled like an initialised model), f32 on the CPU, seeded.
+    pub fn weights(&self, seed: u64) -> TensorMap {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut t = HashMap::new();
+        let mut rand = |shape: &[usize], scale: f32| -> Tensor {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                .collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let (h, i) = (self.hidden, self.intermediate);
+        let hd = h / self.heads;
+        let s = 1.0 / (h as f32).sqrt();
+        t.insert(
+            "model.embed_tokens.weight".to_string(),
+            rand(&[self.vocab, h], 1.0),
+        );
+        t.insert(
+            "model.norm.weight".to_string(),
+            Tensor::ones(h, DType::F32, &Device::Cpu).unwrap(),
+        );
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}");
+            t.insert(
+                format!("{p}.input_layernorm.weight"),
+                Tensor::ones(h, DType::F32, &Device::Cpu).unwrap(),
+            );
+            t.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                Tensor::ones(h, DType::F32, &Device::Cpu).unwrap(),
+            );
+            t.insert(
+                format!("{p}.self_attn.q_proj.weight"),
+                rand(&[self.heads * hd, h], s),
+            );
+            t.insert(
+                format!("{p}.self_attn.k_proj.weight"),
+                rand(&[self.kv_heads * hd, h], s),
+            );
+            t.insert(
+                format!("{p}.self_attn.v_proj.weight"),
+                rand(&[self.kv_heads * hd, h], s),
+            );
+            t.insert(
+                format!("{p}.self_attn.o_proj.weight"),
+                rand(&[h, self.heads * hd], s),
+            );
+            t.insert(format!("{p}.mlp.gate_proj.weight"), rand(&[i, h], s));
+            t.insert(format!("{p}.mlp.up_proj.weight"), rand(&[i, h], s));
+            t.insert(
+                format!("{p}.mlp.down_proj.weight"),
+                rand(&[h, i], 1.0 / (i as f32).sqrt()),
+            );
+        }
+        TensorMap::new(t, "tiny random weights")
+    }
+
+    pub fn model(&self, seed: u64) -> Model {
+        Model::load(&self.weights(seed), &self.config(), &LoadOptions::cpu_f32())
+            .expect("tiny model loads")
+    }
+}
