@@ -1,10 +1,16 @@
 //! The seeded train / validation / test split of a dataset and its content hash.
 //!
-//! The split is purely random (not stratified by code): records are sorted by id, the sorted order
-//! is shuffled with `ChaCha8Rng::seed_from_u64(seed)`, and the shuffled list is cut into three parts.
-//! Sorting first makes the result independent of the order the records were loaded in; ChaCha8 with
-//! a fixed seed makes it identical across runs and platforms. With ~5 rows per code in MedSynth some
-//! test codes will have few or no training examples; the report's frequency breakdowns show that.
+//! Records are first sorted by id, so the result does not depend on the order they were loaded in,
+//! and every random choice comes from `ChaCha8Rng::seed_from_u64(seed)`, so it is identical across
+//! runs and platforms. Two strategies ([`SplitStrategy`]):
+//! - `random` (default): the sorted records are shuffled and cut into three parts. Not stratified:
+//!   with ~5 rows per code in MedSynth, some test codes have few or no training examples (the
+//!   report's frequency breakdowns show this).
+//! - `stratified_by_code`: each code's records are shuffled and kept together, the groups are
+//!   shuffled, and positions along that list are dealt to the parts in proportion (each part's
+//!   share of every prefix stays within one record of its target). Part sizes are the same as for
+//!   `random`, and every part gets its share of each code: with 5 rows per code and 0.8 / 0.1 / 0.1,
+//!   a code has at most one test and one validation row, so every test code is seen in training.
 use std::collections::BTreeMap;
 
 use rand::SeedableRng;
@@ -16,7 +22,27 @@ use thiserror::Error;
 
 use crate::dataset::Record;
 
-/// Split fractions and seed (the `[data.split]` section of the experiment config).
+/// How records are assigned to the parts (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitStrategy {
+    /// Shuffle all records and cut.
+    #[default]
+    Random,
+    /// Spread each code's records over the parts in proportion.
+    StratifiedByCode,
+}
+
+impl SplitStrategy {
+    fn name(self) -> &'static str {
+        match self {
+            SplitStrategy::Random => "random",
+            SplitStrategy::StratifiedByCode => "stratified_by_code",
+        }
+    }
+}
+
+/// Split fractions, strategy and seed (the `[data.split]` section of the experiment config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitConfig {
@@ -24,6 +50,7 @@ pub struct SplitConfig {
     pub validation: f64,
     pub test: f64,
     pub seed: u64,
+    pub strategy: SplitStrategy,
 }
 
 impl Default for SplitConfig {
@@ -33,6 +60,7 @@ impl Default for SplitConfig {
             validation: 0.1,
             test: 0.1,
             seed: 42,
+            strategy: SplitStrategy::Random,
         }
     }
 }
@@ -90,7 +118,8 @@ pub struct Split {
     pub train: Vec<Record>,
     pub validation: Vec<Record>,
     pub test: Vec<Record>,
-    /// Hex SHA-256 over every part's ids, codes and dialogues in order, plus the fractions.
+    /// Hex SHA-256 over every part's ids, codes and dialogues in order, plus the fractions and the
+    /// strategy.
     pub hash: String,
 }
 
@@ -126,15 +155,21 @@ pub fn split(records: &[Record], cfg: &SplitConfig) -> Result<Split, SplitError>
         });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    order.shuffle(&mut rng);
-
     let n = order.len();
     let n_train = part_size(n, cfg.train).min(n);
     let n_validation = part_size(n, cfg.validation).min(n - n_train);
-    let (train, rest) = order.split_at(n_train);
-    let (validation, test) = rest.split_at(n_validation);
+    let sizes = [n_train, n_validation, n - n_train - n_validation];
+    let (train, validation, test) = match cfg.strategy {
+        SplitStrategy::Random => {
+            order.shuffle(&mut rng);
+            let (train, rest) = order.split_at(n_train);
+            let (validation, test) = rest.split_at(n_validation);
+            (train.to_vec(), validation.to_vec(), test.to_vec())
+        }
+        SplitStrategy::StratifiedByCode => stratified(order, sizes, &mut rng),
+    };
     let owned = |part: &[&Record]| part.iter().map(|r| (*r).clone()).collect::<Vec<_>>();
-    let (train, validation, test) = (owned(train), owned(validation), owned(test));
+    let (train, validation, test) = (owned(&train), owned(&validation), owned(&test));
     let hash = content_hash(&[&train, &validation, &test], cfg);
     Ok(Split {
         train,
@@ -142,6 +177,61 @@ pub fn split(records: &[Record], cfg: &SplitConfig) -> Result<Split, SplitError>
         test,
         hash,
     })
+}
+
+type Parts<'a> = (Vec<&'a Record>, Vec<&'a Record>, Vec<&'a Record>);
+
+/// `order` is sorted by id; `sizes` are the train / validation / test sizes.
+fn stratified<'a>(order: Vec<&'a Record>, sizes: [usize; 3], rng: &mut ChaCha8Rng) -> Parts<'a> {
+    let mut groups: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in order {
+        groups.entry(r.code.as_str()).or_default().push(r);
+    }
+    let mut groups: Vec<Vec<&Record>> = groups.into_values().collect();
+    for group in &mut groups {
+        group.shuffle(rng);
+    }
+    groups.shuffle(rng);
+    let mut parts: [Vec<&Record>; 3] = Default::default();
+    for (record, part) in groups.concat().into_iter().zip(deal(sizes)) {
+        parts[part].push(record);
+    }
+    // Within a part the records are still grouped by code; shuffle so that the first N test records
+    // (`limit_eval`) are a random subset, like for the random strategy.
+    for part in &mut parts {
+        part.shuffle(rng);
+    }
+    let [train, validation, test] = parts;
+    (train, validation, test)
+}
+
+/// Deals positions `0..sum(sizes)` to parts 0, 1, 2 so that each part's count over every prefix
+/// stays within one of its proportional share: each position goes to the part furthest behind its
+/// share (exact integer arithmetic; ties go to the smaller parts, test first). A part that is full
+/// gets no more, so the totals are exactly `sizes`.
+fn deal(sizes: [usize; 3]) -> Vec<usize> {
+    let n = sizes.iter().sum::<usize>() as u128;
+    let mut assigned = [0u128; 3];
+    (1..=n)
+        .map(|position| {
+            let mut best: Option<(usize, i128)> = None;
+            for part in [2, 1, 0] {
+                if assigned[part] == sizes[part] as u128 {
+                    continue;
+                }
+                // (share of this prefix − records assigned) × n, kept integral.
+                let behind =
+                    (position * sizes[part] as u128) as i128 - (assigned[part] * n) as i128;
+                if best.is_none_or(|(_, b)| behind > b) {
+                    best = Some((part, behind));
+                }
+            }
+            // Some part is always below its size while positions remain: sizes sum to n.
+            let (part, _) = best.unwrap_or((0, 0));
+            assigned[part] += 1;
+            part
+        })
+        .collect()
 }
 
 fn part_size(n: usize, fraction: f64) -> usize {
@@ -153,6 +243,7 @@ fn part_size(n: usize, fraction: f64) -> usize {
 fn content_hash(parts: &[&Vec<Record>; 3], cfg: &SplitConfig) -> String {
     let mut h = Sha256::new();
     h.update(b"sizespec-split-v1");
+    update_field(&mut h, cfg.strategy.name().as_bytes());
     for f in [cfg.train, cfg.validation, cfg.test] {
         h.update(f.to_le_bytes());
     }
@@ -184,223 +275,4 @@ pub fn limit_eval(test: &[Record], max_eval_samples: Option<usize>) -> &[Record]
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn records(n: usize) -> Vec<Record> {
-        (1..=n)
-            .map(|i| Record {
-                id: format!("r-{i:04}"),
-                dialogue: format!("dialogue {i}"),
-                note: String::new(),
-                code: format!("A{:02}", i % 7),
-                description: String::new(),
-            })
-            .collect()
-    }
-
-    fn ids(part: &[Record]) -> Vec<&str> {
-        part.iter().map(|r| r.id.as_str()).collect()
-    }
-
-    #[test]
-    fn default_sizes_cover_everything_once() {
-        let data = records(1000);
-        let s = split(&data, &SplitConfig::default()).unwrap();
-        assert_eq!(
-            (s.train.len(), s.validation.len(), s.test.len()),
-            (800, 100, 100)
-        );
-        let mut all: Vec<&str> = ids(&s.train)
-            .into_iter()
-            .chain(ids(&s.validation))
-            .chain(ids(&s.test))
-            .collect();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), 1000);
-        assert_eq!(s.hash.len(), 64);
-        // shuffled, not the input order
-        assert_ne!(ids(&s.train)[..10], ids(&data[..10])[..]);
-    }
-
-    #[test]
-    fn rounding_never_loses_or_duplicates_records() {
-        // 7 × 0.8 = 5.6 → 6; 7 × 0.1 = 0.7 → 1; test gets the remaining 0.
-        let cfg = SplitConfig::default();
-        let s = split(&records(7), &cfg).unwrap();
-        assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (6, 1, 0));
-        // 0.5 / 0.5 / 0 on 3 records: 1.5 → 2, 1.5 → 2 capped to the 1 left.
-        let half = SplitConfig {
-            train: 0.5,
-            validation: 0.5,
-            test: 0.0,
-            seed: 1,
-        };
-        let s = split(&records(3), &half).unwrap();
-        assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (2, 1, 0));
-        let s = split(&[], &cfg).unwrap();
-        assert!(s.train.is_empty() && s.validation.is_empty() && s.test.is_empty());
-    }
-
-    #[test]
-    fn deterministic_and_independent_of_input_order() {
-        let data = records(200);
-        let cfg = SplitConfig::default();
-        let a = split(&data, &cfg).unwrap();
-        let b = split(&data, &cfg).unwrap();
-        assert_eq!(a, b);
-        let mut reversed = data.clone();
-        reversed.reverse();
-        let mut rotated = data.clone();
-        rotated.rotate_left(77);
-        assert_eq!(split(&reversed, &cfg).unwrap(), a);
-        assert_eq!(split(&rotated, &cfg).unwrap(), a);
-    }
-
-    #[test]
-    fn pinned_order_for_seed_42() {
-        // Pins ChaCha8 + SliceRandom::shuffle: a dependency upgrade that changes the stream would
-        // silently change every published split, so it must fail here first.
-        let s = split(&records(10), &SplitConfig::default()).unwrap();
-        let pinned: Vec<&str> = ids(&s.train)
-            .into_iter()
-            .chain(ids(&s.validation))
-            .chain(ids(&s.test))
-            .collect();
-        assert_eq!(pinned, PINNED_SEED_42);
-        // Pins the hash layout too: results.json files from earlier runs are compared by it.
-        assert_eq!(
-            s.hash,
-            "5a32027e142810cb1b7be219ec733f0aa78a1e760bf8825ce3ffd6c1887574aa"
-        );
-    }
-
-    const PINNED_SEED_42: [&str; 10] = [
-        "r-0008", "r-0002", "r-0006", "r-0005", "r-0007", "r-0010", "r-0004", "r-0009", "r-0003",
-        "r-0001",
-    ];
-
-    #[test]
-    fn seed_changes_order_and_hash() {
-        let data = records(200);
-        let a = split(&data, &SplitConfig::default()).unwrap();
-        let b = split(
-            &data,
-            &SplitConfig {
-                seed: 43,
-                ..SplitConfig::default()
-            },
-        )
-        .unwrap();
-        assert_ne!(ids(&a.test), ids(&b.test));
-        assert_ne!(a.hash, b.hash);
-    }
-
-    #[test]
-    fn hash_changes_with_any_content_or_fraction() {
-        let data = records(50);
-        let cfg = SplitConfig::default();
-        let base = split(&data, &cfg).unwrap().hash;
-        let mut changed_dialogue = data.clone();
-        changed_dialogue[3].dialogue.push('!');
-        let mut changed_code = data.clone();
-        changed_code[3].code = "Z99".into();
-        let mut changed_id = data.clone();
-        changed_id[3].id = "r-9999".into();
-        for variant in [changed_dialogue, changed_code, changed_id] {
-            assert_ne!(split(&variant, &cfg).unwrap().hash, base);
-        }
-        // Same sizes (50 × 0.1 = 5 either way) but different fractions: still a different hash.
-        let other = SplitConfig {
-            train: 0.79,
-            validation: 0.11,
-            test: 0.1,
-            seed: 42,
-        };
-        let s = split(&data, &other).unwrap();
-        assert_eq!(s.validation.len(), 6);
-        assert_ne!(s.hash, base);
-        // The note and description are not model input and are not hashed.
-        let mut changed_note = data.clone();
-        changed_note[3].note = "new note".into();
-        assert_eq!(split(&changed_note, &cfg).unwrap().hash, base);
-    }
-
-    #[test]
-    fn invalid_fractions_and_duplicate_ids_are_errors() {
-        let data = records(10);
-        let err = split(
-            &data,
-            &SplitConfig {
-                train: 0.8,
-                validation: 0.1,
-                test: 0.2,
-                seed: 1,
-            },
-        )
-        .unwrap_err();
-        assert!(matches!(err, SplitError::FractionsDoNotSumToOne { .. }));
-        assert!(err.to_string().contains("must sum to 1"), "{err}");
-        let err = split(
-            &data,
-            &SplitConfig {
-                train: 1.2,
-                validation: -0.1,
-                test: -0.1,
-                seed: 1,
-            },
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            SplitError::FractionOutOfRange {
-                name: "train",
-                value: 1.2
-            }
-        );
-        // within tolerance is fine
-        split(
-            &data,
-            &SplitConfig {
-                train: 0.7,
-                validation: 0.2,
-                test: 0.1 + 5e-10,
-                seed: 1,
-            },
-        )
-        .unwrap();
-        let mut dup = data.clone();
-        dup[5].id = dup[2].id.clone();
-        let err = split(&dup, &SplitConfig::default()).unwrap_err();
-        assert_eq!(
-            err,
-            SplitError::DuplicateId {
-                id: "r-0003".into()
-            }
-        );
-        assert!(err.to_string().contains("`r-0003`"));
-    }
-
-    #[test]
-    fn limit_eval_takes_the_first_n_of_the_shuffled_test_split() {
-        let s = split(&records(300), &SplitConfig::default()).unwrap();
-        assert_eq!(s.test.len(), 30);
-        assert_eq!(limit_eval(&s.test, None).len(), 30);
-        let limited = limit_eval(&s.test, Some(7));
-        assert_eq!(limited.len(), 7);
-        assert_eq!(limited, &s.test[..7]);
-        assert_eq!(s.eval_samples(Some(7)), limited);
-        assert_eq!(limit_eval(&s.test, Some(1000)).len(), 30);
-        assert!(limit_eval(&s.test, Some(0)).is_empty());
-    }
-
-    #[test]
-    fn train_code_counts_counts_the_train_part_only() {
-        let s = split(&records(70), &SplitConfig::default()).unwrap();
-        let counts = s.train_code_counts();
-        assert_eq!(counts.values().sum::<usize>(), s.train.len());
-        let a00 = s.train.iter().filter(|r| r.code == "A00").count();
-        assert_eq!(counts.get("A00").copied().unwrap_or(0), a00);
-    }
-}
+mod tests;
