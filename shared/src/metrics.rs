@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::Record;
 use crate::icd10;
 use crate::task::PredictionRow;
 
@@ -276,6 +277,35 @@ pub fn compute(rows: &[PredictionRow], wall_seconds: f64) -> EvalMetrics {
         generated_tokens,
         prompt_tokens,
         generated_tokens_per_s: per_second(generated_tokens as f64, wall_seconds),
+    }
+}
+
+/// Generation measurements of one sample, as the agent's engine reports them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    /// Wall time from the batch's start to this sample's last token, ms.
+    pub latency_ms: f64,
+    /// Generated tokens (no padding, no prompt), including the stop token if one was produced.
+    pub generated_tokens: u32,
+    /// Prompt tokens (no padding).
+    pub prompt_tokens: u32,
+}
+
+/// The prediction row for one sample's model output: the first valid code is extracted with
+/// [`icd10::extract`] and compared with the record's normalised code. Every evaluation builds its
+/// rows here so that extraction and `correct` mean the same thing for every model.
+pub fn prediction_row(record: &Record, raw_output: &str, stats: GenerationStats) -> PredictionRow {
+    let extracted = icd10::extract(raw_output);
+    let reference = icd10::normalize(&record.code);
+    PredictionRow {
+        sample_id: record.id.clone(),
+        correct: extracted.as_deref() == Some(reference.as_str()),
+        reference,
+        raw_output: raw_output.to_string(),
+        extracted,
+        latency_ms: stats.latency_ms,
+        generated_tokens: stats.generated_tokens,
+        prompt_tokens: stats.prompt_tokens,
     }
 }
 

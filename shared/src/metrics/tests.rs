@@ -1,5 +1,6 @@
 //! Hand-computed expectations for `shared::metrics` (the arithmetic is in the comments).
 use super::*;
+use crate::dataset::Record;
 
 fn row(
     reference: &str,
@@ -195,4 +196,43 @@ fn an_extracted_code_outside_the_release_counts_as_invalid() {
     // labels: I10 only (TP 1, FN 1) → F1 2/3; no ZZZ99 label enters the macro average.
     assert_eq!(m.macro_f1_labels, 1);
     assert!(close(m.macro_f1, 2.0 / 3.0));
+}
+
+#[test]
+fn prediction_row_extracts_the_first_valid_code_and_scores_it() {
+    let record = Record {
+        id: "medsynth-17".into(),
+        dialogue: "d".into(),
+        note: String::new(),
+        code: "J029".into(),
+        description: "Acute pharyngitis, unspecified".into(),
+    };
+    let stats = GenerationStats {
+        latency_ms: 12.5,
+        generated_tokens: 6,
+        prompt_tokens: 140,
+    };
+    let right = prediction_row(&record, "The code is **J02.9**.", stats);
+    assert_eq!(right.sample_id, "medsynth-17");
+    assert_eq!(right.reference, "J029");
+    assert_eq!(right.extracted.as_deref(), Some("J029"));
+    assert!(right.correct);
+    assert_eq!(
+        (
+            right.latency_ms,
+            right.generated_tokens,
+            right.prompt_tokens
+        ),
+        (12.5, 6, 140)
+    );
+    let wrong = prediction_row(&record, "I10", stats);
+    assert_eq!(wrong.extracted.as_deref(), Some("I10"));
+    assert!(!wrong.correct);
+    let none = prediction_row(&record, "I am not sure.", stats);
+    assert_eq!(none.extracted, None);
+    assert!(!none.correct);
+    assert_eq!(none.raw_output, "I am not sure.");
+    let m = compute(&[right, wrong, none], 1.0);
+    assert!(close(m.exact_match, 1.0 / 3.0));
+    assert!(close(m.invalid_code_rate, 1.0 / 3.0));
 }
