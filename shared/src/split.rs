@@ -140,8 +140,9 @@ impl Split {
     }
 }
 
-/// Splits `records` reproducibly: the same records (in any order), fractions and seed always give
-/// the same parts in the same order and the same hash.
+/// Splits `records` reproducibly: the same records (in any order), fractions, strategy and seed
+/// always give the same parts in the same order and the same hash. Every part is in shuffled order,
+/// so its first N records are a random subset ([`limit_eval`], `max_train_samples`).
 ///
 /// Sizes: `train = round(n × train)`, `validation = round(n × validation)` (capped to what is left),
 /// `test` = the rest, so the parts always cover every record exactly once.
