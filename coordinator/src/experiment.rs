@@ -42,6 +42,9 @@ pub struct ExperimentPlan {
     pub split_hash: String,
     /// Per reference code, its count in the train split (`train_code_counts.json`, for the report).
     pub train_code_counts: BTreeMap<String, usize>,
+    /// The `results.json` key each evaluation task fills (from `shared::plan`).
+    #[serde(default)]
+    pub result_keys: BTreeMap<shared::task::TaskId, String>,
     /// In loading order (DESIGN.md): LLM evals, then each SLM's finetune → eval.
     pub tasks: Vec<PlannedTask>,
 }

@@ -10,6 +10,8 @@ pub mod experiment;
 pub mod journal;
 pub mod outcome;
 pub mod outputs;
+pub mod prepare;
+pub mod results;
 pub mod report;
 pub mod server;
 pub mod state;

@@ -46,6 +46,3 @@ pub enum TaskOutput {
     Evaluated(EvalPerformance),
     Finetuned(TrainingOutcome),
 }
-
-/// The files of a PEFT adapter folder, uploaded one artifact each under `<adapter_artifact>/`.
-pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];

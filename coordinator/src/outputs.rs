@@ -59,8 +59,11 @@ pub fn eval_training(plan: &ExperimentPlan, spec: &TaskSpec) -> Training {
 }
 
 /// The results key of a task's model: `LLM_Llama-8B_untrained`, `SLM_Qwen-3B_finetuned`
-/// (a finetune task reports under the key of the model it produces).
+/// (a finetune task reports under the key of the model it produces). The plan's key wins.
 pub fn results_key(plan: &ExperimentPlan, spec: &TaskSpec) -> String {
+    if let Some(k) = plan.result_keys.get(&spec.id) {
+        return k.clone();
+    }
     let training = match spec.kind {
         TaskKind::Finetune => Training::Finetuned,
         TaskKind::Evaluate => eval_training(plan, spec),
@@ -98,5 +101,5 @@ pub fn write_outputs(input: &OutputsInput) -> Result<(), OutputsError> {
             _ => {}
         }
     }
-    Ok(())
+    crate::results::write_results(input)
 }

@@ -1,0 +1,135 @@
+//! From an experiment config to a runnable [`ExperimentPlan`]: load the dataset once, make the
+//! seeded split, plan the tasks (`shared::plan`) and attach each task's payload.
+use crate::experiment::{ExperimentId, ExperimentPlan, PlannedTask, TaskPayload};
+use crate::server::Planner;
+use sha2::{Digest, Sha256};
+use shared::config::{DataSource, ExperimentConfig, ModelEntry};
+use shared::dataset::{LoadOptions, Record};
+use shared::plan::{ModelShape, known_shape};
+use shared::task::{EvalPayload, FinetunePayload, TaskKind};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Config(#[from] shared::config::ConfigError),
+    #[error(transparent)]
+    Dataset(#[from] shared::dataset::DatasetError),
+    #[error(transparent)]
+    Split(#[from] shared::split::SplitError),
+    #[error(
+        "data source `medsynth_hub` ({repo}): this coordinator does not download from the hub; fetch \
+         `{file}` yourself and set `[data.source] kind = \"medsynth_csv\"` with its `path`"
+    )]
+    HubUnavailable { repo: String, file: String },
+    #[error("the dataset has no records after loading")]
+    EmptyDataset,
+}
+
+/// Loads the records the config names.
+pub fn load_records(cfg: &ExperimentConfig) -> Result<Vec<Record>, PrepareError> {
+    let opts = LoadOptions { invalid_codes: cfg.data.invalid_codes };
+    let records = match &cfg.data.source {
+        DataSource::Embedded => shared::embedded::embedded_dataset(),
+        DataSource::MedsynthCsv { path } | DataSource::Jsonl { path } => {
+            let loaded = shared::dataset::load_path(path, &opts)?;
+            tracing::info!(path = %path.display(), kept = loaded.records.len(), "dataset loaded");
+            loaded.records
+        }
+        DataSource::MedsynthHub { repo, file, .. } => {
+            return Err(PrepareError::HubUnavailable { repo: repo.clone(), file: file.clone() });
+        }
+    };
+    if records.is_empty() {
+        return Err(PrepareError::EmptyDataset);
+    }
+    Ok(records)
+}
+
+/// A model's shape: its local `config.json` if the name is an HF folder, else the known shapes.
+fn shape_of(entry: &ModelEntry) -> Option<ModelShape> {
+    let cfg = Path::new(&entry.name).join("config.json");
+    if let Ok(text) = std::fs::read_to_string(&cfg) {
+        match ModelShape::from_hf_config_json(&text, &cfg.display().to_string()) {
+            Ok(s) => return Some(s),
+            Err(e) => tracing::warn!(error = %e, "falling back to the known shapes"),
+        }
+    }
+    known_shape(&entry.name)
+}
+
+/// `[A-Za-z0-9._-]` only, so the id is safe in paths and artifact names.
+fn safe(s: &str) -> String {
+    let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    if t.is_empty() || t.starts_with('.') { format!("x{t}") } else { t }
+}
+
+/// The plan for `cfg`. The id hashes the resolved config and the split, so resubmitting the same
+/// experiment resumes it.
+pub fn prepare(cfg: &ExperimentConfig) -> Result<ExperimentPlan, PrepareError> {
+    let config_toml = cfg.to_toml()?;
+    let records = load_records(cfg)?;
+    let split = shared::split::split(&records, &cfg.data.split)?;
+    let eval_samples = split.eval_samples(cfg.data.max_eval_samples).to_vec();
+    let train: Vec<Record> = match cfg.data.max_train_samples {
+        Some(n) => split.train.iter().take(n).cloned().collect(),
+        None => split.train.clone(),
+    };
+    let planned = shared::plan::plan(cfg, &shape_of);
+    for note in &planned.notes {
+        tracing::warn!(note = %note, "plan");
+    }
+    let tasks = planned
+        .tasks
+        .iter()
+        .map(|spec| {
+            let payload = match spec.kind {
+                TaskKind::Evaluate => TaskPayload::Evaluate(EvalPayload {
+                    samples: eval_samples.clone(),
+                    prompt: cfg.prompt.clone(),
+                    generation: cfg.generation.clone(),
+                    // Filled in at offer time from the finetune's uploaded adapter.
+                    adapter: None,
+                }),
+                TaskKind::Finetune => TaskPayload::Finetune(FinetunePayload {
+                    train: train.clone(),
+                    validation: split.validation.clone(),
+                    prompt: cfg.prompt.clone(),
+                    lora: cfg.lora.clone(),
+                    training: cfg.training.clone(),
+                }),
+            };
+            PlannedTask { spec: spec.clone(), payload }
+        })
+        .collect();
+    let digest = hex::encode(Sha256::digest(format!("{config_toml}\n{}", split.hash).as_bytes()));
+    Ok(ExperimentPlan {
+        id: ExperimentId(format!("{}-{}", safe(&cfg.name), &digest[..8])),
+        name: cfg.name.clone(),
+        config_toml,
+        output_dir: cfg.output.clone(),
+        split_hash: split.hash.clone(),
+        train_code_counts: split.train_code_counts(),
+        result_keys: planned.result_keys.clone(),
+        tasks,
+    })
+}
+
+/// The planner `serve` uses for `Submit`: parses the TOML (plus `SIZESPEC_*` overrides taken when
+/// the server started) and resolves the models folder placeholder.
+pub struct ConfigPlanner {
+    pub models_dir: Option<PathBuf>,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl Planner for ConfigPlanner {
+    fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String> {
+        let cfg = ExperimentConfig::from_toml_str(config_toml, "submitted config").map_err(|e| e.to_string())?;
+        let mut cfg = cfg.with_env_overrides(&self.env).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        if let Some(dir) = &self.models_dir {
+            cfg.resolve_models_dir(dir);
+        }
+        prepare(&cfg).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,112 @@
+//! Aggregation: the finished tasks of an experiment → `results.json` (`shared::results`), metrics
+//! computed from the journalled predictions (`shared::metrics`).
+use crate::outcome::{TaskOutput, TrainingOutcome};
+use crate::outputs::{OutputsError, OutputsInput, results_key};
+use sha2::{Digest, Sha256};
+use shared::results::{
+    CurvePoint, Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics, TrainingStatus, parse_result_key, tool_version,
+};
+use shared::task::{TaskKind, TaskState};
+
+fn training_metrics(t: &TrainingOutcome) -> TrainingMetrics {
+    TrainingMetrics {
+        train_time_s: Some(t.train_s),
+        steps: Some(t.steps),
+        final_train_loss: Some(t.final_train_loss),
+        best_validation_loss: t.best_validation_loss,
+        epochs_run: Some(f64::from(t.epochs_run)),
+        stopped_early: Some(t.stopped_early),
+        tokens_per_s: Some(t.tokens_per_s),
+        peak_memory_mib: Some(t.peak_memory_mib as f64),
+        curve: t
+            .curve
+            .iter()
+            .map(|c| CurvePoint { step: c.step, train_loss: c.train_loss, validation_loss: c.validation_loss })
+            .collect(),
+    }
+}
+
+/// Every succeeded evaluation becomes one entry; a finetuned entry also carries its finetune's
+/// training metrics. `created` is the caller's timestamp (kept out so the rest is reproducible).
+pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
+    let mut results = Results {
+        meta: Some(ResultsMeta {
+            experiment: input.plan.name.clone(),
+            config_hash: Some(hex::encode(Sha256::digest(input.plan.config_toml.as_bytes()))),
+            split_hash: Some(input.plan.split_hash.clone()),
+            created,
+            tool_version: tool_version(),
+            converted_from_old: false,
+        }),
+        entries: Default::default(),
+    };
+    for t in &input.tasks {
+        let (TaskKind::Evaluate, TaskState::Succeeded, Some(TaskOutput::Evaluated(perf))) = (t.spec.kind, &t.state, &t.output) else {
+            continue;
+        };
+        let key = results_key(&input.plan, &t.spec);
+        let training = parse_result_key(&key).map_or(TrainingStatus::Untrained, |(_, _, tr)| tr);
+        let training_metrics = (training == TrainingStatus::Finetuned)
+            .then(|| {
+                input.tasks.iter().find_map(|f| match (&f.spec.kind, &f.output) {
+                    (TaskKind::Finetune, Some(TaskOutput::Finetuned(tr))) if t.spec.depends_on.contains(&f.spec.id) => Some(training_metrics(tr)),
+                    _ => None,
+                })
+            })
+            .flatten();
+        let entry = ResultEntry {
+            model_type: t.spec.model.role.into(),
+            size: t.spec.model.size.clone(),
+            training,
+            model_name: t.spec.model.name.clone(),
+            metrics: shared::metrics::compute(&t.predictions, perf.eval_s),
+            missing_metrics: Vec::new(),
+            performance: Performance {
+                load_time_s: Some(perf.load_s),
+                eval_time_s: Some(perf.eval_s),
+                samples_per_s: Some(perf.samples_per_s),
+                tokens_per_s: Some(perf.tokens_per_s),
+                peak_memory_mib: Some(perf.peak_memory_mib as f64),
+                device_name: Some(perf.device_name.clone()),
+            },
+            training_metrics,
+            extra: Default::default(),
+        };
+        results.entries.insert(key, entry);
+    }
+    results
+}
+
+/// RFC 3339 UTC timestamp of now (civil-from-days; no date crate needed for one format).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days → civil date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Writes `results.json` atomically.
+pub fn write_results(input: &OutputsInput) -> Result<(), OutputsError> {
+    let results = build(input, Some(now_rfc3339()));
+    let path = input.plan.output_dir.join("results.json");
+    shared::fsutil::write_json_atomic(&path, &results).map_err(|source| OutputsError::Io { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_has_the_shape() {
+        let s = super::now_rfc3339();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T", "{s}");
+    }
+}
