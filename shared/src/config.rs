@@ -359,6 +359,12 @@ impl ExperimentConfig {
         toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
     }
 
+    /// Hex SHA-256 of [`Self::to_toml`]: identifies the resolved experiment in the results' meta.
+    pub fn config_hash(&self) -> Result<String, ConfigError> {
+        use sha2::{Digest, Sha256};
+        Ok(hex::encode(Sha256::digest(self.to_toml()?.as_bytes())))
+    }
+
     /// Replaces [`MODELS_DIR_PLACEHOLDER`] in model names by `models_dir` (the CLI knows where the
     /// models folder is; the config stays free of machine-specific paths).
     pub fn resolve_models_dir(&mut self, models_dir: &std::path::Path) {

@@ -139,7 +139,7 @@ pub fn size_in_billions(name: &str) -> Option<(f64, String)> {
 
 /// `Meta-Llama-3.1-8B-Instruct` → `Llama-8B`, `Qwen/Qwen2.5-3B-Instruct` → `Qwen-3B`: the family
 /// word (a leading `Meta` skipped, trailing version digits cut) and the size token.
-fn label_for(name: &str, size: Option<&str>) -> String {
+pub fn label_from_name(name: &str, size: Option<&str>) -> String {
     let base = name.rsplit('/').next().unwrap_or(name);
     let family = base
         .split(['-', '_', ' '])
@@ -282,7 +282,7 @@ fn migrate_models(
             ModelRole::Slm => &mut cfg.slm_models,
         };
         let size_tok = size.as_ref().map(|(_, t)| t.as_str());
-        let mut label = label_for(&name, size_tok);
+        let mut label = label_from_name(&name, size_tok);
         let stem = label.clone();
         let mut n = 2;
         while list.iter().any(|m| m.label == label) {

@@ -340,3 +340,13 @@ fn device_selection_parses_lists_and_rejects_nonsense() {
 fn print_default_toml() {
     println!("{}", ExperimentConfig::default().to_toml().unwrap());
 }
+
+#[test]
+fn config_hash_is_stable_and_follows_the_config() {
+    let a = ExperimentConfig::default().config_hash().unwrap();
+    assert_eq!(a.len(), 64);
+    assert_eq!(a, ExperimentConfig::default().config_hash().unwrap());
+    let mut c = ExperimentConfig::default();
+    c.training.epochs = 4;
+    assert_ne!(c.config_hash().unwrap(), a);
+}
