@@ -104,8 +104,10 @@ pub struct BreakdownRow {
 pub struct Analysis {
     pub headline: String,
     pub models: Vec<ModelStats>,
-    /// Finetuned (then zero-shot) SLMs vs each LLM.
+    /// The verdict's comparisons: each finetuned SLM (each SLM when none is finetuned) vs each LLM.
     pub comparisons: Vec<Comparison>,
+    /// Context: each zero-shot SLM vs each LLM, when finetuned SLMs carry the verdict.
+    pub zero_shot_comparisons: Vec<Comparison>,
     /// Each SLM finetuned vs the same SLM zero-shot.
     pub finetuning_effect: Vec<Comparison>,
     pub by_frequency: Option<Breakdown>,
@@ -128,16 +130,26 @@ pub fn format_p(p: f64) -> String {
     }
 }
 
+/// Scores rows exactly as `shared::metrics::compute` does (so the report's points equal the
+/// results' metrics): codes normalised again, and an extracted code outside the ICD-10-CM release
+/// counts as no prediction; the rows' own `correct` flags are not trusted.
 fn outcomes_of(rows: &[PredictionRow], labels: &mut LabelIndex) -> Vec<SampleOutcome> {
     rows.iter()
-        .map(|r| SampleOutcome {
-            exact: r.correct,
-            category: r
+        .map(|r| {
+            let reference = icd10::normalize(&r.reference);
+            let predicted = r
                 .extracted
                 .as_deref()
-                .is_some_and(|e| icd10::category(e) == icd10::category(&r.reference)),
-            reference: labels.intern(&r.reference),
-            predicted: r.extracted.as_deref().map(|e| labels.intern(e)),
+                .map(icd10::normalize)
+                .filter(|c| icd10::is_valid(c));
+            SampleOutcome {
+                exact: predicted.as_deref() == Some(reference.as_str()),
+                category: predicted
+                    .as_deref()
+                    .is_some_and(|p| icd10::category(p) == icd10::category(&reference)),
+                reference: labels.intern(&reference),
+                predicted: predicted.as_deref().map(|p| labels.intern(p)),
+            }
         })
         .collect()
 }
@@ -354,17 +366,18 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
     } else {
         finetuned.clone()
     };
-    let mut comparisons: Vec<Comparison> = challengers
+    let comparisons: Vec<Comparison> = challengers
         .iter()
         .flat_map(|a| llms.iter().filter_map(|b| compare(a, b, cfg)))
         .collect();
     let headline = headline(&comparisons, challengers.len(), llms.len());
-    if !finetuned.is_empty() {
-        // Zero-shot SLMs vs the LLMs too, after the verdict's own comparisons (context, not verdict).
-        comparisons.extend(
-            slm(Training::Untrained).flat_map(|a| llms.iter().filter_map(|b| compare(a, b, cfg))),
-        );
-    }
+    let zero_shot_comparisons = if finetuned.is_empty() {
+        Vec::new()
+    } else {
+        slm(Training::Untrained)
+            .flat_map(|a| llms.iter().filter_map(|b| compare(a, b, cfg)))
+            .collect()
+    };
     let finetuning_effect = finetuned
         .iter()
         .filter_map(|f| {
@@ -400,6 +413,7 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
         headline,
         models,
         comparisons,
+        zero_shot_comparisons,
         finetuning_effect,
         by_frequency,
         by_chapter,

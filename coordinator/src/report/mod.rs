@@ -7,9 +7,16 @@
 pub mod analysis;
 pub mod input;
 pub mod mcnemar;
+pub mod plots;
+pub mod render;
 pub mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use shared::config::ExperimentConfig;
+use shared::fsutil::write_atomic;
+
+use stats::BootstrapConfig;
 
 /// Everything that can go wrong while building a report.
 #[derive(Debug, thiserror::Error)]
@@ -38,4 +45,61 @@ pub enum ReportError {
     BadModelKey { key: String },
     #[error("{dir}: no predictions (`<model key>.jsonl`) to report on")]
     NoPredictions { dir: PathBuf },
+    #[error("plot `{plot}`: {message}")]
+    Plot { plot: &'static str, message: String },
+    #[error("report template: {source}")]
+    Template { source: minijinja::Error },
+}
+
+/// The files [`build`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportPaths {
+    pub html: PathBuf,
+    pub markdown: PathBuf,
+    /// `plots/<name>.png` and `.svg`.
+    pub plots: Vec<PathBuf>,
+}
+
+/// Fewest bootstrap resamples the report uses, whatever the config says (fewer make the
+/// percentile interval's ends noisy).
+pub const MIN_RESAMPLES: usize = 1000;
+
+/// Bootstrap settings from `config.resolved.toml`'s `[evaluation]` when it parses, else defaults
+/// (1000 resamples, 95%, seed 42 — the config's own defaults).
+fn bootstrap_config(input: &input::ReportInput) -> BootstrapConfig {
+    let cfg = input
+        .config_toml
+        .as_deref()
+        .and_then(|t| ExperimentConfig::from_toml_str(t, "config.resolved.toml").ok())
+        .map(|c| c.evaluation)
+        .unwrap_or_default();
+    BootstrapConfig {
+        resamples: (cfg.bootstrap_resamples as usize).max(MIN_RESAMPLES),
+        confidence: cfg.confidence,
+        seed: cfg.bootstrap_seed,
+    }
+}
+
+/// Builds `report.html`, `report.md` and `plots/` inside `results_dir` from the files there.
+pub fn build(results_dir: &Path) -> Result<ReportPaths, ReportError> {
+    let input = input::load(results_dir)?;
+    let cfg = bootstrap_config(&input);
+    let analysis = analysis::analyse(&input, &cfg);
+    let plots = plots::draw_all(&input, &analysis, &results_dir.join("plots"))?;
+    let (html, markdown) = render::render(&input, &analysis, &plots)?;
+    let paths = ReportPaths {
+        html: results_dir.join("report.html"),
+        markdown: results_dir.join("report.md"),
+        plots: plots
+            .iter()
+            .flat_map(|p| [results_dir.join(&p.png_file), results_dir.join(&p.svg_file)])
+            .collect(),
+    };
+    for (path, text) in [(&paths.html, html), (&paths.markdown, markdown)] {
+        write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(paths)
 }

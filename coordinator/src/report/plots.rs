@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::element::ErrorBar;
 use plotters::prelude::*;
 use plotters::series::DashedLineSeries;
@@ -25,8 +26,16 @@ const SIZE: (u32, u32) = (1000, 560);
 /// Registers the bundled font once per process (plotters keeps a global font table).
 fn ensure_font() -> Result<(), ReportError> {
     static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE.get_or_init(|| plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_ok());
-    if ok { Ok(()) } else { Err(ReportError::Plot { plot: "font", message: "bundled DejaVuSans.ttf did not parse".into() }) }
+    let ok = *DONE
+        .get_or_init(|| plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(ReportError::Plot {
+            plot: "font",
+            message: "bundled DejaVuSans.ttf did not parse".into(),
+        })
+    }
 }
 
 fn font(size: u32) -> TextStyle<'static> {
@@ -71,7 +80,6 @@ struct Bar {
     label: String,
     kind: &'static str,
     colour: RGBColor,
-    role: ModelRole,
     training: Training,
     /// exact, category, macro-F1 as (point, lo, hi) in percent.
     pct: [(f64, f64, f64); 3],
@@ -82,10 +90,14 @@ struct Bar {
 }
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A figure that can be drawn on any backend.
 trait Figure {
     fn name(&self) -> &'static str;
+    fn size(&self) -> (u32, u32) {
+        SIZE
+    }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB>;
 }
 
@@ -100,29 +112,47 @@ pub struct RenderedPlot {
     pub svg_file: String,
 }
 
-fn save<F: Figure>(fig: &F, dir: &Path, title: &str, caption: &str) -> Result<RenderedPlot, ReportError> {
+fn save<F: Figure>(
+    fig: &F,
+    dir: &Path,
+    title: &str,
+    caption: &str,
+) -> Result<RenderedPlot, ReportError> {
     let name = fig.name();
-    let err = |e: &dyn std::fmt::Display| ReportError::Plot { plot: name, message: e.to_string() };
+    let size = fig.size();
+    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
+        plot: name,
+        message: e.to_string(),
+    };
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         fig.draw(&root).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     // The bitmap backend picks the encoder from the extension, so the temp name ends in `.png`.
     let tmp = dir.join(format!(".{name}.tmp-{}.png", std::process::id()));
     let png = dir.join(format!("{name}.png"));
     {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         fig.draw(&root).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    std::fs::rename(&tmp, &png).map_err(|source| ReportError::Io { path: png.clone(), source })?;
+    std::fs::rename(&tmp, &png).map_err(|source| ReportError::Io {
+        path: png.clone(),
+        source,
+    })?;
     let svg_path = dir.join(format!("{name}.svg"));
-    write_atomic(&svg_path, svg.as_bytes()).map_err(|source| ReportError::Io { path: svg_path, source })?;
+    write_atomic(&svg_path, svg.as_bytes()).map_err(|source| ReportError::Io {
+        path: svg_path,
+        source,
+    })?;
     Ok(RenderedPlot {
         name,
         title: title.to_string(),
@@ -133,36 +163,71 @@ fn save<F: Figure>(fig: &F, dir: &Path, title: &str, caption: &str) -> Result<Re
     })
 }
 
-/// Draws a model's name (and its kind below) centred under `x` of a chart.
-fn x_label<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
+/// Draws text at an absolute backend pixel (what `backend_coord` returns) on a sub-area.
+fn text_at<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    text: String,
     (px, py): (i32, i32),
-    label: &str,
-    second: &str,
+    style: TextStyle<'static>,
 ) -> DrawResult<DB> {
-    let style = font(14).pos(Pos::new(HPos::Center, VPos::Top));
-    root.draw(&Text::new(label.to_string(), (px, py + 8), style.clone()))?;
-    root.draw(&Text::new(second.to_string(), (px, py + 26), font(12).color(&RGBColor(90, 90, 90)).pos(Pos::new(HPos::Center, VPos::Top))))
+    let (bx, by) = area.get_base_pixel();
+    area.draw(&Text::new(text, (px - bx, py - by), style))
 }
 
-fn legend_entries<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+fn centred(size: u32, pos: VPos) -> TextStyle<'static> {
+    font(size).pos(Pos::new(HPos::Center, pos))
+}
+
+/// A model's label and its kind, centred under `x` of a chart.
+fn x_label<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    (px, py): (i32, i32),
+    bar: &Bar,
+) -> DrawResult<DB> {
+    text_at(
+        area,
+        bar.label.clone(),
+        (px, py + 8),
+        centred(13, VPos::Top),
+    )?;
+    let second = match bar.training {
+        Training::Finetuned => "LoRA",
+        Training::Untrained => "zero-shot",
+    };
+    text_at(
+        area,
+        second.to_string(),
+        (px, py + 25),
+        centred(12, VPos::Top).color(&RGBColor(90, 90, 90)),
+    )
+}
+
+/// A legend as one row of swatches (never over the data).
+fn legend_row<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
     entries: &[(String, RGBColor)],
 ) -> DrawResult<DB> {
-    for (name, colour) in entries {
-        let c = *colour;
-        chart
-            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
-            .label(name.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+    let style = font(13).pos(Pos::new(HPos::Left, VPos::Center));
+    let widths: Vec<i32> = entries
+        .iter()
+        .map(|(t, _)| {
+            area.estimate_text_size(t, &style)
+                .map(|(w, _)| w as i32 + 44)
+        })
+        .collect::<Result<_, _>>()?;
+    let total: i32 = widths.iter().sum();
+    let (w, h) = area.dim_in_pixel();
+    let mut x = ((w as i32 - total) / 2).max(4);
+    let y = h as i32 / 2;
+    for ((text, colour), width) in entries.iter().zip(widths) {
+        area.draw(&Rectangle::new(
+            [(x, y - 7), (x + 14, y + 7)],
+            colour.filled(),
+        ))?;
+        area.draw(&Text::new(text.clone(), (x + 20, y), style.clone()))?;
+        x += width;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(180, 180, 180))
-        .label_font(font(13))
-        .draw()
+    Ok(())
 }
 
 fn kinds_present(bars: &[Bar]) -> Vec<(String, RGBColor)> {
@@ -175,6 +240,51 @@ fn kinds_present(bars: &[Bar]) -> Vec<(String, RGBColor)> {
     out
 }
 
+/// Title, legend row, and the area left for the chart.
+fn frame<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    legend: &[(String, RGBColor)],
+) -> Result<DrawingArea<DB, Shift>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let body = root.margin(10, 0, 0, 0).titled(title, font(22))?;
+    if legend.is_empty() {
+        return Ok(body);
+    }
+    let (strip, rest) = body.split_vertically(30);
+    legend_row(&strip, legend)?;
+    Ok(rest)
+}
+
+fn mesh<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    x_desc: &str,
+    y_desc: &str,
+    x_labels: bool,
+) -> DrawResult<DB> {
+    let fmt = |v: &f64| {
+        if v.abs() >= 10.0 || v.fract() == 0.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    let mut m = chart.configure_mesh();
+    m.y_desc(y_desc)
+        .axis_desc_style(font(15))
+        .label_style(font(13))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(242, 242, 242))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&fmt);
+    if x_labels {
+        m.x_desc(x_desc);
+    } else {
+        m.disable_x_mesh().x_labels(0);
+    }
+    m.draw()
+}
+
 /// Exact and category match per model with CI whiskers, grouped large zero-shot vs small.
 struct Accuracy<'a>(&'a [Bar]);
 
@@ -185,41 +295,61 @@ impl Figure for Accuracy<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let bars = self.0;
-        let top = bars.iter().flat_map(|b| [b.pct[0].2, b.pct[1].2]).fold(0.0, f64::max);
-        let y_max = (top * 1.25).clamp(10.0, 100.0);
+        let mut legend = kinds_present(bars);
+        legend
+            .iter_mut()
+            .for_each(|e| e.0 = format!("{}: exact match", e.0));
+        legend.push((
+            "lighter: 3-char category match".into(),
+            RGBColor(200, 200, 200),
+        ));
+        let body = frame(
+            root,
+            "Size vs specialisation: accuracy per model (95% CI)",
+            &legend,
+        )?;
+        let top = bars
+            .iter()
+            .flat_map(|b| [b.pct[0].2, b.pct[1].2])
+            .fold(0.0, f64::max);
+        let y_max = (top * 1.12 + 2.0).clamp(10.0, 104.0);
         let n = bars.len() as f64;
-        let mut chart = ChartBuilder::on(root)
-            .caption("Size vs specialisation: accuracy per model (95% CI)", font(22))
-            .margin(16)
-            .x_label_area_size(52)
-            .y_label_area_size(64)
+        let mut chart = ChartBuilder::on(&body)
+            .margin(14)
+            .x_label_area_size(48)
+            .y_label_area_size(60)
             .build_cartesian_2d(-0.6..n - 0.4, 0.0..y_max)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_desc("samples correct (%)")
-            .axis_desc_style(font(15))
-            .label_style(font(13))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        mesh(&mut chart, "", "samples correct (%)", false)?;
         for (i, b) in bars.iter().enumerate() {
             let x = i as f64;
-            for (k, (dx, colour)) in [(-0.19, b.colour), (0.19, light(b.colour))].into_iter().enumerate() {
+            for (k, (dx, colour)) in [(-0.19, b.colour), (0.19, light(b.colour))]
+                .into_iter()
+                .enumerate()
+            {
                 let (p, lo, hi) = b.pct[k];
                 let cx = x + dx;
-                chart.draw_series(std::iter::once(Rectangle::new([(cx - 0.17, 0.0), (cx + 0.17, p)], colour.filled())))?;
-                chart.draw_series(std::iter::once(ErrorBar::new_vertical(cx, lo, p, hi, BLACK.stroke_width(1), 8)))?;
-                let (px, py) = chart.backend_coord(&(cx, hi));
-                root.draw(&Text::new(format!("{p:.1}"), (px, py - 4), font(12).pos(Pos::new(HPos::Center, VPos::Bottom))))?;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(cx - 0.17, 0.0), (cx + 0.17, p)],
+                    colour.filled(),
+                )))?;
+                chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                    cx,
+                    lo,
+                    p,
+                    hi,
+                    BLACK.stroke_width(1),
+                    8,
+                )))?;
+                text_at(
+                    &body,
+                    format!("{p:.1}"),
+                    chart.backend_coord(&(cx, hi)),
+                    centred(12, VPos::Bottom),
+                )?;
             }
-            let (px, py) = chart.backend_coord(&(x, 0.0));
-            x_label(root, (px, py), &b.label, b.kind)?;
+            x_label(&body, chart.backend_coord(&(x, 0.0)), b)?;
         }
-        let mut entries = kinds_present(bars);
-        entries.iter_mut().for_each(|e| e.0 = format!("{}: exact match", e.0));
-        entries.push(("lighter bar: 3-character category match".into(), RGBColor(200, 200, 200)));
-        legend_entries(&mut chart, &entries)
+        Ok(())
     }
 }
 
@@ -233,37 +363,62 @@ impl Figure for Cost<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let bars = self.0;
-        let x_max = bars.iter().map(|b| b.mean_latency_ms / 1000.0).fold(0.0, f64::max).max(1e-3) * 1.35;
-        let y_max = (bars.iter().map(|b| b.pct[2].2).fold(0.0, f64::max) * 1.25).clamp(5.0, 100.0);
-        let mut chart = ChartBuilder::on(root)
-            .caption("Performance vs cost: macro-F1 against inference latency", font(22))
-            .margin(16)
+        let body = frame(
+            root,
+            "Performance vs cost: macro-F1 against inference latency",
+            &kinds_present(bars),
+        )?;
+        // Room on the right for the point labels.
+        let x_max = bars
+            .iter()
+            .map(|b| b.mean_latency_ms)
+            .fold(0.0, f64::max)
+            .max(1.0)
+            * 1.4;
+        let y_max =
+            (bars.iter().map(|b| b.pct[2].2).fold(0.0, f64::max) * 1.15 + 2.0).clamp(5.0, 104.0);
+        let mut chart = ChartBuilder::on(&body)
+            .margin(14)
             .x_label_area_size(48)
-            .y_label_area_size(64)
+            .y_label_area_size(60)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-        chart
-            .configure_mesh()
-            .x_desc("mean latency per sample (s, batch start to the sample's last token)")
-            .y_desc("macro-F1 over occurring codes (%)")
-            .axis_desc_style(font(15))
-            .label_style(font(13))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        mesh(
+            &mut chart,
+            "mean latency per sample (ms, from its batch's start to its last token)",
+            "macro-F1 over occurring codes (%)",
+            true,
+        )?;
         // Labels right of their points, pushed apart vertically so they never overlap.
         let mut placed: Vec<(i32, i32)> = Vec::new();
         for b in bars {
-            let x = b.mean_latency_ms / 1000.0;
+            let x = b.mean_latency_ms;
             let (p, lo, hi) = b.pct[2];
-            chart.draw_series(std::iter::once(ErrorBar::new_vertical(x, lo, p, hi, b.colour.stroke_width(2), 10)))?;
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                x,
+                lo,
+                p,
+                hi,
+                b.colour.stroke_width(2),
+                10,
+            )))?;
             chart.draw_series(std::iter::once(Circle::new((x, p), 6, b.colour.filled())))?;
             let (px, mut py) = chart.backend_coord(&(x, p));
-            while placed.iter().any(|&(qx, qy)| (qx - px).abs() < 220 && (qy - py).abs() < 18) {
+            while placed
+                .iter()
+                .any(|&(qx, qy)| (qx - px).abs() < 220 && (qy - py).abs() < 18)
+            {
                 py += 18;
             }
             placed.push((px, py));
-            root.draw(&Text::new(format!("{} ({p:.1})", b.label_full()), (px + 12, py), font(13).pos(Pos::new(HPos::Left, VPos::Center))))?;
+            let style = font(13).pos(Pos::new(HPos::Left, VPos::Center));
+            text_at(
+                &body,
+                format!("{} ({p:.1})", b.label_full()),
+                (px + 12, py),
+                style,
+            )?;
         }
-        legend_entries(&mut chart, &kinds_present(bars))
+        Ok(())
     }
 }
 
@@ -276,7 +431,7 @@ impl Bar {
     }
 }
 
-/// Peak device memory and generation throughput per model, side by side.
+/// Peak device memory and generation throughput per model, one above the other.
 struct Efficiency<'a>(&'a [Bar]);
 
 impl Efficiency<'_> {
@@ -288,43 +443,44 @@ impl Efficiency<'_> {
         values: &dyn Fn(&Bar) -> [Option<f64>; 2],
     ) -> DrawResult<DB> {
         let bars = self.0;
-        let top = bars.iter().flat_map(|b| values(b)).flatten().fold(0.0, f64::max);
+        let top = bars.iter().flat_map(values).flatten().fold(0.0, f64::max);
         let n = bars.len() as f64;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, font(18))
-            .margin(14)
-            .x_label_area_size(52)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.6..n - 0.4, 0.0..(top * 1.2).max(1.0))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_desc(y_desc)
-            .axis_desc_style(font(14))
-            .label_style(font(12))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        let area = area.titled(title, font(17))?;
+        let mut chart = ChartBuilder::on(&area)
+            .margin(10)
+            .x_label_area_size(46)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.6..n - 0.4, 0.0..(top * 1.18).max(1.0))?;
+        mesh(&mut chart, "", y_desc, false)?;
         for (i, b) in bars.iter().enumerate() {
             let x = i as f64;
             let [main, extra] = values(b);
             let slots: Vec<(f64, f64, RGBColor, Option<f64>)> = match extra {
-                Some(_) => vec![(x - 0.19, 0.17, b.colour, main), (x + 0.19, 0.17, light(b.colour), extra)],
+                Some(_) => vec![
+                    (x - 0.19, 0.17, b.colour, main),
+                    (x + 0.19, 0.17, light(b.colour), extra),
+                ],
                 None => vec![(x, 0.3, b.colour, main)],
             };
             for (cx, half, colour, v) in slots {
-                let (px, py) = chart.backend_coord(&(cx, v.unwrap_or(0.0)));
-                match v {
+                let at = chart.backend_coord(&(cx, v.unwrap_or(0.0)));
+                let text = match v {
                     Some(v) => {
-                        chart.draw_series(std::iter::once(Rectangle::new([(cx - half, 0.0), (cx + half, v)], colour.filled())))?;
-                        let text = if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") };
-                        area.draw(&Text::new(text, (px, py - 4), font(12).pos(Pos::new(HPos::Center, VPos::Bottom))))?;
+                        chart.draw_series(std::iter::once(Rectangle::new(
+                            [(cx - half, 0.0), (cx + half, v)],
+                            colour.filled(),
+                        )))?;
+                        if v >= 100.0 {
+                            format!("{v:.0}")
+                        } else {
+                            format!("{v:.1}")
+                        }
                     }
-                    None => area.draw(&Text::new("n/a", (px, py - 4), font(12).pos(Pos::new(HPos::Center, VPos::Bottom))))?,
-                }
+                    None => "n/a".to_string(),
+                };
+                text_at(&area, text, (at.0, at.1 - 3), centred(12, VPos::Bottom))?;
             }
-            let (px, py) = chart.backend_coord(&(x, 0.0));
-            x_label(area, (px, py), &b.label, b.kind)?;
+            x_label(&area, chart.backend_coord(&(x, 0.0)), b)?;
         }
         Ok(())
     }
@@ -335,12 +491,30 @@ impl Figure for Efficiency<'_> {
         "efficiency"
     }
 
+    fn size(&self) -> (u32, u32) {
+        (SIZE.0, 860)
+    }
+
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
-        let (left, right) = root.split_horizontally(SIZE.0 / 2);
-        self.panel(&left, "Peak device memory (lighter: LoRA training)", "peak memory (GiB)", &|b| {
-            [b.peak_eval_mib.map(|m| m / 1024.0), b.peak_train_mib.map(|m| m / 1024.0)]
-        })?;
-        self.panel(&right, "Generation throughput", "generated tokens per second", &|b| [b.tokens_per_s, None])
+        let body = frame(root, "Resource efficiency", &kinds_present(self.0))?;
+        let (top, bottom) = body.split_vertically(400);
+        self.panel(
+            &top,
+            "Peak device memory (lighter bar: during LoRA training)",
+            "peak memory (GiB)",
+            &|b| {
+                [
+                    b.peak_eval_mib.map(|m| m / 1024.0),
+                    b.peak_train_mib.map(|m| m / 1024.0),
+                ]
+            },
+        )?;
+        self.panel(
+            &bottom,
+            "Generation throughput (evaluation)",
+            "generated tokens / s",
+            &|b| [b.tokens_per_s, None],
+        )
     }
 }
 
@@ -352,69 +526,97 @@ struct Curve {
 }
 
 /// Training (solid) and validation (dashed, dots) loss per finetuned SLM.
-struct Training_<'a>(&'a [Curve]);
+struct LossCurves<'a>(&'a [Curve]);
 
-impl Figure for Training_<'_> {
+impl Figure for LossCurves<'_> {
     fn name(&self) -> &'static str {
         "training_loss"
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
-        let all = self.0.iter().flat_map(|c| c.train.iter().chain(&c.validation));
-        let (x_max, y_max) = all.fold((1.0f64, 0.0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
-        let mut chart = ChartBuilder::on(root)
-            .caption("LoRA training: training and validation loss", font(22))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..(y_max * 1.1).max(0.1))?;
-        chart
-            .configure_mesh()
-            .x_desc("optimiser step")
-            .y_desc("cross-entropy loss (answer tokens, nats)")
-            .axis_desc_style(font(15))
-            .label_style(font(13))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        let mut legend = Vec::new();
         for (i, c) in self.0.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
-            chart
-                .draw_series(LineSeries::new(c.train.iter().copied(), colour.stroke_width(2)))?
-                .label(format!("{}: train", c.label))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+            legend.push((format!("{}: training (solid)", c.label), colour));
             if !c.validation.is_empty() {
-                chart
-                    .draw_series(DashedLineSeries::new(c.validation.iter().copied(), 8, 5, colour.stroke_width(2)))?
-                    .label(format!("{}: validation", c.label))
-                    .legend(move |(x, y)| Circle::new((x + 9, y), 4, colour.filled()));
-                chart.draw_series(c.validation.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
+                legend.push((format!("{}: validation (dashed, dots)", c.label), colour));
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font(font(13))
-            .draw()
+        let body = frame(root, "LoRA training: training and validation loss", &legend)?;
+        let all = self
+            .0
+            .iter()
+            .flat_map(|c| c.train.iter().chain(&c.validation));
+        let (x_max, y_max) = all.fold((1.0f64, 0.0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
+        let mut chart = ChartBuilder::on(&body)
+            .margin(14)
+            .x_label_area_size(48)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..(y_max * 1.1).max(0.1))?;
+        mesh(
+            &mut chart,
+            "optimiser step",
+            "cross-entropy loss on answer tokens",
+            true,
+        )?;
+        for (i, c) in self.0.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart.draw_series(LineSeries::new(
+                c.train.iter().copied(),
+                colour.stroke_width(2),
+            ))?;
+            if !c.validation.is_empty() {
+                chart.draw_series(DashedLineSeries::new(
+                    c.validation.iter().copied(),
+                    8,
+                    5,
+                    colour.stroke_width(2),
+                ))?;
+                chart.draw_series(
+                    c.validation
+                        .iter()
+                        .map(|p| Circle::new(*p, 4, colour.filled())),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// Draws every figure the inputs allow into `dir` (`<dir>/<name>.png` and `.svg`).
-pub fn draw_all(input: &ReportInput, analysis: &Analysis, dir: &Path) -> Result<Vec<RenderedPlot>, ReportError> {
+pub fn draw_all(
+    input: &ReportInput,
+    analysis: &Analysis,
+    dir: &Path,
+) -> Result<Vec<RenderedPlot>, ReportError> {
     ensure_font()?;
     let bars: Vec<Bar> = analysis
         .models
         .iter()
         .map(|m| {
-            let perf = input.models.iter().find(|i| i.key.key == m.key).map(|i| i.perf.clone()).unwrap_or_default();
-            let e = |k: usize| (m.estimates[k].point * 100.0, m.estimates[k].lo * 100.0, m.estimates[k].hi * 100.0);
-            let key = input.models.iter().find(|i| i.key.key == m.key).map(|i| i.key.label.clone()).unwrap_or_default();
+            let perf = input
+                .models
+                .iter()
+                .find(|i| i.key.key == m.key)
+                .map(|i| i.perf.clone())
+                .unwrap_or_default();
+            let e = |k: usize| {
+                (
+                    m.estimates[k].point * 100.0,
+                    m.estimates[k].lo * 100.0,
+                    m.estimates[k].hi * 100.0,
+                )
+            };
+            let key = input
+                .models
+                .iter()
+                .find(|i| i.key.key == m.key)
+                .map(|i| i.key.label.clone())
+                .unwrap_or_default();
             Bar {
                 label: key,
                 kind: kind_name(m.role, m.training),
                 colour: kind_colour(m.role, m.training),
-                role: m.role,
                 training: m.training,
                 pct: [e(0), e(1), e(2)],
                 mean_latency_ms: m.mean_latency_ms,
@@ -440,7 +642,9 @@ pub fn draw_all(input: &ReportInput, analysis: &Analysis, dir: &Path) -> Result<
         "Performance vs cost",
         "Macro-F1 (95% CI) against mean per-sample latency; up and to the left is better.",
     )?);
-    if bars.iter().any(|b| b.peak_eval_mib.is_some() || b.peak_train_mib.is_some() || b.tokens_per_s.is_some()) {
+    if bars.iter().any(|b| {
+        b.peak_eval_mib.is_some() || b.peak_train_mib.is_some() || b.tokens_per_s.is_some()
+    }) {
         out.push(save(
             &Efficiency(&bars),
             dir,
@@ -454,13 +658,21 @@ pub fn draw_all(input: &ReportInput, analysis: &Analysis, dir: &Path) -> Result<
         .filter(|m| m.key.role == ModelRole::Slm && !m.curve.is_empty())
         .map(|m| Curve {
             label: m.key.label.clone(),
-            train: m.curve.iter().filter_map(|p| Some((p.step as f64, p.train_loss?))).collect(),
-            validation: m.curve.iter().filter_map(|p| Some((p.step as f64, p.validation_loss?))).collect(),
+            train: m
+                .curve
+                .iter()
+                .filter_map(|p| Some((p.step as f64, p.train_loss?)))
+                .collect(),
+            validation: m
+                .curve
+                .iter()
+                .filter_map(|p| Some((p.step as f64, p.validation_loss?)))
+                .collect(),
         })
         .collect();
     if !curves.is_empty() {
         out.push(save(
-            &Training_(&curves),
+            &LossCurves(&curves),
             dir,
             "Training curves",
             "Loss on the answer tokens per optimiser step: training (solid) and validation (dashed, dots).",

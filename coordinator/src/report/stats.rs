@@ -83,7 +83,7 @@ impl Default for BootstrapConfig {
         Self {
             resamples: 2000,
             confidence: 0.95,
-            seed: 20240917,
+            seed: 42,
         }
     }
 }
