@@ -56,7 +56,8 @@ type Pattern = fn(usize) -> bool;
 ///   60 discordant pairs, all for the small model;
 /// - Other-7B: 55% (i % 20 < 11) → vs Small-3B LoRA 50 pairs one way, 40 the other (+5 pts);
 /// - Small-3B zero-shot: 10%.
-/// (key, who is right, peak memory MiB, tokens/s, mean latency ms)
+///
+/// Each entry: (key, who is right, peak memory MiB, tokens/s, mean latency ms).
 const MODELS: [(&str, Pattern, f64, f64, f64); 4] = [
     ("LLM_Big-8B_untrained", |i| i % 10 < 3, 5400.0, 31.0, 220.0),
     (
