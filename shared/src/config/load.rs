@@ -381,8 +381,17 @@ fn parse_any(src: &Source) -> Result<(ExperimentConfig, Option<MigrationReport>)
     }
     let config = match src.format {
         Format::Toml => parse_new_shape(src)?,
-        Format::Json => deserialize(json, src.origin, |segs| src.locate(segs))
-            .map_err(|e| e.into_config_error())?,
+        Format::Json => {
+            // From the text rather than the parsed value, so the error knows its line.
+            let mut de = serde_json::Deserializer::from_str(src.text);
+            serde_path_to_error::deserialize::<_, ExperimentConfig>(&mut de).map_err(|e| {
+                let inner = e.inner();
+                let location = (inner.line() > 0).then(|| format!("line {}", inner.line()));
+                let message = inner.to_string();
+                let message = message.split(" at line ").next().unwrap_or(&message);
+                classify(src.origin, path_segs(e.path()), message, location)
+            })?
+        }
     };
     Ok((config, None))
 }

@@ -350,3 +350,15 @@ fn config_hash_is_stable_and_follows_the_config() {
     c.training.epochs = 4;
     assert_ne!(c.config_hash().unwrap(), a);
 }
+
+#[test]
+fn json_config_in_the_new_shape_loads_and_locates_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("experiment.json");
+    std::fs::write(&p, "{\n  \"name\": \"j\",\n  \"lora\": {\"r\": 4}\n}\n").unwrap();
+    let c = ExperimentConfig::load(&p).unwrap().config;
+    assert_eq!((c.name.as_str(), c.lora.r), ("j", 4));
+    std::fs::write(&p, "{\n  \"name\": \"j\",\n  \"lora\": {\"rank\": 4}\n}\n").unwrap();
+    let e = ExperimentConfig::load(&p).unwrap_err().to_string();
+    assert!(e.ends_with("unknown key `lora.rank` (line 3)"), "{e}");
+}
