@@ -8,6 +8,7 @@
 //! and resuming.
 pub mod batch;
 pub mod checkpoint;
+pub mod examples;
 pub mod optim;
 pub mod schedule;
 pub mod step;
