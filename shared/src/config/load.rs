@@ -39,6 +39,9 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "slm_models",
 ];
 
+/// The key that selects a variant of a tagged section (`[data.source] kind = "jsonl"`).
+const TAG_KEY: &str = "kind";
+
 /// Origin used for errors in environment overrides.
 const ENV_ORIGIN: &str = "environment";
 
@@ -279,9 +282,20 @@ impl ExperimentConfig {
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Loaded, ConfigError> {
+        Self::load_layered_over(ExperimentConfig::default(), path, env)
+    }
+
+    /// Like [`Self::load_layered`] but the file's keys land on `base` instead of the defaults
+    /// (e.g. `--offline` with a file that only changes `data.max_eval_samples`). Tables merge key
+    /// by key; lists (the model lists, `target_modules`) and a section whose `kind` changes are
+    /// replaced whole. An old-shape file is migrated from the defaults, ignoring `base`.
+    pub fn load_layered_over(
+        base: ExperimentConfig,
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Loaded, ConfigError> {
         let Some(path) = path else {
-            let config = ExperimentConfig::default();
-            let (config, env_paths) = apply_env(config, env)?;
+            let (config, env_paths) = apply_env(base, env)?;
             check(&config, None, &env_paths)?;
             return Ok(Loaded {
                 config,
@@ -302,16 +316,19 @@ impl ExperimentConfig {
             text: &text,
             format,
         };
-        let (config, migration) = parse_any(&src)?;
+        let (mut config, migration) = parse_any(&src)?;
         if let Some(report) = &migration {
             tracing::warn!(file = %origin, "old config shape migrated:\n{report}");
+        } else if base != ExperimentConfig::default() {
+            // The file parsed cleanly over the defaults (errors located); now put its keys on `base`.
+            config = overlay(base, &src)?;
         }
         let (config, env_paths) = apply_env(config, env)?;
         check(&config, Some(&src), &env_paths)?;
         Ok(Loaded { config, migration })
     }
 
-    /// Defaults → `env` overrides on top of `self` (not validated: call [`Self::validate`] after
+    /// `env` overrides on top of `self` (not validated: call [`Self::validate`] after
     /// the CLI flags are applied too).
     pub fn with_env_overrides(
         self,
@@ -394,6 +411,45 @@ fn parse_any(src: &Source) -> Result<(ExperimentConfig, Option<MigrationReport>)
         }
     };
     Ok((config, None))
+}
+
+/// `base` with the keys written in the file on top.
+fn overlay(base: ExperimentConfig, src: &Source) -> Result<ExperimentConfig, ConfigError> {
+    let file: toml::Value = match src.format {
+        Format::Toml => toml::from_str(src.text).map_err(|e| syntax(src, &e))?,
+        Format::Json => serde_json::from_str(src.text).map_err(|e| ConfigError::Syntax {
+            origin: src.origin.into(),
+            location: Some(format!("line {}, column {}", e.line(), e.column())),
+            message: e.to_string(),
+        })?,
+    };
+    let mut merged =
+        toml::Value::try_from(&base).map_err(|e| ConfigError::Serialize(e.to_string()))?;
+    merge(&mut merged, file);
+    deserialize::<ExperimentConfig, _>(merged, src.origin, |segs| src.locate(segs))
+        .map_err(DeFailure::into_config_error)
+}
+
+/// Deep merge of TOML values: tables key by key, anything else (lists included) replaced.
+fn merge(dst: &mut toml::Value, src: toml::Value) {
+    match (dst, src) {
+        (toml::Value::Table(d), toml::Value::Table(s)) => {
+            if let (Some(old), Some(new)) = (d.get(TAG_KEY), s.get(TAG_KEY))
+                && old != new
+            {
+                d.clear();
+            }
+            for (k, v) in s {
+                match d.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        d.insert(k, v);
+                    }
+                }
+            }
+        }
+        (d, s) => *d = s,
+    }
 }
 
 fn syntax(src: &Source, e: &toml::de::Error) -> ConfigError {
@@ -513,6 +569,8 @@ fn apply_env(
     if overrides.is_empty() {
         return Ok((config, BTreeMap::new()));
     }
+    // A variant switch (`…__SOURCE__KIND`) clears its table, so it goes before the fields it brings.
+    overrides.sort_by_key(|(_, segs, _)| segs.last() != Some(&Seg::Key(TAG_KEY.into())));
     let mut root =
         toml::Value::try_from(&config).map_err(|e| ConfigError::Serialize(e.to_string()))?;
     let mut set_by = BTreeMap::new();
@@ -569,6 +627,9 @@ fn set_path(root: &mut toml::Value, segs: &[Seg], raw: &str) -> Result<(), Strin
     match (last, cur) {
         (Seg::Key(k), toml::Value::Table(t)) => {
             let v = coerce(raw, t.get(k));
+            if k == TAG_KEY && t.get(k).is_some_and(|old| old != &v) {
+                t.clear(); // another variant: the old variant's fields would be unknown keys
+            }
             t.insert(k.clone(), v);
         }
         (Seg::Index(n), toml::Value::Array(items)) => {

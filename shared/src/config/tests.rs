@@ -362,3 +362,74 @@ fn json_config_in_the_new_shape_loads_and_locates_errors() {
     let e = ExperimentConfig::load(&p).unwrap_err().to_string();
     assert!(e.ends_with("unknown key `lora.rank` (line 3)"), "{e}");
 }
+
+#[test]
+fn a_file_can_layer_over_the_offline_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("small.toml");
+    std::fs::write(
+        &p,
+        "[data]\nmax_eval_samples = 20\n[lora]\ntarget_modules = [\"q_proj\"]\n",
+    )
+    .unwrap();
+    let base = ExperimentConfig::offline_default();
+    let c = ExperimentConfig::load_layered_over(base.clone(), Some(&p), &BTreeMap::new())
+        .unwrap()
+        .config;
+    assert_eq!(c.data.max_eval_samples, Some(20));
+    assert_eq!(
+        c.data.max_train_samples, base.data.max_train_samples,
+        "offline value kept"
+    );
+    assert_eq!(
+        c.lora.target_modules,
+        ["q_proj"],
+        "lists are replaced, not merged"
+    );
+    assert_eq!(c.lora.r, 8);
+    assert_eq!(c.llm_models, base.llm_models);
+    // Switching the source kind replaces the whole section.
+    std::fs::write(&p, "[data.source]\nkind = \"jsonl\"\npath = \"r.jsonl\"\n").unwrap();
+    let c = ExperimentConfig::load_layered_over(
+        ExperimentConfig::offline_default(),
+        Some(&p),
+        &BTreeMap::new(),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(
+        c.data.source,
+        DataSource::Jsonl {
+            path: "r.jsonl".into()
+        }
+    );
+    // Errors are still located in the file.
+    std::fs::write(&p, "[data]\nmax_eval_sample = 20\n").unwrap();
+    let e = ExperimentConfig::load_layered_over(
+        ExperimentConfig::offline_default(),
+        Some(&p),
+        &BTreeMap::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("unknown key `data.max_eval_sample` (line 2)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_can_switch_the_data_source_kind() {
+    // The default source is the hub (repo, file); switching to a CSV drops those fields.
+    let vars = env(&[
+        ("SIZESPEC_DATA__SOURCE__PATH", "/d/m.csv"),
+        ("SIZESPEC_DATA__SOURCE__KIND", "medsynth_csv"),
+    ]);
+    let c = ExperimentConfig::load_layered(None, &vars).unwrap().config;
+    assert_eq!(
+        c.data.source,
+        DataSource::MedsynthCsv {
+            path: "/d/m.csv".into()
+        }
+    );
+}
