@@ -67,6 +67,8 @@ pub struct MigrationReport {
     /// (old key, new dotted key) for each value carried over.
     pub mapped: Vec<(String, String)>,
     pub dropped: Vec<DroppedKey>,
+    /// Defaults the migration kept because the old file said nothing about them.
+    pub defaults_kept: Vec<String>,
 }
 
 fn list_name(role: ModelRole) -> &'static str {
@@ -93,6 +95,9 @@ impl fmt::Display for MigrationReport {
         }
         for d in &self.dropped {
             writeln!(f, "{}: dropped ({})", d.key, d.reason)?;
+        }
+        for d in &self.defaults_kept {
+            writeln!(f, "{d}")?;
         }
         Ok(())
     }
@@ -261,8 +266,10 @@ fn migrate_models(
         Some(v) => as_bool("llm_load_in_4bit", v)?,
         None => true,
     };
-    cfg.llm_models.clear();
-    cfg.slm_models.clear();
+    let defaults = (
+        std::mem::take(&mut cfg.llm_models),
+        std::mem::take(&mut cfg.slm_models),
+    );
     for (name, from) in listed {
         let size = size_in_billions(&name);
         let (to, reason) = match &size {
@@ -303,6 +310,22 @@ fn migrate_models(
             to,
             reason,
         });
+    }
+    // A side the old file left empty keeps the default models (the comparison needs both sides),
+    // and the report says so: e.g. an old file that named only 3B models.
+    for (role, list, default) in [
+        (ModelRole::Llm, &mut cfg.llm_models, defaults.0),
+        (ModelRole::Slm, &mut cfg.slm_models, defaults.1),
+    ] {
+        if list.is_empty() {
+            let labels: Vec<&str> = default.iter().map(|m| m.label.as_str()).collect();
+            report.defaults_kept.push(format!(
+                "{}: no model of this size in the old file; the defaults are kept ({})",
+                list_name(role),
+                labels.join(", ")
+            ));
+            *list = default;
+        }
     }
     if obj.contains_key("llm_load_in_4bit") {
         report.mapped.push((
@@ -512,7 +535,11 @@ mod tests {
         let (cfg, report) =
             migrate(&json!({"slm_name": "meta-llama/Llama-3.1-70B-Instruct"})).unwrap();
         assert_eq!(cfg.llm_models.len(), 1);
-        assert!(cfg.slm_models.is_empty());
+        assert_eq!(
+            cfg.slm_models,
+            ExperimentConfig::default().slm_models,
+            "no SLM named: defaults"
+        );
         assert_eq!(report.moves[0].to, ModelRole::Llm);
         assert_eq!(report.moves[0].reason, "70B ≥ 7B");
     }
@@ -540,6 +567,69 @@ mod tests {
                 .contains("ignored: SLMs are LoRA-trained in full precision")
         );
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    }
+
+    #[test]
+    fn every_flat_key_lands_where_the_report_says() {
+        let old = json!({
+            "slm_name": "a/B-3B",
+            "learning_rate": 1e-4, "num_train_epochs": 4, "max_seq_length": 512, "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 2, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_grad_norm": 0.5,
+            "early_stopping_patience": 5, "eval_steps": 50, "seed": 7, "lr_scheduler_type": "linear",
+            "lora_r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "lora_target_modules": ["q_proj", "v_proj"],
+            "max_new_tokens": 20, "per_device_eval_batch_size": 4, "max_eval_samples": 100,
+            "max_train_samples": 1000, "output_dir": "out/x", "experiment_name": "old-run",
+            "llm_load_in_4bit": false
+        });
+        let (c, report) = migrate(&old).unwrap();
+        let t = &c.training;
+        assert_eq!(
+            (t.learning_rate, t.epochs, t.max_length, t.batch_size),
+            (1e-4, 4, 512, 8)
+        );
+        assert_eq!(
+            (
+                t.gradient_accumulation_steps,
+                t.warmup_ratio,
+                t.weight_decay,
+                t.max_grad_norm
+            ),
+            (2, 0.1, 0.01, 0.5)
+        );
+        assert_eq!(
+            (t.early_stopping_patience, t.eval_every_steps, t.seed),
+            (5, 50, 7)
+        );
+        assert_eq!(t.schedule, LrSchedule::Linear);
+        assert_eq!(c.data.split.seed, 7, "the old seed also seeded the split");
+        assert_eq!((c.lora.r, c.lora.alpha, c.lora.dropout), (32, 64.0, 0.05));
+        assert_eq!(c.lora.target_modules, ["q_proj", "v_proj"]);
+        assert_eq!(
+            (c.generation.max_new_tokens, c.generation.batch_size),
+            (20, 4)
+        );
+        assert_eq!(
+            (c.data.max_eval_samples, c.data.max_train_samples),
+            (Some(100), Some(1000))
+        );
+        assert_eq!(c.output, std::path::PathBuf::from("out/x"));
+        assert_eq!(c.name, "old-run");
+        // Every old key is accounted for: mapped, or (models) moved.
+        assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+        assert_eq!(report.mapped.len(), old.as_object().unwrap().len() - 1);
+        // With only an SLM named, the default LLMs stay, and the report says so.
+        assert_eq!(c.llm_models, ExperimentConfig::default().llm_models);
+        assert_eq!(
+            report.defaults_kept,
+            [
+                "llm_models: no model of this size in the old file; the defaults are kept (Llama-8B, Mistral-7B)"
+            ]
+        );
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        // llm_load_in_4bit = false reaches the LLM entries.
+        let (c, _) =
+            migrate(&json!({"baseline_llms": ["x/Big-8B"], "llm_load_in_4bit": false})).unwrap();
+        assert!(!c.llm_models[0].load_in_4bit);
     }
 
     #[test]
