@@ -7,6 +7,10 @@ use coordinator::report::analysis::{Outcome, analyse};
 use coordinator::report::input::load;
 use coordinator::report::stats::BootstrapConfig;
 use coordinator::report::{ReportError, build};
+use shared::results::{
+    Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics, TrainingStatus,
+    parse_result_key,
+};
 use shared::task::PredictionRow;
 
 /// Ten reference codes from ten chapters, each with a valid code of the same 3-character
@@ -77,32 +81,53 @@ fn write(path: &Path, text: &str) {
 }
 
 fn synthetic_dir(dir: &Path, with_counts: bool) {
-    let mut results = serde_json::Map::new();
-    results.insert(
-        "meta".into(),
-        serde_json::json!({"experiment": "synthetic", "split_hash": "abc123", "created": "2026-11-26T00:00:00Z"}),
-    );
+    let mut results = Results {
+        meta: Some(ResultsMeta {
+            experiment: "synthetic".into(),
+            config_hash: None,
+            split_hash: Some("abc123".into()),
+            created: Some("2026-11-26T00:00:00Z".into()),
+            tool_version: "sizespec test".into(),
+            converted_from_old: false,
+        }),
+        entries: BTreeMap::new(),
+    };
     for (key, right, mem, tps, latency) in MODELS {
-        let lines: Vec<String> = (0..200)
-            .map(|i| serde_json::to_string(&row(i, right(i), latency)).unwrap())
+        let rows: Vec<PredictionRow> = (0..200).map(|i| row(i, right(i), latency)).collect();
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
             .collect();
         write(
             &dir.join("predictions").join(format!("{key}.jsonl")),
             &(lines.join("\n") + "\n"),
         );
-        results.insert(
+        let (model_type, _, training) = parse_result_key(key).unwrap();
+        let finetuned = training == TrainingStatus::Finetuned;
+        results.entries.insert(
             key.into(),
-            serde_json::json!({
-                "model_type": &key[..3], "size": "8B", "model_name": key,
-                "performance": {"load_s": 12.5, "eval_s": 40.0, "samples_per_s": 5.0,
-                                "tokens_per_s": tps, "peak_memory_mib": mem, "device_name": "NVIDIA H100"}
-            }),
+            ResultEntry {
+                model_type,
+                size: "8B".into(),
+                training,
+                model_name: key.into(),
+                metrics: shared::metrics::compute(&rows, 40.0),
+                missing_metrics: vec![],
+                performance: Performance {
+                    load_time_s: Some(12.5),
+                    eval_time_s: Some(40.0),
+                    samples_per_s: Some(5.0),
+                    tokens_per_s: Some(tps),
+                    peak_memory_mib: Some(mem),
+                    device_name: Some("NVIDIA H100".into()),
+                },
+                // The finetuned model's training figures come from training/<key>.json only.
+                training_metrics: finetuned.then(TrainingMetrics::default),
+                extra: BTreeMap::new(),
+            },
         );
     }
-    write(
-        &dir.join("results.json"),
-        &serde_json::to_string_pretty(&results).unwrap(),
-    );
+    results.write(&dir.join("results.json")).unwrap();
     let curve: Vec<_> = (1..=10)
         .map(|s| {
             let val = (s % 5 == 0).then(|| 1.6 / (s as f64).sqrt());
@@ -224,22 +249,19 @@ fn point_estimates_agree_with_shared_metrics() {
     );
     for (m, s) in input.models.iter().zip(&a.models) {
         let reference = shared::metrics::compute(&m.rows, 1.0);
+        let [exact, category, f1] = s.estimates.map(Option::unwrap);
         assert!(
-            (s.estimates[0].point - reference.exact_match).abs() < 1e-12,
+            (exact.point - reference.exact_match).abs() < 1e-12,
             "{}",
             s.key
         );
         assert!(
-            (s.estimates[1].point - reference.category_match).abs() < 1e-12,
+            (category.point - reference.category_match).abs() < 1e-12,
             "{}",
             s.key
         );
-        assert!(
-            (s.estimates[2].point - reference.macro_f1).abs() < 1e-12,
-            "{}",
-            s.key
-        );
-        for e in &s.estimates {
+        assert!((f1.point - reference.macro_f1).abs() < 1e-12, "{}", s.key);
+        for e in [exact, category, f1] {
             assert!(e.lo <= e.point && e.point <= e.hi, "{}: {e:?}", s.key);
         }
     }
@@ -367,5 +389,37 @@ fn bad_inputs_are_named() {
     assert!(
         e.to_string().contains("LLM_X_untrained.jsonl line 1"),
         "{e}"
+    );
+}
+
+#[test]
+fn an_old_shape_results_file_alone_gives_a_point_estimate_report() {
+    // The seed's old shape, percent rates (as `shared::results` tests use), no predictions at all.
+    let dir = tempfile::tempdir().unwrap();
+    let old = serde_json::json!({
+        "Baseline_LLM_meta-llama/Meta-Llama-3.1-8B-Instruct": {
+            "model_name": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+            "accuracy": 3.42, "category_accuracy": 24.6, "macro_f1": 1.9,
+            "num_samples": 1024, "avg_latency": 1.25, "tokens_per_second": 9.5, "memory_gb": 6.5, "load_time": 40.2
+        },
+        "Finetuned_SLM": {
+            "model_name": "Qwen/Qwen2.5-3B-Instruct", "accuracy": 11.9, "num_samples": 1024,
+            "training_time": 5400.0, "train_loss": 0.35, "eval_loss": 0.6, "global_step": 900
+        },
+        "timestamp": "2025-08-01T10:00:00"
+    });
+    write(&dir.path().join("results.json"), &old.to_string());
+    let paths = build(dir.path()).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(
+        md.contains("the best small model, Qwen-3B LoRA, is above the best large model, Llama-8B zero-shot, on exact match (11.9% vs 3.4%)"),
+        "{md}"
+    );
+    assert!(md.contains("| Llama-8B zero-shot | large, zero-shot | 1024 | 3.4 (no CI) | 24.6 (no CI) | 1.9 (no CI) |"), "{md}");
+    assert!(md.contains("converted from the old results shape"));
+    // The finetuned entry recorded no category match: shown as not measured, not as 0.
+    assert!(
+        md.contains("| Qwen-3B LoRA | small, LoRA | 1024 | 11.9 (no CI) | – |"),
+        "{md}"
     );
 }

@@ -52,11 +52,23 @@ pub struct ModelStats {
     pub training: Training,
     pub samples: usize,
     /// `Metric::ALL` order: exact match, category match, macro-F1 (fractions).
-    pub estimates: [Estimate; 3],
+    /// `None` where `results.json` marks the metric as not measured.
+    pub estimates: [Option<Estimate>; 3],
+    pub precision: Precision,
     /// Samples with no valid code extracted (fraction).
-    pub invalid_rate: f64,
+    pub invalid_rate: Option<f64>,
     /// Mean per-sample latency, ms (from the predictions).
-    pub mean_latency_ms: f64,
+    pub mean_latency_ms: Option<f64>,
+}
+
+/// Where a model's numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Precision {
+    /// Per-sample predictions: bootstrap CIs and paired tests.
+    Bootstrap,
+    /// Only the aggregate metrics of `results.json` (e.g. converted from the old shape): the
+    /// interval is the point itself and the model takes part in no test.
+    PointOnly,
 }
 
 /// How a comparison came out (decided by the paired-bootstrap CI of the exact-match difference).
@@ -315,6 +327,61 @@ fn headline(comparisons: &[Comparison], slm_count: usize, llm_count: usize) -> S
     }
 }
 
+/// A model known only from `results.json`'s aggregate metrics.
+fn point_only(m: &ModelInput) -> Option<ModelStats> {
+    let metrics = m.metrics.as_ref()?;
+    let known = |name: &str, v: f64| (!m.missing_metrics.iter().any(|x| x == name)).then_some(v);
+    let est = |name: &str, v: f64| {
+        known(name, v).map(|p| Estimate {
+            point: p,
+            lo: p,
+            hi: p,
+        })
+    };
+    Some(ModelStats {
+        key: m.key.key.clone(),
+        display: m.key.display(),
+        role: m.key.role,
+        training: m.key.training,
+        samples: metrics.samples,
+        estimates: [
+            est("exact_match", metrics.exact_match),
+            est("category_match", metrics.category_match),
+            est("macro_f1", metrics.macro_f1),
+        ],
+        precision: Precision::PointOnly,
+        invalid_rate: known("invalid_code_rate", metrics.invalid_code_rate),
+        mean_latency_ms: known("latency_ms_mean", metrics.latency_ms_mean),
+    })
+}
+
+/// With no paired predictions: the best small and the best large model by point estimate.
+fn point_headline(models: &[ModelStats]) -> Option<String> {
+    let best = |pick: &dyn Fn(&ModelStats) -> bool| {
+        models
+            .iter()
+            .filter(|m| pick(m))
+            .filter_map(|m| Some((m, m.estimates[0]?.point)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let (small, s) = best(&|m| m.role == ModelRole::Slm)?;
+    let (large, l) = best(&|m| m.role == ModelRole::Llm)?;
+    let verb = if s > l {
+        "above"
+    } else if s < l {
+        "below"
+    } else {
+        "level with"
+    };
+    Some(format!(
+        "Point estimates only (no per-sample predictions, so no confidence intervals or tests): the best small model, {}, is {verb} the best large model, {}, on exact match ({:.1}% vs {:.1}%).",
+        small.display,
+        large.display,
+        s * 100.0,
+        l * 100.0
+    ))
+}
+
 /// Computes the whole analysis. Models without predictions are left out of the statistics.
 pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
     let mut labels = LabelIndex::default();
@@ -328,28 +395,40 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
         })
         .collect();
 
-    let models = scored
+    let mut models: Vec<ModelStats> = scored
         .iter()
         .map(|s| {
             let n = s.model.rows.len();
+            let invalid = s
+                .model
+                .rows
+                .iter()
+                .filter(|r| r.extracted.is_none())
+                .count();
             ModelStats {
                 key: s.model.key.key.clone(),
                 display: s.model.key.display(),
                 role: s.model.key.role,
                 training: s.model.key.training,
                 samples: n,
-                estimates: bootstrap(&s.outcomes, cfg),
-                invalid_rate: s
-                    .model
-                    .rows
-                    .iter()
-                    .filter(|r| r.extracted.is_none())
-                    .count() as f64
-                    / n as f64,
-                mean_latency_ms: s.model.rows.iter().map(|r| r.latency_ms).sum::<f64>() / n as f64,
+                estimates: bootstrap(&s.outcomes, cfg).map(Some),
+                precision: Precision::Bootstrap,
+                invalid_rate: Some(invalid as f64 / n as f64),
+                mean_latency_ms: Some(
+                    s.model.rows.iter().map(|r| r.latency_ms).sum::<f64>() / n as f64,
+                ),
             }
         })
         .collect();
+    models.extend(
+        input
+            .models
+            .iter()
+            .filter(|m| m.rows.is_empty())
+            .filter_map(point_only),
+    );
+    // Keep the input's order (LLMs, SLMs zero-shot, SLMs finetuned) across both kinds.
+    models.sort_by_key(|m| input.models.iter().position(|i| i.key.key == m.key));
 
     let llms: Vec<&Scored> = scored
         .iter()
@@ -370,7 +449,10 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
         .iter()
         .flat_map(|a| llms.iter().filter_map(|b| compare(a, b, cfg)))
         .collect();
-    let headline = headline(&comparisons, challengers.len(), llms.len());
+    let headline = match point_headline(&models) {
+        Some(h) if comparisons.is_empty() => h,
+        _ => headline(&comparisons, challengers.len(), llms.len()),
+    };
     let zero_shot_comparisons = if finetuned.is_empty() {
         Vec::new()
     } else {
@@ -388,7 +470,7 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
 
     let by_frequency = input.train_code_counts.as_ref().map(|counts| {
         breakdown(
-            "Exact match by the reference code's frequency in the train split",
+            "Exact / category match by the reference code's frequency in the train split",
             format!("Bands: unseen = 0, rare = 1–{RARE_MAX_TRAIN_COUNT}, frequent = more than {RARE_MAX_TRAIN_COUNT} train rows with the code."),
             &scored,
             &|r| {
@@ -398,7 +480,7 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
         )
     });
     let by_chapter = breakdown(
-        "Exact match by ICD-10-CM chapter of the reference code",
+        "Exact / category match by ICD-10-CM chapter of the reference code",
         "Chapters of the ICD-10-CM April 2026 release, by category range.".to_string(),
         &scored,
         &|r| match icd10::chapter(&r.reference) {

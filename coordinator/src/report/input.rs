@@ -3,18 +3,21 @@
 //! Files (all but `predictions/` optional; a missing one drops its section with a note):
 //! - `predictions/<model key>.jsonl`: one `shared::task::PredictionRow` per line — the source of
 //!   every accuracy number and CI in the report;
-//! - `results.json`: per model key, performance (load/eval time, samples/s, tokens/s, peak memory,
-//!   device) and, for finetuned models, training figures; a top-level `meta` (data/split hash,
-//!   experiment name, creation time). Read as JSON and looked up by field name with aliases, so both
-//!   the current writer and a file converted from the old shape are accepted;
-//! - `training/<model key>.json`: the finetune summary with its `curve` of
-//!   `{step, train_loss, validation_loss}` points;
+//! - `results.json` (`shared::results::Results`): per model key the metrics, performance and, for
+//!   finetuned models, training figures, and `meta` (split hash, experiment, creation time). A file
+//!   still in the old shape is converted in memory with `shared::results::convert_old`. A model
+//!   with metrics here but no predictions file is reported with point estimates only (no CIs);
+//! - `training/<model key>.json`: the coordinator's finetune summary (`train_s`, `tokens_per_s`,
+//!   `peak_memory_mib`, ..., `curve` of `{step, train_loss, validation_loss}`), read by field name
+//!   with aliases; it fills what `results.json` lacks;
 //! - `train_code_counts.json`: `{code: count in the train split}` (frequency breakdown);
 //! - `config.resolved.toml`: shown verbatim.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use shared::metrics::EvalMetrics;
+use shared::results::{ResultEntry, Results, convert_old, is_old_shape};
 use shared::task::{ModelRole, PredictionRow};
 
 use super::ReportError;
@@ -107,6 +110,10 @@ pub struct ModelInput {
     pub model_name: Option<String>,
     pub size: Option<String>,
     pub rows: Vec<PredictionRow>,
+    /// The metrics `results.json` records (used when there are no predictions).
+    pub metrics: Option<EvalMetrics>,
+    /// Metric names `results.json` marks as not measured (a converted old file).
+    pub missing_metrics: Vec<String>,
     pub perf: Perf,
     pub curve: Vec<CurvePoint>,
 }
@@ -122,6 +129,8 @@ pub struct ReportInput {
     pub data_hash: Option<String>,
     pub experiment: Option<String>,
     pub created: Option<String>,
+    /// `results.json` was in the old shape (converted in memory) or says it was converted.
+    pub converted_from_old: bool,
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, ReportError> {
@@ -190,135 +199,78 @@ fn read_predictions(dir: &Path) -> Result<BTreeMap<String, Vec<PredictionRow>>, 
     Ok(out)
 }
 
-/// Leaves of a JSON object as (path of keys, value), depth-first in key order.
-fn leaves<'a>(v: &'a Value, path: &mut Vec<&'a str>, out: &mut Vec<(Vec<&'a str>, &'a Value)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
-                path.push(k);
-                leaves(child, path, out);
-                path.pop();
-            }
-        }
-        _ => out.push((path.clone(), v)),
-    }
+/// A top-level number of the training file, by the first of `names` present.
+fn num(v: Option<&Value>, names: &[&str]) -> Option<f64> {
+    names.iter().find_map(|n| v?.get(*n)?.as_f64())
 }
 
-/// The first leaf named one of `names` whose ancestors include a key containing one of `sections`
-/// (any ancestor when `sections` is empty).
-fn find<'a>(
-    all: &[(Vec<&'a str>, &'a Value)],
-    sections: &[&str],
-    names: &[&str],
-) -> Option<&'a Value> {
-    names.iter().find_map(|name| {
-        all.iter()
-            .find(|(p, _)| {
-                let (Some(last), ancestors) = (p.last(), &p[..p.len().saturating_sub(1)]) else {
-                    return false;
-                };
-                last == name
-                    && (sections.is_empty()
-                        || ancestors
-                            .iter()
-                            .any(|a| sections.iter().any(|s| a.to_lowercase().contains(s))))
-            })
-            .map(|(_, v)| *v)
-    })
-}
-
-fn num(all: &[(Vec<&str>, &Value)], sections: &[&str], names: &[&str]) -> Option<f64> {
-    find(all, sections, names).and_then(Value::as_f64)
-}
-
-fn text(all: &[(Vec<&str>, &Value)], sections: &[&str], names: &[&str]) -> Option<String> {
-    find(all, sections, names)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-const PERF: &[&str] = &["perf", "inference", "eval"];
-const TRAIN: &[&str] = &["train"];
-
-fn perf_from(entry: Option<&Value>, training: Option<&Value>) -> Perf {
-    let mut a = Vec::new();
-    if let Some(e) = entry {
-        leaves(e, &mut Vec::new(), &mut a);
-    }
-    let mut t = Vec::new();
-    if let Some(e) = training {
-        leaves(e, &mut Vec::new(), &mut t);
-    }
-    // Training figures: the training file's top level first, then a training section of results.json.
-    let tnum = |names: &[&str]| num(&t, &[], names).or_else(|| num(&a, TRAIN, names));
+/// Performance from the typed results entry; training figures from it, else from the training file.
+fn perf_from(entry: Option<&ResultEntry>, training: Option<&Value>) -> Perf {
+    let tnum = |names: &[&str]| num(training, names);
+    let p = entry.map(|e| e.performance.clone()).unwrap_or_default();
+    let tm = entry
+        .and_then(|e| e.training_metrics.clone())
+        .unwrap_or_default();
     Perf {
-        load_s: num(
-            &a,
-            PERF,
-            &["load_s", "load_time_s", "load_seconds", "model_load_time"],
-        ),
-        eval_s: num(
-            &a,
-            PERF,
-            &[
-                "eval_s",
-                "eval_time_s",
-                "eval_seconds",
-                "inference_time_s",
-                "wall_seconds",
-            ],
-        ),
-        samples_per_s: num(&a, PERF, &["samples_per_s", "samples_per_second"])
-            .or_else(|| num(&a, &[], &["samples_per_s"])),
-        tokens_per_s: num(
-            &a,
-            PERF,
-            &[
-                "tokens_per_s",
-                "generated_tokens_per_s",
-                "tokens_per_second",
-            ],
-        )
-        .or_else(|| num(&a, &[], &["generated_tokens_per_s"])),
-        peak_memory_mib: num(
-            &a,
-            PERF,
-            &[
-                "peak_memory_mib",
-                "peak_vram_mib",
-                "peak_mem_mib",
-                "memory_mib",
-            ],
-        ),
-        device: text(&a, PERF, &["device_name", "device"])
-            .or_else(|| text(&t, &[], &["device_name"])),
-        train_s: tnum(&[
-            "train_s",
-            "train_time_s",
-            "training_time_s",
-            "train_seconds",
-        ]),
-        train_tokens_per_s: tnum(&["tokens_per_s", "tokens_per_second"]),
-        train_peak_memory_mib: tnum(&["peak_memory_mib", "peak_vram_mib", "peak_mem_mib"]),
-        train_steps: tnum(&["steps", "total_steps"]),
-        final_train_loss: tnum(&["final_train_loss", "train_loss"]),
-        best_validation_loss: tnum(&["best_validation_loss", "best_val_loss"]),
+        load_s: p.load_time_s,
+        eval_s: p.eval_time_s,
+        samples_per_s: p.samples_per_s,
+        tokens_per_s: p.tokens_per_s,
+        peak_memory_mib: p.peak_memory_mib,
+        device: p
+            .device_name
+            .or_else(|| training?.get("device_name")?.as_str().map(str::to_string)),
+        train_s: tm
+            .train_time_s
+            .or_else(|| tnum(&["train_s", "train_time_s", "training_time_s"])),
+        train_tokens_per_s: tm.tokens_per_s.or_else(|| tnum(&["tokens_per_s"])),
+        train_peak_memory_mib: tm
+            .peak_memory_mib
+            .or_else(|| tnum(&["peak_memory_mib", "peak_vram_mib"])),
+        train_steps: tm
+            .steps
+            .map(|s| s as f64)
+            .or_else(|| tnum(&["steps", "total_steps"])),
+        final_train_loss: tm.final_train_loss.or_else(|| tnum(&["final_train_loss"])),
+        best_validation_loss: tm
+            .best_validation_loss
+            .or_else(|| tnum(&["best_validation_loss", "best_val_loss"])),
     }
 }
 
-/// The curve: the training file's `curve` (or `points`), else one inside the results entry.
-fn curve_from(training: Option<&Value>, entry: Option<&Value>) -> Vec<CurvePoint> {
-    let arr = [training, entry].into_iter().flatten().find_map(|v| {
+/// The curve: from `results.json`'s training metrics, else the training file's `curve`.
+fn curve_from(entry: Option<&ResultEntry>, training: Option<&Value>) -> Vec<CurvePoint> {
+    let typed: Vec<CurvePoint> = entry
+        .and_then(|e| e.training_metrics.as_ref())
+        .map(|t| {
+            t.curve
+                .iter()
+                .map(|p| CurvePoint {
+                    step: p.step,
+                    train_loss: p.train_loss,
+                    validation_loss: p.validation_loss,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut pts = if typed.is_empty() {
+        curve_from_value(training)
+    } else {
+        typed
+    };
+    pts.sort_by_key(|p| p.step);
+    pts
+}
+
+fn curve_from_value(training: Option<&Value>) -> Vec<CurvePoint> {
+    let arr = training.and_then(|v| {
         v.get("curve")
             .or_else(|| v.get("points"))
-            .or_else(|| v.get("training").and_then(|t| t.get("curve")))
             .and_then(Value::as_array)
-            .or_else(|| v.as_array())
     });
     let f =
         |p: &Value, names: &[&str]| names.iter().find_map(|n| p.get(*n).and_then(Value::as_f64));
-    let mut pts: Vec<CurvePoint> = arr
-        .into_iter()
+    arr.into_iter()
         .flatten()
         .filter_map(|p| {
             Some(CurvePoint {
@@ -327,36 +279,45 @@ fn curve_from(training: Option<&Value>, entry: Option<&Value>) -> Vec<CurvePoint
                 validation_loss: f(p, &["validation_loss", "val_loss", "eval_loss"]),
             })
         })
-        .collect();
-    pts.sort_by_key(|p| p.step);
-    pts
+        .collect()
 }
 
-fn results_old_shape(v: &Value) -> bool {
-    v.as_object().is_some_and(|m| {
-        m.keys()
-            .any(|k| k.starts_with("Baseline_") || k.starts_with("Finetuned_"))
-    })
+/// `results.json`, typed; an old-shape file is converted in memory.
+fn read_results(path: &Path) -> Result<Option<(Results, bool)>, ReportError> {
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
+    };
+    let value = parse_json(path, &text)?;
+    if is_old_shape(&value) {
+        let r = convert_old(value).map_err(|source| ReportError::Results {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        return Ok(Some((r, true)));
+    }
+    let r = Results::from_json_str(&text, &path.display().to_string()).map_err(|source| {
+        ReportError::Results {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }
+    })?;
+    let converted = r.meta.as_ref().is_some_and(|m| m.converted_from_old);
+    Ok(Some((r, converted)))
 }
 
-/// Reads the folder. Fails when it has no `predictions/*.jsonl` at all, or a file is malformed.
+/// Reads the folder. Fails when it has neither predictions nor results entries, or a file is malformed.
 pub fn load(dir: &Path) -> Result<ReportInput, ReportError> {
     let predictions = read_predictions(dir)?;
     let results_path = dir.join("results.json");
-    let results = match read_optional(&results_path)? {
-        Some(t) => Some(parse_json(&results_path, &t)?),
-        None => None,
+    let (results, converted_from_old) = match read_results(&results_path)? {
+        Some((r, c)) => (Some(r), c),
+        None => (None, false),
     };
-    if let Some(r) = &results
-        && results_old_shape(r)
-    {
-        return Err(ReportError::OldResultsShape { path: results_path });
-    }
-    let entry_of = |key: &str| results.as_ref().and_then(|r| r.get(key));
+    let entry_of = |key: &str| results.as_ref().and_then(|r| r.entries.get(key));
 
     let mut keys: Vec<String> = predictions.keys().cloned().collect();
-    if let Some(Value::Object(m)) = &results {
-        keys.extend(m.keys().filter(|k| ModelKey::parse(k).is_some()).cloned());
+    if let Some(r) = &results {
+        keys.extend(r.entries.keys().cloned());
     }
     keys.sort();
     keys.dedup();
@@ -370,22 +331,23 @@ pub fn load(dir: &Path) -> Result<ReportInput, ReportError> {
             None => None,
         };
         let entry = entry_of(&k);
-        let mut a = Vec::new();
-        if let Some(e) = entry {
-            leaves(e, &mut Vec::new(), &mut a);
-        }
         models.push(ModelInput {
-            model_name: text(&a, &[], &["model_name", "name"]),
-            size: text(&a, &[], &["size"]),
+            model_name: entry.map(|e| e.model_name.clone()),
+            size: entry.map(|e| e.size.clone()),
             rows: predictions.get(&k).cloned().unwrap_or_default(),
+            metrics: entry.map(|e| e.metrics.clone()),
+            missing_metrics: entry.map(|e| e.missing_metrics.clone()).unwrap_or_default(),
             perf: perf_from(entry, training.as_ref()),
-            curve: curve_from(training.as_ref(), entry),
+            curve: curve_from(entry, training.as_ref()),
             key,
         });
     }
-    if models.iter().all(|m| m.rows.is_empty()) {
+    if models
+        .iter()
+        .all(|m| m.rows.is_empty() && m.metrics.is_none())
+    {
         return Err(ReportError::NoPredictions {
-            dir: dir.join("predictions"),
+            dir: dir.to_path_buf(),
         });
     }
     models.sort_by_key(|m| m.key.order());
@@ -401,22 +363,16 @@ pub fn load(dir: &Path) -> Result<ReportInput, ReportError> {
             )?),
             None => None,
         };
-
-    let mut meta = Vec::new();
-    if let Some(m) = results
-        .as_ref()
-        .and_then(|r| r.get("meta").or_else(|| r.get("_meta")))
-    {
-        leaves(m, &mut Vec::new(), &mut meta);
-    }
+    let meta = results.as_ref().and_then(|r| r.meta.clone());
     Ok(ReportInput {
         dir: dir.to_path_buf(),
         models,
         train_code_counts,
         config_toml: read_optional(&dir.join("config.resolved.toml"))?,
-        data_hash: text(&meta, &[], &["split_hash", "data_hash", "dataset_hash"]),
-        experiment: text(&meta, &[], &["experiment", "experiment_name", "name"]),
-        created: text(&meta, &[], &["created", "created_at", "created_time"]),
+        data_hash: meta.as_ref().and_then(|m| m.split_hash.clone()),
+        experiment: meta.as_ref().map(|m| m.experiment.clone()),
+        created: meta.as_ref().and_then(|m| m.created.clone()),
+        converted_from_old,
     })
 }
 
@@ -441,22 +397,16 @@ mod tests {
     }
 
     #[test]
-    fn finds_fields_by_section_and_alias() {
-        let entry = serde_json::json!({
-            "performance": {"load_time_s": 3.5, "tokens_per_s": 40.0, "peak_memory_mib": 5000},
-            "training": {"train_s": 100.0, "tokens_per_s": 900.0, "peak_memory_mib": 9000,
-                         "curve": [{"step": 20, "train_loss": 1.0}, {"step": 10, "loss": 2.0, "val_loss": 2.5}]}
-        });
-        let p = perf_from(Some(&entry), None);
-        assert_eq!(
-            (p.load_s, p.tokens_per_s, p.peak_memory_mib),
-            (Some(3.5), Some(40.0), Some(5000.0))
-        );
+    fn training_file_fills_what_results_lack() {
+        let t = serde_json::json!({"train_s": 100.0, "tokens_per_s": 900.0, "peak_memory_mib": 9000, "steps": 40,
+                                   "curve": [{"step": 20, "train_loss": 1.0}, {"step": 10, "loss": 2.0, "val_loss": 2.5}]});
+        let p = perf_from(None, Some(&t));
         assert_eq!(
             (p.train_s, p.train_tokens_per_s, p.train_peak_memory_mib),
             (Some(100.0), Some(900.0), Some(9000.0))
         );
-        let c = curve_from(None, Some(&entry));
+        assert_eq!(p.train_steps, Some(40.0));
+        let c = curve_from(None, Some(&t));
         assert_eq!(c.iter().map(|p| p.step).collect::<Vec<_>>(), vec![10, 20]);
         assert_eq!(
             (c[0].train_loss, c[0].validation_loss),

@@ -37,13 +37,17 @@ pub enum ReportError {
         line: usize,
         source: serde_json::Error,
     },
-    #[error(
-        "{path}: results in the old shape (`Baseline_*` keys); convert it with `shared::results::convert_old` first"
-    )]
-    OldResultsShape { path: PathBuf },
+    #[error("{path}: {source}")]
+    Results {
+        path: PathBuf,
+        // Boxed: the variant would otherwise make every `Result` here several hundred bytes.
+        source: Box<shared::results::ResultsError>,
+    },
     #[error("model key `{key}` is not `LLM|SLM_<label>_untrained|finetuned`")]
     BadModelKey { key: String },
-    #[error("{dir}: no predictions (`<model key>.jsonl`) to report on")]
+    #[error(
+        "{dir}: nothing to report on: no `predictions/<model key>.jsonl` and no model in `results.json`"
+    )]
     NoPredictions { dir: PathBuf },
     #[error("plot `{plot}`: {message}")]
     Plot { plot: &'static str, message: String },

@@ -81,9 +81,9 @@ struct Bar {
     kind: &'static str,
     colour: RGBColor,
     training: Training,
-    /// exact, category, macro-F1 as (point, lo, hi) in percent.
-    pct: [(f64, f64, f64); 3],
-    mean_latency_ms: f64,
+    /// exact, category, macro-F1 as (point, lo, hi) in percent; `None` = not measured.
+    pct: [Option<(f64, f64, f64)>; 3],
+    mean_latency_ms: Option<f64>,
     peak_eval_mib: Option<f64>,
     peak_train_mib: Option<f64>,
     tokens_per_s: Option<f64>,
@@ -310,8 +310,9 @@ impl Figure for Accuracy<'_> {
         )?;
         let top = bars
             .iter()
-            .flat_map(|b| [b.pct[0].2, b.pct[1].2])
-            .fold(0.0, f64::max);
+            .flat_map(|b| [b.pct[0], b.pct[1]])
+            .flatten()
+            .fold(0.0, |m, e| f64::max(m, e.2));
         let y_max = (top * 1.12 + 2.0).clamp(10.0, 104.0);
         let n = bars.len() as f64;
         let mut chart = ChartBuilder::on(&body)
@@ -326,20 +327,31 @@ impl Figure for Accuracy<'_> {
                 .into_iter()
                 .enumerate()
             {
-                let (p, lo, hi) = b.pct[k];
                 let cx = x + dx;
+                let Some((p, lo, hi)) = b.pct[k] else {
+                    text_at(
+                        &body,
+                        "n/a".into(),
+                        chart.backend_coord(&(cx, 0.0)),
+                        centred(12, VPos::Bottom),
+                    )?;
+                    continue;
+                };
                 chart.draw_series(std::iter::once(Rectangle::new(
                     [(cx - 0.17, 0.0), (cx + 0.17, p)],
                     colour.filled(),
                 )))?;
-                chart.draw_series(std::iter::once(ErrorBar::new_vertical(
-                    cx,
-                    lo,
-                    p,
-                    hi,
-                    BLACK.stroke_width(1),
-                    8,
-                )))?;
+                // A point-only estimate (no predictions) has no interval to draw.
+                if hi > lo {
+                    chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                        cx,
+                        lo,
+                        p,
+                        hi,
+                        BLACK.stroke_width(1),
+                        8,
+                    )))?;
+                }
                 text_at(
                     &body,
                     format!("{p:.1}"),
@@ -369,14 +381,14 @@ impl Figure for Cost<'_> {
             &kinds_present(bars),
         )?;
         // Room on the right for the point labels.
-        let x_max = bars
+        // Only models with both a macro-F1 and a latency can be placed.
+        let points: Vec<(&Bar, f64, (f64, f64, f64))> = bars
             .iter()
-            .map(|b| b.mean_latency_ms)
-            .fold(0.0, f64::max)
-            .max(1.0)
-            * 1.4;
+            .filter_map(|b| Some((b, b.mean_latency_ms?, b.pct[2]?)))
+            .collect();
+        let x_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.4;
         let y_max =
-            (bars.iter().map(|b| b.pct[2].2).fold(0.0, f64::max) * 1.15 + 2.0).clamp(5.0, 104.0);
+            (points.iter().map(|p| p.2.2).fold(0.0, f64::max) * 1.15 + 2.0).clamp(5.0, 104.0);
         let mut chart = ChartBuilder::on(&body)
             .margin(14)
             .x_label_area_size(48)
@@ -390,9 +402,7 @@ impl Figure for Cost<'_> {
         )?;
         // Labels right of their points, pushed apart vertically so they never overlap.
         let mut placed: Vec<(i32, i32)> = Vec::new();
-        for b in bars {
-            let x = b.mean_latency_ms;
-            let (p, lo, hi) = b.pct[2];
+        for (b, x, (p, lo, hi)) in points {
             chart.draw_series(std::iter::once(ErrorBar::new_vertical(
                 x,
                 lo,
@@ -600,13 +610,8 @@ pub fn draw_all(
                 .find(|i| i.key.key == m.key)
                 .map(|i| i.perf.clone())
                 .unwrap_or_default();
-            let e = |k: usize| {
-                (
-                    m.estimates[k].point * 100.0,
-                    m.estimates[k].lo * 100.0,
-                    m.estimates[k].hi * 100.0,
-                )
-            };
+            let e =
+                |k: usize| m.estimates[k].map(|e| (e.point * 100.0, e.lo * 100.0, e.hi * 100.0));
             let key = input
                 .models
                 .iter()

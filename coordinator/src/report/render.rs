@@ -4,7 +4,7 @@ use minijinja::Environment;
 use serde::Serialize;
 
 use super::ReportError;
-use super::analysis::{Analysis, Breakdown, Comparison};
+use super::analysis::{Analysis, Breakdown, Comparison, Precision};
 use super::input::{Perf, ReportInput};
 use super::mcnemar::EXACT_BELOW;
 use super::plots::RenderedPlot;
@@ -73,7 +73,15 @@ struct Context<'a> {
     notes: Vec<String>,
 }
 
-fn ci(e: &Estimate) -> String {
+fn ci(e: Option<Estimate>, precision: Precision) -> String {
+    match (e, precision) {
+        (None, _) => "–".to_string(),
+        (Some(e), Precision::PointOnly) => format!("{:.1} (no CI)", e.point * 100.0),
+        (Some(e), Precision::Bootstrap) => interval(&e),
+    }
+}
+
+fn interval(e: &Estimate) -> String {
     format!(
         "{:.1} [{:.1}, {:.1}]",
         e.point * 100.0,
@@ -106,7 +114,9 @@ fn comparison_row(c: &Comparison) -> ComparisonRow {
         only_first: c.mcnemar.only_a,
         only_second: c.mcnemar.only_b,
         test: c.mcnemar.method.describe(),
-        p: format!("{:.4}", c.mcnemar.p_value),
+        p: super::analysis::format_p(c.mcnemar.p_value)
+            .trim_start_matches("= ")
+            .to_string(),
         sentence: c.sentence.clone(),
     }
 }
@@ -252,6 +262,16 @@ pub fn render(
             ));
         }
     }
+    if input.converted_from_old {
+        notes.push("results.json was converted from the old results shape: metrics it did not record read \"–\".".to_string());
+    }
+    if analysis
+        .models
+        .iter()
+        .any(|m| m.precision == Precision::PointOnly)
+    {
+        notes.push("Models marked \"no CI\" have no per-sample predictions: their numbers are results.json's point estimates, without confidence intervals or tests.".to_string());
+    }
     if input.train_code_counts.is_none() {
         notes
             .push("train_code_counts.json is missing: no breakdown by code frequency.".to_string());
@@ -290,11 +310,11 @@ pub fn render(
                 model: m.display.clone(),
                 kind: kind(m),
                 samples: m.samples,
-                exact: ci(&m.estimates[0]),
-                category: ci(&m.estimates[1]),
-                macro_f1: ci(&m.estimates[2]),
-                invalid: format!("{:.1}", m.invalid_rate * 100.0),
-                latency: format!("{:.0}", m.mean_latency_ms),
+                exact: ci(m.estimates[0], m.precision),
+                category: ci(m.estimates[1], m.precision),
+                macro_f1: ci(m.estimates[2], m.precision),
+                invalid: opt(m.invalid_rate.map(|r| r * 100.0), 1),
+                latency: opt(m.mean_latency_ms, 0),
             })
             .collect(),
         comparisons: analysis
