@@ -1,14 +1,17 @@
 //! The experiment config: defaults → TOML file → `SIZESPEC_*` env → CLI; `deny_unknown_fields` everywhere.
 //!
-//! [`ExperimentConfig`] is the whole experiment; its sections are the types below. Loading, env
-//! overrides and error locations live in [`load`] (see there for the `SIZESPEC_*` scheme), the checks
-//! that serde cannot express in [`validate`], the offline default in [`offline`].
+//! [`ExperimentConfig`] is the whole experiment; its sections are the types below. Submodules:
+//! `load` (files, errors located by dotted key and line), `env` (the `SIZESPEC_*` scheme, see
+//! [`env_overrides_from`]), `validate` (checks serde cannot express, [`Problem`]), `offline`
+//! ([`ExperimentConfig::offline_default`]), `select` (device and training precision).
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::split::SplitConfig;
 
+mod env;
+mod keypath;
 mod load;
 mod offline;
 mod select;
@@ -17,7 +20,8 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use load::{ConfigError, Loaded, env_overrides_from};
+pub use env::{ENV_PREFIX, env_overrides_from};
+pub use load::{ConfigError, Loaded};
 pub use offline::{MODELS_DIR_PLACEHOLDER, SMOLLM2_GGUF_FILE};
 pub use select::{ComputeBackend, DeviceSelection, TrainDtype};
 pub use validate::Problem;

@@ -1,49 +1,20 @@
 //! Loading the experiment config: defaults → file (TOML, or JSON; old shape migrated) → `SIZESPEC_*` env.
 //!
-//! # Environment overrides
-//! `SIZESPEC_<KEY>` sets the dotted key `<key>`, with `__` between levels and any case:
-//! `SIZESPEC_TRAINING__LEARNING_RATE=1e-4` sets `training.learning_rate`,
-//! `SIZESPEC_DATA__MAX_EVAL_SAMPLES=50` sets `data.max_eval_samples`, `SIZESPEC_NAME=pilot` sets `name`,
-//! `SIZESPEC_SLM_MODELS__0__NAME=/models/llama-3b` the first SLM's `name` (a number indexes an array).
-//! Where the key currently holds a string the value is taken verbatim; otherwise it is read as a TOML
-//! value (`1e-4`, `true`, `["q_proj", "v_proj"]`, `[{ name = "…", size = "3B", label = "L" }]`).
-//! A variable without `__` whose name is not a top-level key (`SIZESPEC_MODELS`, `SIZESPEC_LOG`) is
-//! not config and is left alone; one with `__` under an unknown section is an error, so a typo
-//! never goes unnoticed. The CLI applies its flags on top, then calls [`ExperimentConfig::validate`].
+//! Errors name the file, the dotted key and its line ([`super::keypath`] finds it); environment
+//! overrides are applied by [`super::env`] (which documents the `SIZESPEC_*` scheme).
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
 use super::ExperimentConfig;
+use super::env::{apply_env, env_var_for};
+use super::keypath::{Seg, dotted, line_of, parse_dotted, path_segs, toml_line, unknown_field};
 use super::validate::Problem;
 use crate::migrate::{MigrateError, MigrationReport};
 
-/// Prefix of every environment override.
-pub const ENV_PREFIX: &str = "SIZESPEC_";
-
-/// Top-level keys of [`ExperimentConfig`] (for telling config variables from other `SIZESPEC_*`).
-const TOP_LEVEL_KEYS: [&str; 12] = [
-    "name",
-    "output",
-    "device",
-    "dtype",
-    "data",
-    "prompt",
-    "lora",
-    "training",
-    "generation",
-    "evaluation",
-    "llm_models",
-    "slm_models",
-];
-
 /// The key that selects a variant of a tagged section (`[data.source] kind = "jsonl"`).
-const TAG_KEY: &str = "kind";
-
-/// Origin used for errors in environment overrides.
-const ENV_ORIGIN: &str = "environment";
+pub(super) const TAG_KEY: &str = "kind";
 
 /// A loaded config and, if the file had the old shape, what the migration did.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,128 +80,6 @@ fn join(problems: &[Problem]) -> String {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Keeps only the `SIZESPEC_*` variables (pass `std::env::vars()` from `main`; tests pass a map).
-pub fn env_overrides_from(
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> BTreeMap<String, String> {
-    vars.into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect()
-}
-
-/// One step of a dotted key path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-fn dotted(segs: &[Seg]) -> String {
-    let mut s = String::new();
-    for seg in segs {
-        match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Index(i) => {
-                let _ = write!(s, "[{i}]");
-            }
-        }
-    }
-    s
-}
-
-/// Splits `training.learning_rate` / `slm_models[1].label` into segments.
-fn parse_dotted(key: &str) -> Vec<Seg> {
-    let mut out = Vec::new();
-    for part in key.split('.') {
-        let mut rest = part;
-        if let Some(b) = rest.find('[') {
-            if b > 0 {
-                out.push(Seg::Key(rest[..b].to_string()));
-            }
-            rest = &rest[b..];
-            while let Some(r) = rest.strip_prefix('[') {
-                let Some(end) = r.find(']') else { break };
-                if let Ok(i) = r[..end].parse() {
-                    out.push(Seg::Index(i));
-                }
-                rest = &r[end + 1..];
-            }
-        } else if !rest.is_empty() {
-            out.push(Seg::Key(rest.to_string()));
-        }
-    }
-    out
-}
-
-fn path_segs(path: &serde_path_to_error::Path) -> Vec<Seg> {
-    use serde_path_to_error::Segment;
-    path.iter()
-        .filter_map(|s| match s {
-            Segment::Seq { index } => Some(Seg::Index(*index)),
-            Segment::Map { key } => Some(Seg::Key(key.clone())),
-            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
-            Segment::Unknown => None,
-        })
-        .collect()
-}
-
-/// `unknown field `x`, expected …` → `x` (serde's wording, stable for years).
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The line on which `segs` is written in a TOML text, if it is.
-fn toml_line(text: &str, segs: &[Seg]) -> Option<usize> {
-    use toml::de::{DeTable, DeValue};
-    let root = DeTable::parse(text).ok()?;
-    let mut table: &DeTable = root.get_ref();
-    let mut value: Option<&DeValue> = None;
-    let mut span = None;
-    for seg in segs {
-        match seg {
-            Seg::Key(k) => {
-                if let Some(DeValue::Table(t)) = value {
-                    table = t;
-                } else if value.is_some() {
-                    break;
-                }
-                let Some((key, v)) = table
-                    .iter()
-                    .find(|(key, _)| key.get_ref().as_ref() == k.as_str())
-                else {
-                    break;
-                };
-                span = Some(key.span());
-                value = Some(v.get_ref());
-            }
-            Seg::Index(i) => {
-                let Some(DeValue::Array(items)) = value else {
-                    break;
-                };
-                let Some(item) = items.get(*i) else { break };
-                span = Some(item.span());
-                value = Some(item.get_ref());
-            }
-        }
-    }
-    span.map(|s| line_of(text, s.start))
 }
 
 /// A parsed file: its text (for locating keys) and its format.
@@ -363,15 +212,6 @@ fn check(
     Err(ConfigError::Invalid { origin, problems })
 }
 
-/// The env variable that set `segs`, one of its ancestors or one of its descendants.
-fn env_var_for(segs: &[Seg], env_paths: &BTreeMap<String, String>) -> Option<String> {
-    env_paths.iter().find_map(|(key, var)| {
-        let k = parse_dotted(key);
-        let n = k.len().min(segs.len());
-        (k[..n] == segs[..n]).then(|| var.clone())
-    })
-}
-
 fn parse_any(src: &Source) -> Result<(ExperimentConfig, Option<MigrationReport>), ConfigError> {
     let json: serde_json::Value = match src.format {
         Format::Json => serde_json::from_str(src.text).map_err(|e| ConfigError::Syntax {
@@ -479,7 +319,7 @@ fn parse_new_shape(src: &Source) -> Result<ExperimentConfig, ConfigError> {
 }
 
 /// A deserialisation failure before it is turned into a [`ConfigError`].
-struct DeFailure {
+pub(super) struct DeFailure {
     origin: String,
     segs: Vec<Seg>,
     message: String,
@@ -487,12 +327,12 @@ struct DeFailure {
 }
 
 impl DeFailure {
-    fn into_config_error(self) -> ConfigError {
+    pub(super) fn into_config_error(self) -> ConfigError {
         classify(&self.origin, self.segs, &self.message, self.location)
     }
 }
 
-fn deserialize<T: DeserializeOwned, D>(
+pub(super) fn deserialize<T: DeserializeOwned, D>(
     value: D,
     origin: &str,
     locate: impl Fn(&[Seg]) -> Option<String>,
@@ -537,109 +377,4 @@ fn classify(
         location,
         message: message.into(),
     }
-}
-
-/// Applies `SIZESPEC_*` overrides; returns the config and which dotted key each variable set.
-fn apply_env(
-    config: ExperimentConfig,
-    env: &BTreeMap<String, String>,
-) -> Result<(ExperimentConfig, BTreeMap<String, String>), ConfigError> {
-    let mut overrides = Vec::new();
-    for (var, raw) in env {
-        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        if !TOP_LEVEL_KEYS.contains(&parts[0].as_str()) {
-            if parts.len() > 1 {
-                return Err(ConfigError::UnknownKey {
-                    origin: ENV_ORIGIN.into(),
-                    key: parts.join("."),
-                    location: Some(var.clone()),
-                });
-            }
-            continue; // not config: another SIZESPEC_* variable (models dir, log level, CLI flags)
-        }
-        let segs: Vec<Seg> = parts
-            .into_iter()
-            .map(|p| p.parse::<usize>().map(Seg::Index).unwrap_or(Seg::Key(p)))
-            .collect();
-        overrides.push((var.clone(), segs, raw.clone()));
-    }
-    if overrides.is_empty() {
-        return Ok((config, BTreeMap::new()));
-    }
-    // A variant switch (`…__SOURCE__KIND`) clears its table, so it goes before the fields it brings.
-    overrides.sort_by_key(|(_, segs, _)| segs.last() != Some(&Seg::Key(TAG_KEY.into())));
-    let mut root =
-        toml::Value::try_from(&config).map_err(|e| ConfigError::Serialize(e.to_string()))?;
-    let mut set_by = BTreeMap::new();
-    for (var, segs, raw) in &overrides {
-        set_path(&mut root, segs, raw).map_err(|message| ConfigError::BadValue {
-            origin: ENV_ORIGIN.into(),
-            key: dotted(segs),
-            location: Some(var.clone()),
-            message,
-        })?;
-        set_by.insert(dotted(segs), var.clone());
-    }
-    let located = |segs: &[Seg]| env_var_for(segs, &set_by);
-    let config = deserialize::<ExperimentConfig, _>(root, ENV_ORIGIN, located)
-        .map_err(DeFailure::into_config_error)?;
-    Ok((config, set_by))
-}
-
-/// Reads an override's raw text as the type of the value it replaces (see the module doc).
-fn coerce(raw: &str, existing: Option<&toml::Value>) -> toml::Value {
-    if let Some(toml::Value::String(_)) = existing {
-        return toml::Value::String(raw.to_string());
-    }
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-fn set_path(root: &mut toml::Value, segs: &[Seg], raw: &str) -> Result<(), String> {
-    let (last, parents) = segs.split_last().ok_or("empty key")?;
-    let mut cur = root;
-    for (i, seg) in parents.iter().enumerate() {
-        cur = match (seg, cur) {
-            (Seg::Key(k), toml::Value::Table(t)) => t
-                .entry(k.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
-            (Seg::Index(n), toml::Value::Array(items)) => {
-                let len = items.len();
-                items
-                    .get_mut(*n)
-                    .ok_or_else(|| format!("`{}` has only {len} entries", dotted(&segs[..i])))?
-            }
-            (_, other) => {
-                return Err(format!(
-                    "`{}` is a {}, not a table",
-                    dotted(&segs[..i]),
-                    other.type_str()
-                ));
-            }
-        };
-    }
-    match (last, cur) {
-        (Seg::Key(k), toml::Value::Table(t)) => {
-            let v = coerce(raw, t.get(k));
-            if k == TAG_KEY && t.get(k).is_some_and(|old| old != &v) {
-                t.clear(); // another variant: the old variant's fields would be unknown keys
-            }
-            t.insert(k.clone(), v);
-        }
-        (Seg::Index(n), toml::Value::Array(items)) => {
-            let len = items.len();
-            let slot = items
-                .get_mut(*n)
-                .ok_or_else(|| format!("the list has only {len} entries"))?;
-            *slot = coerce(raw, Some(slot));
-        }
-        (_, other) => return Err(format!("the parent is a {}, not a table", other.type_str())),
-    }
-    Ok(())
 }
