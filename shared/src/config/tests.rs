@@ -336,12 +336,6 @@ fn device_selection_parses_lists_and_rejects_nonsense() {
 }
 
 #[test]
-#[ignore = "prints the resolved default (used to write experiment.example.toml)"]
-fn print_default_toml() {
-    println!("{}", ExperimentConfig::default().to_toml().unwrap());
-}
-
-#[test]
 fn config_hash_is_stable_and_follows_the_config() {
     let a = ExperimentConfig::default().config_hash().unwrap();
     assert_eq!(a.len(), 64);
