@@ -278,9 +278,28 @@ mod tests {
             E::Fail { agent: a("y") },
             E::Cancel,
             E::Retry,
+            E::Unplaceable,
         ];
+        // Fails to compile when an event is added, so the table cannot silently miss it.
+        for e in &events {
+            match e {
+                E::DependenciesMet
+                | E::DependencyFailed
+                | E::Offer { .. }
+                | E::Accept { .. }
+                | E::Decline { .. }
+                | E::Requeue
+                | E::Succeed { .. }
+                | E::Fail { .. }
+                | E::Cancel
+                | E::Retry
+                | E::Unplaceable => {}
+            }
+        }
         let legal: Vec<(S, E, S)> = vec![
             (S::Pending, E::DependenciesMet, S::Ready),
+            (S::Pending, E::Unplaceable, S::Failed),
+            (S::Ready, E::Unplaceable, S::Failed),
             (S::Pending, E::DependencyFailed, S::Cancelled),
             (S::Pending, E::Cancel, S::Cancelled),
             (
