@@ -105,7 +105,7 @@ pub(super) fn apply_env(
     Ok((config, set_by))
 }
 
-/// Reads an override's raw text as the type of the value it replaces (see the module doc).
+/// Reads an override's raw text as the type of the value it replaces (see [`env_overrides_from`]).
 fn coerce(raw: &str, existing: Option<&toml::Value>) -> toml::Value {
     if let Some(toml::Value::String(_)) = existing {
         return toml::Value::String(raw.to_string());
