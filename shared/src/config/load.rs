@@ -1,7 +1,7 @@
 //! Loading the experiment config: defaults → file (TOML, or JSON; old shape migrated) → `SIZESPEC_*` env.
 //!
 //! Errors name the file, the dotted key and its line ([`super::keypath`] finds it); environment
-//! overrides are applied by [`super::env`] (which documents the `SIZESPEC_*` scheme).
+//! overrides are applied by `env` (scheme: [`super::env_overrides_from`]).
 use std::collections::BTreeMap;
 use std::path::Path;
 
