@@ -361,7 +361,8 @@ pub fn start_agent(url: &str, id: &str, total_mib: u64, runner: Arc<dyn TaskRunn
     AgentHandle { id: id.into(), free_mib: free, at_offer_mib: at_offer, shutdown, runtime: Some(runtime), thread: Some(thread) }
 }
 
-/// Reads every output file of an experiment folder except the timestamped `results.json` meta,
+/// Reads every output file of an experiment folder except the timestamped `results.json` meta
+/// and the adapter's artifact name,
 /// keyed by relative path (for byte-for-byte comparisons between runs).
 pub fn output_files(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
@@ -369,7 +370,17 @@ pub fn output_files(dir: &Path) -> BTreeMap<PathBuf, String> {
         if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
             for e in rd.flatten() {
                 let p = e.path();
-                out.insert(PathBuf::from(sub).join(e.file_name()), std::fs::read_to_string(&p).unwrap_or_default());
+                let mut text = std::fs::read_to_string(&p).unwrap_or_default();
+                // The adapter's artifact name carries the attempt number, which differs between
+                // an interrupted run and a clean one; the adapter's content hash stays.
+                if sub == "training" {
+                    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("adapter_artifact");
+                    }
+                    text = v.to_string();
+                }
+                out.insert(PathBuf::from(sub).join(e.file_name()), text);
             }
         }
     }
