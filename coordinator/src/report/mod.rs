@@ -6,6 +6,7 @@
 //! a pure function of the input files: rebuilding gives byte-identical files.
 pub mod analysis;
 pub mod input;
+pub mod live;
 pub mod mcnemar;
 pub mod plots;
 pub mod render;
