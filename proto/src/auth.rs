@@ -38,6 +38,18 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// The token from a file (`--token-file`, wins) or from text (`SIZESPEC_TOKEN`); `None` if neither.
+pub fn load_token(text: Option<&str>, file: Option<&std::path::Path>) -> std::io::Result<Option<Token>> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f).map_err(|e| std::io::Error::new(e.kind(), format!("token file {}: {e}", f.display())))?;
+        return match Token::new(&t) {
+            Some(t) => Ok(Some(t)),
+            None => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("token file {} is empty", f.display()))),
+        };
+    }
+    Ok(text.and_then(Token::new))
+}
+
 /// Client side: adds the token (if any) to every request.
 #[derive(Clone, Debug, Default)]
 pub struct AttachToken(pub Option<Token>);

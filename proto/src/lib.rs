@@ -2,7 +2,7 @@
 //!
 //! Layout tour: [`pb`] the generated messages and services; [`FILE_DESCRIPTOR_SET`] for gRPC
 //! reflection; [`limits`] the message-size bounds both ends enforce; [`auth`] the shared-token
-//! metadata; [`convert`] (feature `domain`) `TryFrom` between `pb::*` and `shared` domain types.
+//! metadata; [`client`] dialling the coordinator; [`convert`] (feature `domain`) `TryFrom` between `pb::*` and `shared` domain types.
 pub mod pb {
     tonic::include_proto!("sizespec.v1");
 }
@@ -14,6 +14,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("size
 pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
 
 pub mod auth;
+pub mod client;
 #[cfg(feature = "domain")]
 pub mod convert;
 pub mod limits;
