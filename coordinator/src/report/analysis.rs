@@ -474,7 +474,7 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
             format!("Bands: unseen = 0, rare = 1–{RARE_MAX_TRAIN_COUNT}, frequent = more than {RARE_MAX_TRAIN_COUNT} train rows with the code."),
             &scored,
             &|r| {
-                let band = FrequencyBand::of(counts.get(&r.reference).copied().unwrap_or(0));
+                let band = FrequencyBand::of(counts.get(&icd10::normalize(&r.reference)).copied().unwrap_or(0));
                 (format!("{band:?}"), band.name())
             },
         )

@@ -400,36 +400,76 @@ impl Figure for Cost<'_> {
             "macro-F1 over occurring codes (%)",
             true,
         )?;
-        // Labels right of their points, pushed apart vertically so they never overlap.
-        let mut placed: Vec<(i32, i32)> = Vec::new();
-        for (b, x, (p, lo, hi)) in points {
+        let mut anchors = Vec::new();
+        for (b, x, (p, lo, hi)) in &points {
+            let (x, p) = (*x, *p);
             chart.draw_series(std::iter::once(ErrorBar::new_vertical(
                 x,
-                lo,
+                *lo,
                 p,
-                hi,
+                *hi,
                 b.colour.stroke_width(2),
                 10,
             )))?;
             chart.draw_series(std::iter::once(Circle::new((x, p), 6, b.colour.filled())))?;
-            let (px, mut py) = chart.backend_coord(&(x, p));
-            while placed
-                .iter()
-                .any(|&(qx, qy)| (qx - px).abs() < 220 && (qy - py).abs() < 18)
-            {
-                py += 18;
+            anchors.push(chart.backend_coord(&(x, p)));
+        }
+        // Labels right of their points, spread vertically inside the plot so none overlap; a
+        // label moved away from its point gets a thin leader line.
+        let top = chart.backend_coord(&(0.0, y_max)).1 + 8;
+        let bottom = chart.backend_coord(&(0.0, 0.0)).1 - 8;
+        let ys = spread(
+            &anchors.iter().map(|a| a.1).collect::<Vec<_>>(),
+            18,
+            top,
+            bottom,
+        );
+        for (((b, _, (p, _, _)), &(px, py)), &ly) in points.iter().zip(&anchors).zip(&ys) {
+            let (bx, by) = body.get_base_pixel();
+            if (ly - py).abs() > 4 {
+                body.draw(&PathElement::new(
+                    [(px + 7 - bx, py - by), (px + 14 - bx, ly - by)],
+                    RGBColor(150, 150, 150).stroke_width(1),
+                ))?;
             }
-            placed.push((px, py));
             let style = font(13).pos(Pos::new(HPos::Left, VPos::Center));
             text_at(
                 &body,
                 format!("{} ({p:.1})", b.label_full()),
-                (px + 12, py),
+                (px + 16, ly),
                 style,
             )?;
         }
         Ok(())
     }
+}
+
+/// Label positions near `wanted` (pixels, any order), at least `gap` apart, kept within
+/// `[top, bottom]` where there is room: a downward pass in sorted order, then an upward one when
+/// the last label ran past the bottom.
+fn spread(wanted: &[i32], gap: i32, top: i32, bottom: i32) -> Vec<i32> {
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_by_key(|&i| (wanted[i], i));
+    let mut ys: Vec<i32> = order
+        .iter()
+        .map(|&i| wanted[i].clamp(top, bottom))
+        .collect();
+    for k in 1..ys.len() {
+        ys[k] = ys[k].max(ys[k - 1] + gap);
+    }
+    if let Some(last) = ys.last_mut()
+        && *last > bottom
+    {
+        *last = bottom;
+        for k in (0..ys.len() - 1).rev() {
+            ys[k] = ys[k].min(ys[k + 1] - gap);
+        }
+    }
+    let mut out = vec![0; wanted.len()];
+    for (k, &i) in order.iter().enumerate() {
+        out[i] = ys[k];
+    }
+    out
 }
 
 impl Bar {
@@ -684,4 +724,17 @@ pub fn draw_all(
         )?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn labels_spread_apart_and_stay_inside() {
+        // Three labels wanted at the same height near the bottom: pushed up, 18 px apart.
+        assert_eq!(spread(&[95, 95, 95], 18, 0, 100), vec![64, 82, 100]);
+        // Far-apart labels stay where they were wanted.
+        assert_eq!(spread(&[50, 10], 18, 0, 100), vec![50, 10]);
+    }
 }
