@@ -4,6 +4,7 @@
 //! all mutable state (scheduler, leases, retries) fed by a command channel; [`journal`] what
 //! survives a restart; [`artifacts`] the adapter store; [`outputs`] the results folder;
 //! [`server`] the gRPC services (agent session, artifacts, control, health, reflection);
+//! [`prepare`] config → plan; [`single_box`] `coordinator run`; [`progress`] terminal bars;
 //! [`report`] the verdict, plots and HTML.
 pub mod artifacts;
 pub mod experiment;
@@ -11,7 +12,9 @@ pub mod journal;
 pub mod outcome;
 pub mod outputs;
 pub mod prepare;
+pub mod progress;
 pub mod results;
 pub mod report;
 pub mod server;
+pub mod single_box;
 pub mod state;

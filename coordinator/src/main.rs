@@ -1,30 +1,363 @@
-//! `coordinator` command line.
+//! `coordinator` command line: `serve | submit | status | watch | results | run` (+ `report`).
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use coordinator::progress::{Display, ProgressView};
+use coordinator::server::{ServeOptions, TlsFiles};
+use coordinator::single_box::{self, SingleBoxOptions};
+use coordinator::state::core::Settings;
+use proto::client::{ClientTls, Connection};
+use proto::pb;
+use proto::pb::control_service_client::ControlServiceClient;
+use shared::config::ExperimentConfig;
+use std::io::IsTerminal;
 use std::path::PathBuf;
-
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "coordinator", version, about = "sizespec coordinator")]
+#[command(name = "coordinator", version, about = "sizespec: can a LoRA-finetuned 3B model beat a 7-8B model zero-shot?")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Cmd,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Build report.html, report.md and plots/ from an experiment's output folder.
-    Report {
-        /// The folder holding results.json and predictions/.
-        dir: PathBuf,
+enum Cmd {
+    /// Run the coordinator for a cluster: agents dial in, the CLI submits experiments.
+    Serve(ServeArgs),
+    /// Submit an experiment config to a running coordinator.
+    Submit {
+        config: PathBuf,
+        /// Follow its progress until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
+    /// Agents, devices and tasks of a running coordinator.
+    Status {
+        experiment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow an experiment until it ends.
+    Watch {
+        experiment: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print an experiment's `results.json`.
+    Results {
+        experiment: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Single-box mode: coordinator in-process, one agent process per local device.
+    Run(RunArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Report { dir } => {
-            let paths = coordinator::report::build(&dir)?;
-            println!("{}\n{}", paths.html.display(), paths.markdown.display());
+#[derive(Args)]
+struct ClientArgs {
+    /// Coordinator URL.
+    #[arg(long, env = "SIZESPEC_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// CA certificate (PEM) that signed the coordinator's certificate (for https URLs).
+    #[arg(long, env = "SIZESPEC_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long, env = "SIZESPEC_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SIZESPEC_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Server name to verify (default: the URL's host).
+    #[arg(long, env = "SIZESPEC_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Shared token (prefer --token-file: a flag shows up in `ps`).
+    #[arg(long = "token", env = "SIZESPEC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the shared token.
+    #[arg(long, env = "SIZESPEC_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn load(&self) -> Result<Option<proto::auth::Token>> {
+        Ok(proto::auth::load_token(self.token.as_deref(), self.token_file.as_deref())?)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SIZESPEC_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: String,
+    /// Journal and artifact store.
+    #[arg(long, env = "SIZESPEC_DATA_DIR", default_value = "sizespec-data")]
+    data_dir: PathBuf,
+    /// Folder that replaces `{models}` in model names of submitted configs.
+    #[arg(long, env = "SIZESPEC_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Server certificate and key (PEM): serve TLS.
+    #[arg(long, env = "SIZESPEC_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SIZESPEC_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, env = "SIZESPEC_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    sched: SchedArgs,
+}
+
+#[derive(Args)]
+struct SchedArgs {
+    /// Agent heartbeat interval, milliseconds.
+    #[arg(long, env = "SIZESPEC_HEARTBEAT_MS", default_value_t = 2000)]
+    heartbeat_ms: u64,
+    /// A running task whose agent is silent this long is re-queued, seconds.
+    #[arg(long, env = "SIZESPEC_LEASE_S", default_value_t = 20)]
+    lease_s: u64,
+    /// Attempts per task before it fails for good.
+    #[arg(long, env = "SIZESPEC_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+}
+
+impl SchedArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(50)),
+            lease: Duration::from_secs(self.lease_s.max(1)),
+            max_attempts: self.max_attempts.max(1),
         }
     }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Experiment config (TOML, or the old shape); defaults apply when omitted.
+    config: Option<PathBuf>,
+    /// Use the offline default (embedded dataset, SmolLM2-135M in both roles) instead of a file.
+    #[arg(long, conflicts_with = "config")]
+    offline: bool,
+    /// Output folder (overrides `output`).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Devices (overrides `device`): auto, cpu, cuda, cuda:0,cuda:1.
+    #[arg(long)]
+    device: Option<String>,
+    /// Cap the evaluated test samples (overrides `data.max_eval_samples`).
+    #[arg(long)]
+    max_eval_samples: Option<usize>,
+    /// Folder that replaces `{models}` in model names.
+    #[arg(long, env = "SIZESPEC_MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
+    /// The agent binary (default: `agent` next to this executable).
+    #[arg(long, env = "SIZESPEC_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// Skip building the HTML/Markdown report at the end.
+    #[arg(long)]
+    no_report: bool,
+    #[command(flatten)]
+    sched: SchedArgs,
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Ctrl-C or SIGTERM cancels the token.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn client(a: &ClientArgs) -> Result<ControlServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, proto::auth::AttachToken>>> {
+    let token = a.token.load()?;
+    let tls = (a.coordinator.starts_with("https://") || a.tls_ca.is_some()).then(|| ClientTls {
+        ca: a.tls_ca.clone(),
+        cert: a.tls_cert.clone(),
+        key: a.tls_key.clone(),
+        domain: a.tls_domain.clone(),
+    });
+    let conn = Connection { url: a.coordinator.clone(), token: token.clone(), tls };
+    let ch = conn.channel().await?;
+    Ok(ControlServiceClient::with_interceptor(ch, proto::auth::AttachToken(token))
+        .max_decoding_message_size(proto::limits::MAX_MESSAGE_BYTES))
+}
+
+fn display() -> Display {
+    if std::io::stderr().is_terminal() { Display::Bars } else { Display::Hidden }
+}
+
+async fn watch(c: &mut ControlServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, proto::auth::AttachToken>>, id: &str) -> Result<()> {
+    let mut stream = c.watch(pb::WatchRequest { experiment_id: id.to_string() }).await?.into_inner();
+    let mut view = ProgressView::new(display());
+    while let Some(ev) = stream.message().await? {
+        if let Some(state) = view.apply(&ev) {
+            println!("experiment {id}: {}", state.as_str_name());
+            if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
+                bail!("experiment {id} did not succeed (`coordinator status {id}` shows why)");
+            }
+            return Ok(());
+        }
+    }
+    bail!("the watch stream ended before the experiment finished")
+}
+
+fn print_status(s: &pb::StatusReply) {
+    println!("agents:");
+    for a in &s.agents {
+        for d in &a.devices {
+            println!("  {:<20} {:<12} {:<32} {:>7}/{:>7} MiB free", a.agent_id, a.host, d.name, d.free_mib, d.total_mib);
+        }
+    }
+    for e in &s.experiments {
+        let state = pb::ExperimentStateKind::try_from(e.state).map_or("?", |k| k.as_str_name());
+        println!("experiment {} ({}) {state} → {}", e.experiment_id, e.name, e.output_dir);
+        for t in &e.tasks {
+            let st = pb::TaskStateKind::try_from(t.state).map_or("?", |k| k.as_str_name());
+            println!(
+                "  {:<32} {:<22} agent={:<16} attempt={} predictions={} est={} MiB {}",
+                t.task_id, st, t.agent_id, t.attempt, t.predictions, t.estimate_mib, t.detail
+            );
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    let env = shared::config::env_overrides_from(std::env::vars());
+    let planner = coordinator::prepare::ConfigPlanner { models_dir: a.models_dir.clone(), env };
+    let mut opts = ServeOptions::new(a.data_dir.clone(), std::sync::Arc::new(planner));
+    opts.settings = a.sched.settings();
+    opts.token = a.token.load()?;
+    if opts.token.is_none() {
+        tracing::warn!("no token configured (SIZESPEC_TOKEN / --token-file): any client that reaches this port is trusted");
+    }
+    opts.tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca.clone() });
+    coordinator::server::serve(listener, opts, shutdown_on_signals()).await?;
     Ok(())
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    let env = shared::config::env_overrides_from(std::env::vars());
+    let mut cfg = if a.offline {
+        ExperimentConfig::offline_default().with_env_overrides(&env)?
+    } else {
+        let loaded = ExperimentConfig::load_layered(a.config.as_deref(), &env)?;
+        if let Some(m) = &loaded.migration {
+            eprintln!("{m}");
+        }
+        loaded.config
+    };
+    if let Some(o) = a.output {
+        cfg.output = o;
+    }
+    if let Some(d) = &a.device {
+        cfg.device = d.parse()?;
+    }
+    if let Some(n) = a.max_eval_samples {
+        cfg.data.max_eval_samples = Some(n);
+    }
+    cfg.validate()?;
+    cfg.resolve_models_dir(&a.models_dir);
+    let agent_bin = a.agent_bin.unwrap_or_else(single_box::default_agent_bin);
+    let devices = single_box::agent_devices(&cfg.device, &agent_bin).await?;
+    let c = cfg.clone();
+    let plan = tokio::task::spawn_blocking(move || coordinator::prepare::prepare(&c)).await??;
+    let output = plan.output_dir.clone();
+    eprintln!("experiment {} → {} ({} tasks on {})", plan.id, output.display(), plan.tasks.len(), devices.join(", "));
+    let opts = SingleBoxOptions {
+        agent_bin,
+        devices,
+        data_dir: output.join(".sizespec"),
+        display: display(),
+        settings: a.sched.settings(),
+    };
+    let state = single_box::run(plan, opts, shutdown_on_signals()).await?;
+    println!("experiment: {}", state.as_str_name());
+    let results = output.join("results.json");
+    if let Ok(text) = std::fs::read_to_string(&results) {
+        let r = shared::results::Results::from_json_str(&text, &results.display().to_string())?;
+        println!("{:<32} {:>8} {:>10} {:>10}", "model", "exact", "category", "macro-F1");
+        for (key, e) in &r.entries {
+            println!(
+                "{key:<32} {:>7.2}% {:>9.2}% {:>10.4}",
+                100.0 * e.metrics.exact_match,
+                100.0 * e.metrics.category_match,
+                e.metrics.macro_f1
+            );
+        }
+        println!("results: {}", results.display());
+    }
+    if !a.no_report {
+        match coordinator::report::build(&output) {
+            Ok(p) => println!("report: {}", p.html.display()),
+            Err(e) => eprintln!("report not built: {e}"),
+        }
+    }
+    if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
+        bail!("the experiment did not succeed; see {} and the agent logs in {}", results.display(), output.join(".sizespec/agents").display());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_tracing();
+    match Cli::parse().command {
+        Cmd::Serve(a) => serve(a).await,
+        Cmd::Submit { config, watch: follow, client: ca } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let mut c = client(&ca).await?;
+            let r = c.submit(pb::SubmitRequest { config_toml: text }).await?.into_inner();
+            println!("{}", r.experiment_id);
+            if follow {
+                watch(&mut c, &r.experiment_id).await?;
+            }
+            Ok(())
+        }
+        Cmd::Status { experiment, client: ca } => {
+            let s = client(&ca).await?.status(pb::StatusRequest { experiment_id: experiment.unwrap_or_default() }).await?.into_inner();
+            print_status(&s);
+            Ok(())
+        }
+        Cmd::Watch { experiment, client: ca } => watch(&mut client(&ca).await?, &experiment).await,
+        Cmd::Results { experiment, client: ca } => {
+            let r = client(&ca).await?.results(pb::ResultsRequest { experiment_id: experiment }).await?.into_inner();
+            println!("{}", r.results_json);
+            Ok(())
+        }
+        Cmd::Run(a) => run(a).await,
+    }
 }
