@@ -4,8 +4,10 @@
 //! cache and GGUF; [`tokenizer`] and [`template`] (the same rendering at training and inference);
 //! [`generate`] batched greedy decoding; [`train`] LoRA training; [`peft`] adapter import/export;
 //! [`worker`] the one compute thread per device; [`probe`] NVML; [`rpc`] the coordinator session.
+//! [`gpucheck`] the GPU correctness checks and benchmarks against the PyTorch reference.
 pub mod error;
 pub mod generate;
+pub mod gpucheck;
 pub mod load;
 pub mod model;
 pub mod peft;
