@@ -16,6 +16,8 @@ pub struct Tiny {
     pub heads: usize,
     pub kv_heads: usize,
     pub intermediate: usize,
+    /// Half-width of the uniform embedding init (the embedding is also the tied output head).
+    pub embed_scale: f32,
 }
 
 impl Default for Tiny {
@@ -27,6 +29,7 @@ impl Default for Tiny {
             heads: 4,
             kv_heads: 2,
             intermediate: 64,
+            embed_scale: 1.0,
         }
     }
 }
@@ -68,7 +71,7 @@ impl Tiny {
         let s = 1.0 / (h as f32).sqrt();
         t.insert(
             "model.embed_tokens.weight".to_string(),
-            rand(&[self.vocab, h], 1.0),
+            rand(&[self.vocab, h], self.embed_scale),
         );
         t.insert(
             "model.norm.weight".to_string(),
@@ -115,3 +118,6 @@ impl Tiny {
             .expect("tiny model loads")
     }
 }
+
+pub mod codes;
+pub mod words;
