@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{AgentError, Result};
 use crate::model::{
     BaseWeight, Config, Family, LoadOptions, TokenEmbedding, WeightFormat, WeightSource,
-    check_shape,
+    check_shape, row_fits,
 };
 
 /// An open GGUF file.
@@ -241,7 +241,7 @@ fn permute_qtensor_rows(qt: &QTensor, src: &[usize]) -> Result<QTensor> {
     let (rows, cols) = (dims[0], dims.get(1).copied().unwrap_or(1));
     let dtype = qt.dtype();
     if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
-        || cols % dtype.block_size() != 0
+        || !cols.is_multiple_of(dtype.block_size())
     {
         let t = qt.dequantize(&Device::Cpu)?;
         let idx = Tensor::from_vec(
@@ -266,10 +266,15 @@ fn permute_qtensor_rows(qt: &QTensor, src: &[usize]) -> Result<QTensor> {
 /// Move a quantised tensor to `device`, converting it to `target` when it is of another type.
 fn to_format(qt: QTensor, target: GgmlDType, device: &Device) -> Result<QTensor> {
     let cols = qt.shape().dims().last().copied().unwrap_or(0);
-    let qt = if qt.dtype() == target || cols % target.block_size() != 0 {
+    let qt = if qt.dtype() == target && row_fits(target, cols) {
+        qt
+    } else if row_fits(target, cols) {
+        QTensor::quantize(&qt.dequantize(&Device::Cpu)?, target)?
+    } else if row_fits(qt.dtype(), cols) {
         qt
     } else {
-        QTensor::quantize(&qt.dequantize(&Device::Cpu)?, target)?
+        // Neither type can run a matmul over these rows: keep them exact in f32.
+        QTensor::quantize(&qt.dequantize(&Device::Cpu)?, GgmlDType::F32)?
     };
     if device.is_cpu() {
         return Ok(qt);

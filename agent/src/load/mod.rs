@@ -2,6 +2,9 @@
 //! cache, downloading when online) — model, tokenizer and chat template together.
 pub mod gguf;
 pub mod hf;
+pub mod quant;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 

@@ -168,7 +168,7 @@ impl Config {
             },
         };
         if raw.num_attention_heads == 0
-            || raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none()
+            || !raw.hidden_size.is_multiple_of(raw.num_attention_heads) && raw.head_dim.is_none()
         {
             return Err(bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -176,7 +176,8 @@ impl Config {
             )));
         }
         let num_key_value_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if num_key_value_heads == 0 || raw.num_attention_heads % num_key_value_heads != 0 {
+        if num_key_value_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_key_value_heads)
+        {
             return Err(bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {num_key_value_heads}",
                 raw.num_attention_heads

@@ -17,7 +17,7 @@ pub mod frozen;
 mod lora;
 pub mod ops;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod weights;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -31,7 +31,7 @@ pub use lora::{BaseWeight, DropoutRng, LoraAdapter, LoraLinear, Mode};
 pub use ops::OpPath;
 pub use weights::{
     LoadOptions, TensorMap, TokenEmbedding, WeightFormat, WeightSource, check_shape,
-    quantize_if_asked,
+    quantize_if_asked, row_fits,
 };
 
 use crate::error::{AgentError, Result};

@@ -114,7 +114,7 @@ pub fn quantize_if_asked(w: Tensor, name: &str, opts: &LoadOptions) -> Result<Ba
         return Ok(BaseWeight::Dense(w));
     };
     let inp = w.dim(1)?;
-    if inp % qt.block_size() != 0 {
+    if !row_fits(qt, inp) {
         tracing::debug!(
             name,
             inp,
@@ -123,8 +123,26 @@ pub fn quantize_if_asked(w: Tensor, name: &str, opts: &LoadOptions) -> Result<Ba
         );
         return Ok(BaseWeight::Dense(w));
     }
-    let q = QTensor::quantize(&w.to_dtype(DType::F32)?, qt)?;
+    // Quantise on the host (candle quantises only CPU tensors), then place the blocks on the device.
+    let q = QTensor::quantize_onto(
+        &w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+        qt,
+        &opts.device,
+    )?;
     Ok(BaseWeight::Quant(Arc::new(QMatMul::from_qtensor(q)?)))
+}
+
+/// Whether candle can run a `qtype` matmul over rows of `cols` elements: whole blocks, and for
+/// Q4_1/Q5_0/Q5_1 an even number of them (candle's CPU dot products take blocks in pairs).
+pub fn row_fits(qtype: GgmlDType, cols: usize) -> bool {
+    let bs = qtype.block_size();
+    if !cols.is_multiple_of(bs) {
+        return false;
+    }
+    match qtype {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => (cols / bs).is_multiple_of(2),
+        _ => true,
+    }
 }
 
 /// Check a tensor's shape against the expected one, naming the tensor and the origin on mismatch.
