@@ -121,6 +121,17 @@ impl Probe for SystemProbe {
     }
 }
 
+/// CUDA ordinals NVML sees; empty where there is no driver (a CPU-only machine).
+pub fn list_cuda() -> Vec<u32> {
+    match nvml_wrapper::Nvml::init().and_then(|n| n.device_count()) {
+        Ok(n) => (0..n).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "NVML unavailable: no CUDA devices");
+            Vec::new()
+        }
+    }
+}
+
 /// `(MemTotal, MemAvailable)` in MiB.
 fn parse_meminfo(text: &str) -> Result<(u64, u64), ProbeError> {
     let field = |name: &str| {

@@ -77,7 +77,7 @@ impl ProgressView {
                 }
             }
             Some(Event::Progress(p)) => {
-                let Some(task) = p.task.as_ref().map(|t| t.task_id.clone()) else { return None };
+                let task = p.task.as_ref().map(|t| t.task_id.clone())?;
                 let b = self.bar(&task);
                 match p.event.as_ref().and_then(|e| e.event.as_ref()) {
                     Some(pb::progress_event::Event::TrainStep(s)) => {

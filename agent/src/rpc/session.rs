@@ -127,10 +127,10 @@ async fn session(
             m = inbound.message() => match m {
                 Ok(Some(pb::CoordinatorMessage { msg: Some(m) })) => match m {
                     pb::coordinator_message::Msg::Offer(offer) => {
-                        if let Some(reply) = take_offer(offer, probe, &ctx, &mut current) {
-                            if out.send(msg(Msg::OfferReply(reply))).await.is_err() {
-                                break Err(RpcError::Protocol("outbound stream closed".into()));
-                            }
+                        if let Some(reply) = take_offer(offer, probe, &ctx, &mut current)
+                            && out.send(msg(Msg::OfferReply(reply))).await.is_err()
+                        {
+                            break Err(RpcError::Protocol("outbound stream closed".into()));
                         }
                     }
                     pb::coordinator_message::Msg::Cancel(c) => {

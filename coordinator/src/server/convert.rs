@@ -2,7 +2,7 @@
 use crate::experiment::ExperimentId;
 use crate::outcome::{CurvePoint, EvalPerformance, TaskOutput, TrainingOutcome};
 use crate::state::AgentEvent;
-use crate::state::core::{DeviceInfo, DeviceKind, Outcome, Registration, TaskRef};
+use crate::state::core::{DeviceInfo, DeviceKind, OfferAnswer, Outcome, Registration, TaskRef};
 use proto::convert::ConvertError;
 use proto::pb;
 use shared::task::{AgentId, TaskId};
@@ -85,7 +85,10 @@ pub fn agent_event(m: pb::AgentMessage) -> Result<Option<AgentEvent>, ConvertErr
                 .map(|r| TaskRef { experiment: ExperimentId(r.experiment_id), task: TaskId(r.task_id), attempt: r.attempt })
                 .collect(),
         },
-        Msg::OfferReply(r) => AgentEvent::OfferReply { task: task_ref(r.task)?, accept: r.accept, reason: r.reason, free_mib: r.free_mib },
+        Msg::OfferReply(r) => AgentEvent::OfferReply {
+            task: task_ref(r.task)?,
+            answer: if r.accept { OfferAnswer::Accept } else { OfferAnswer::Decline { reason: r.reason, free_mib: r.free_mib } },
+        },
         Msg::Progress(p) => AgentEvent::Progress {
             task: task_ref(p.task)?,
             event: p.event.ok_or(ConvertError::Missing("progress.event"))?.try_into()?,

@@ -69,10 +69,18 @@ pub enum Outcome {
     Cancelled(String),
 }
 
+/// An agent's answer to an offer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OfferAnswer {
+    Accept,
+    /// With why, and the device's free memory as the agent re-read it.
+    Decline { reason: String, free_mib: u64 },
+}
+
 /// A message for an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToAgent {
-    Offer { task: TaskRef, spec: shared::task::TaskSpec, device_uuid: String, payload: TaskPayload },
+    Offer { task: TaskRef, spec: shared::task::TaskSpec, device_uuid: String, payload: Box<TaskPayload> },
     Cancel { task: TaskRef, reason: String },
 }
 
@@ -336,18 +344,14 @@ impl Core {
         Some((ei, t))
     }
 
-    pub fn offer_reply(&mut self, agent: &AgentId, session: u64, r: &TaskRef, accept: bool, reason: &str, free_mib: u64, now: Instant) {
+    pub fn offer_reply(&mut self, agent: &AgentId, session: u64, r: &TaskRef, answer: OfferAnswer, now: Instant) {
         let lease = self.settings.lease;
         let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
         if !matches!(t.state, TaskState::Offered { .. }) {
             return;
         }
         let device = t.placed.as_ref().map(|p| p.device_uuid.clone()).unwrap_or_default();
-        if accept {
-            apply(t, TaskEvent::Accept { agent: agent.clone() });
-            t.deadline = Some(now + lease);
-            t.ran_on = Some(agent.clone());
-        } else {
+        if let OfferAnswer::Decline { reason, free_mib } = answer {
             tracing::info!(task = %r.task.0, agent = %agent.0, reason, free_mib, "offer declined");
             apply(t, TaskEvent::Decline { agent: agent.clone() });
             t.placed = None;
@@ -357,6 +361,10 @@ impl Core {
                 d.info.free_mib = free_mib;
                 d.busy = None;
             }
+        } else {
+            apply(t, TaskEvent::Accept { agent: agent.clone() });
+            t.deadline = Some(now + lease);
+            t.ran_on = Some(agent.clone());
         }
         self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);

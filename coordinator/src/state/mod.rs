@@ -5,7 +5,7 @@ pub mod core;
 mod sched;
 pub mod view;
 
-use self::core::{Core, CoreError, Io, Outcome, Registration, TaskRef};
+use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef};
 use crate::experiment::{ExperimentId, ExperimentPlan};
 use crate::journal::Journal;
 use proto::pb;
@@ -23,7 +23,7 @@ pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 #[derive(Debug)]
 pub enum AgentEvent {
     Heartbeat { free: Vec<(String, u64)>, running: Vec<TaskRef> },
-    OfferReply { task: TaskRef, accept: bool, reason: String, free_mib: u64 },
+    OfferReply { task: TaskRef, answer: OfferAnswer },
     Progress { task: TaskRef, event: ProgressEvent },
     Predictions { task: TaskRef, rows: Vec<PredictionRow> },
     Result { task: TaskRef, outcome: Outcome },
@@ -146,9 +146,7 @@ impl Owner {
             }
             Command::FromAgent { agent, session, event } => match event {
                 AgentEvent::Heartbeat { free, running } => self.core.heartbeat(&agent, session, &free, &running, now),
-                AgentEvent::OfferReply { task, accept, reason, free_mib } => {
-                    self.core.offer_reply(&agent, session, &task, accept, &reason, free_mib, now)
-                }
+                AgentEvent::OfferReply { task, answer } => self.core.offer_reply(&agent, session, &task, answer, now),
                 AgentEvent::Progress { task, event } => self.core.progress(&agent, session, &task, event, now),
                 AgentEvent::Predictions { task, rows } => self.core.predictions(&agent, session, &task, rows, now),
                 AgentEvent::Result { task, outcome } => self.core.result(&agent, session, &task, outcome, now),

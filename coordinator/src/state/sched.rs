@@ -123,7 +123,7 @@ impl Core {
         }
         tracing::info!(task = %spec.id.0, agent = %agent.0, device = %device_uuid, attempt = r.attempt, "offering task");
         self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
-        self.fx.to_agents.push((agent, session, ToAgent::Offer { task: r, spec, device_uuid, payload }));
+        self.fx.to_agents.push((agent, session, ToAgent::Offer { task: r, spec, device_uuid, payload: Box::new(payload) }));
         true
     }
 

@@ -14,7 +14,7 @@ pub fn to_agent_pb(msg: ToAgent) -> Result<pb::CoordinatorMessage, serde_json::E
     use pb::coordinator_message::Msg;
     let msg = match msg {
         ToAgent::Offer { task, spec, device_uuid, payload } => {
-            let payload_json = match &payload {
+            let payload_json = match payload.as_ref() {
                 TaskPayload::Evaluate(p) => serde_json::to_vec(p)?,
                 TaskPayload::Finetune(p) => serde_json::to_vec(p)?,
             };
