@@ -36,7 +36,12 @@ impl Default for Tiny {
 
 impl Tiny {
     pub fn config(&self) -> Config {
-        let json = serde_json::json!({
+        Config::from_hf_json(&self.config_json(), "tiny config.json").expect("tiny config")
+    }
+
+    /// The HF `config.json` text of this shape.
+    pub fn config_json(&self) -> String {
+        serde_json::json!({
             "model_type": "llama",
             "vocab_size": self.vocab,
             "hidden_size": self.hidden,
@@ -51,8 +56,25 @@ impl Tiny {
             "bos_token_id": 1,
             "eos_token_id": 2,
             "hidden_act": "silu",
-        });
-        Config::from_hf_json(&json.to_string(), "tiny config.json").expect("tiny config")
+        })
+        .to_string()
+    }
+
+    /// Writes an HF model folder (`config.json`, `model.safetensors`, `tokenizer.json`,
+    /// `tokenizer_config.json` with ChatML) for this shape and a word-level tokenizer of `words`.
+    pub fn write_hf_dir(&self, dir: &std::path::Path, seed: u64, words: &[String]) {
+        let tj = words::tokenizer_json(words);
+        let inner: tokenizers::Tokenizer = tj.parse().unwrap();
+        let t = Tiny {
+            vocab: inner.get_vocab_size(true),
+            ..*self
+        };
+        std::fs::write(dir.join("config.json"), t.config_json()).unwrap();
+        candle_core::safetensors::save(&t.weights(seed).tensors, dir.join("model.safetensors"))
+            .unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tj).unwrap();
+        let tc = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": words::CHATML});
+        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
     }
 
     /// Random weights (uniform, scaled like an initialised model), f32 on the CPU, seeded.
