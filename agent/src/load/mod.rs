@@ -2,6 +2,7 @@
 //! cache, downloading when online) — model, tokenizer and chat template together.
 pub mod gguf;
 pub mod hf;
+pub mod hub;
 pub mod quant;
 #[cfg(test)]
 mod tests;
@@ -34,8 +35,18 @@ impl ModelSource {
 }
 
 /// Resolve a model name: an existing folder or `.gguf` file is used as is; anything else is taken
-/// as a hub id (`owner/name`) and resolved via [`hub`] (`revision` `None` = `main`).
+/// as a hub id (`owner/name`, `revision` `None` = `main`) and resolved to its snapshot folder in the
+/// local hub cache, downloading missing files unless `HF_HUB_OFFLINE` is set (see [`hub`]).
 pub fn resolve(name: &str, revision: Option<&str>) -> Result<ModelSource> {
+    resolve_with(name, revision, &hub::HubSettings::from_env())
+}
+
+/// [`resolve`] with explicit hub settings (tests, or a config that overrides the environment).
+pub fn resolve_with(
+    name: &str,
+    revision: Option<&str>,
+    hub: &hub::HubSettings,
+) -> Result<ModelSource> {
     let path = Path::new(name);
     if path.is_dir() {
         return Ok(ModelSource::HfDir(path.to_path_buf()));
@@ -50,16 +61,17 @@ pub fn resolve(name: &str, revision: Option<&str>) -> Result<ModelSource> {
             })
         };
     }
-    if name.ends_with(".gguf") || name.starts_with('/') || name.starts_with('.') {
+    if name.ends_with(".gguf")
+        || name.starts_with('/')
+        || name.starts_with('.')
+        || name.starts_with('~')
+    {
         return Err(AgentError::MissingFile {
             path: path.to_path_buf(),
             what: "model file or folder".into(),
         });
     }
-    let _ = revision;
-    Err(AgentError::Hub(format!(
-        "`{name}` is not a local folder or .gguf file (hub lookup is being written)"
-    )))
+    Ok(ModelSource::HfDir(hub::snapshot_dir(name, revision, hub)?))
 }
 
 /// Everything needed to run a model: weights, its own tokenizer and its own chat template.
