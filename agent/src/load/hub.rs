@@ -219,10 +219,14 @@ mod tests {
     #[test]
     fn finds_a_cached_snapshot_by_branch_and_by_commit() {
         let root = tempfile::tempdir().unwrap();
-        let snap = fake_cache(
-            root.path(),
-            &["config.json", "tokenizer.json", "model.safetensors"],
-        );
+        let all = [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+            "model.safetensors",
+        ];
+        let snap = fake_cache(root.path(), &all);
         for access in [HubAccess::Offline, HubAccess::Online] {
             // Online too: everything is cached, so nothing is fetched (this machine has no hub).
             assert_eq!(
