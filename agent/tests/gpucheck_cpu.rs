@@ -522,3 +522,183 @@ fn lora_grad_passes_against_finite_differences_and_fails_when_a_gradient_is_off(
     );
     Ok(())
 }
+
+fn run_json(args: &[&str]) -> Result<Value> {
+    let (ok, _) = run_gpucheck(args)?;
+    anyhow::ensure!(ok, "gpucheck {args:?} failed");
+    let json_path = args[args.iter().position(|a| *a == "--json").unwrap() + 1];
+    Ok(serde_json::from_str(&std::fs::read_to_string(json_path)?)?)
+}
+
+#[test]
+fn quant_reports_cold_then_cached_load_and_agreement() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = llama_config();
+    let model_dir = tmp.path().join("llama-tiny");
+    write_hf_folder(&model_dir, &cfg, &random_weights(&cfg, 4))?;
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("quant.json");
+    let args = [
+        "quant",
+        "--model",
+        path(&model_dir),
+        "--qtype",
+        "q4_0",
+        "--cache-dir",
+        path(&cache),
+        "--seq",
+        "8",
+        "--json",
+        path(&out),
+    ];
+    let r = run_json(&args)?;
+    assert_eq!(r["quant_cold"]["cache"], "written", "{r}");
+    assert_eq!(r["quant_cached"]["cache"], "hit", "{r}");
+    assert_eq!(r["cached_equals_cold"], true, "{r}");
+    assert!(r["cache_file_mib"].as_f64().unwrap() > 0.0, "{r}");
+    let rel = r["agreement"]["rel_err"].as_f64().unwrap();
+    // 4-bit weights change the logits, but not beyond recognition.
+    assert!(rel > 0.0 && rel < 0.5, "{r}");
+    assert!(r["dense"]["load_s"].as_f64().unwrap() > 0.0, "{r}");
+    // A second run is cold again: its own cache entry is removed first.
+    let r2 = run_json(&args)?;
+    assert_eq!(r2["quant_cold"]["cache"], "written", "{r2}");
+    Ok(())
+}
+
+#[test]
+fn memtrace_runs_the_six_tasks_in_the_seed_order() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (llama, qwen) = (llama_config(), qwen2_config());
+    let dirs: Vec<String> = [
+        ("l1", &llama, 1),
+        ("l2", &llama, 2),
+        ("q1", &qwen, 3),
+        ("q2", &qwen, 4),
+    ]
+    .into_iter()
+    .map(|(name, cfg, seed)| {
+        let d = tmp.path().join(name);
+        write_hf_folder(&d, cfg, &random_weights(cfg, seed)).unwrap();
+        path(&d).to_string()
+    })
+    .collect();
+    let out = tmp.path().join("memtrace.json");
+    let shapes = dirs.join(",");
+    let cache = tmp.path().join("c");
+    let args = [
+        "memtrace",
+        "--shapes",
+        &shapes,
+        "--steps",
+        "2",
+        "--ft-batch",
+        "2",
+        "--ft-seq",
+        "12",
+        "--rank",
+        "2",
+        "--eval-prompts",
+        "3",
+        "--eval-len",
+        "10",
+        "--eval-new",
+        "2",
+        "--eval-batch",
+        "2",
+        "--qtype",
+        "q4_0",
+        "--cache-dir",
+        path(&cache),
+        "--json",
+        path(&out),
+    ];
+    let (ok, stdout) = run_gpucheck(&args)?;
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("PASS memtrace: 6 checks"), "{stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let steps = r["steps"].as_array().unwrap();
+    let kinds: Vec<&str> = steps.iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "eval4bit", "eval4bit", "finetune", "eval", "finetune", "eval"
+        ]
+    );
+    let models: Vec<&str> = steps.iter().map(|s| s["model"].as_str().unwrap()).collect();
+    assert_eq!(
+        models,
+        [&dirs[0], &dirs[1], &dirs[2], &dirs[2], &dirs[3], &dirs[3]]
+    );
+    for s in steps {
+        assert!(s["peak_mib"].as_f64() >= s["before_mib"].as_f64(), "{s}");
+        assert_eq!(s["returned"], true, "{s}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bench_writes_the_torch_ref_keys() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = llama_config();
+    let model_dir = tmp.path().join("llama-tiny");
+    write_hf_folder(&model_dir, &cfg, &random_weights(&cfg, 6))?;
+    let out = tmp.path().join("bench.json");
+    let r = run_json(&[
+        "bench",
+        "--model",
+        path(&model_dir),
+        "--shape",
+        "tiny",
+        "--train-batch",
+        "2",
+        "--train-seq",
+        "16",
+        "--train-steps",
+        "1",
+        "--ranks",
+        "2,4",
+        "--prefill-batch",
+        "2",
+        "--prefill-seq",
+        "16",
+        "--gen-prompts",
+        "5",
+        "--gen-mean-len",
+        "12",
+        "--gen-new",
+        "3",
+        "--gen-batches",
+        "2,4",
+        "--decode-prompt",
+        "8",
+        "--decode-new",
+        "4",
+        "--json",
+        path(&out),
+    ])?;
+    assert_eq!(r["shape"], "tiny");
+    assert_eq!(r["card"], "cpu");
+    for key in ["train_r2", "train_r4"] {
+        assert!(r[key]["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r[key]["peak_gib"].is_number(), "{r}");
+    }
+    assert!(r["prefill"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let all = r["generate"]["all"].as_array().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|x| x["samples_per_s"].as_f64().unwrap() > 0.0),
+        "{r}"
+    );
+    let best = &r["generate"]["best"];
+    assert!(
+        all.iter()
+            .all(|x| x["samples_per_s"].as_f64() <= best["samples_per_s"].as_f64())
+    );
+    assert!(
+        r["decode"]["tokens_per_s_incl_prefill"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    Ok(())
+}

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use agent::gpucheck::bench::{self, Sizes, What};
 use agent::gpucheck::lora_grad::{self, BackwardChoice};
+use agent::gpucheck::memtrace::{self, MemtraceOptions};
+use agent::gpucheck::quant::{self, QType, QuantOptions};
 use agent::gpucheck::{Common, DTypeArg, DeviceArg, logits};
 use agent::train::Backward;
 use anyhow::Context;
@@ -88,6 +90,58 @@ enum Cmd {
         #[command(flatten)]
         sizes: SizeArgs,
     },
+    /// Dense vs 4-bit load: peak memory, cold/cached load time, logits agreement.
+    Quant {
+        #[command(flatten)]
+        dev: Dev,
+        #[arg(long)]
+        model: PathBuf,
+        /// q4_0, q4_1, q4k or q8_0.
+        #[arg(long, default_value = "q4k")]
+        qtype: QType,
+        /// Quantised-weights cache folder (this model's entry is deleted first, for a cold load).
+        #[arg(long, default_value = "/tmp/sizespec-quant-cache")]
+        cache_dir: PathBuf,
+        /// Fixed ids `[batch, seq]` for the logits comparison.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        seq: usize,
+    },
+    /// The seed's six tasks on one device: used memory before, at peak, after drop.
+    Memtrace {
+        #[command(flatten)]
+        dev: Dev,
+        /// Four HF folders: LLM 1, LLM 2 (4-bit eval), SLM 1, SLM 2 (finetune + eval).
+        #[arg(long, value_delimiter = ',', required = true)]
+        shapes: Vec<PathBuf>,
+        /// Optimiser steps per finetune task.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 4)]
+        ft_batch: usize,
+        #[arg(long, default_value_t = 512)]
+        ft_seq: usize,
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        #[arg(long, default_value = "recompute")]
+        backward: BackwardArg,
+        #[arg(long, default_value_t = 16)]
+        eval_prompts: usize,
+        #[arg(long, default_value_t = 1200)]
+        eval_len: usize,
+        #[arg(long, default_value_t = 16)]
+        eval_new: usize,
+        #[arg(long, default_value_t = 16)]
+        eval_batch: usize,
+        #[arg(long, default_value = "q4k")]
+        qtype: QType,
+        #[arg(long, default_value = "/tmp/sizespec-quant-cache")]
+        cache_dir: PathBuf,
+        /// How far (MiB) after-drop may be from before-load and still count as returned.
+        #[arg(long, default_value_t = 300.0)]
+        tolerance_mib: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -126,6 +180,15 @@ struct SizeArgs {
     decode_new: usize,
 }
 
+impl From<BackwardArg> for Backward {
+    fn from(b: BackwardArg) -> Self {
+        match b {
+            BackwardArg::Plain => Backward::Plain,
+            BackwardArg::Recompute => Backward::RecomputeLayers,
+        }
+    }
+}
+
 impl From<SizeArgs> for Sizes {
     fn from(a: SizeArgs) -> Self {
         Self {
@@ -156,6 +219,17 @@ fn finish<R: Serialize>(
     for l in lines {
         println!("{l}");
     }
+    finish_quiet(what, report, lines, pass, json)
+}
+
+/// [`finish`] for reports whose lines were already printed as they came.
+fn finish_quiet<R: Serialize>(
+    what: &str,
+    report: &R,
+    lines: &[serde_json::Value],
+    pass: bool,
+    json: Option<&PathBuf>,
+) -> anyhow::Result<ExitCode> {
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(report)?;
         shared::fsutil::write_atomic(path, text.as_bytes())
@@ -244,10 +318,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     model,
                     what,
                     shape,
-                    backward: match backward {
-                        BackwardArg::Plain => Backward::Plain,
-                        BackwardArg::Recompute => Backward::RecomputeLayers,
-                    },
+                    backward: backward.into(),
                     sizes: sizes.into(),
                 },
             )?;
@@ -260,6 +331,92 @@ fn main() -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Quant {
+            dev,
+            model,
+            qtype,
+            cache_dir,
+            batch,
+            seq,
+        } => {
+            let common = Common::new(dev.device, dev.dtype)?;
+            let report = quant::run(
+                &common,
+                &QuantOptions {
+                    model,
+                    qtype,
+                    cache_dir,
+                    batch,
+                    seq,
+                },
+            )?;
+            let text = serde_json::to_string_pretty(&report)?;
+            println!("{text}");
+            if let Some(path) = &dev.json {
+                shared::fsutil::write_atomic(path, text.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Memtrace {
+            dev,
+            shapes,
+            steps,
+            ft_batch,
+            ft_seq,
+            rank,
+            backward,
+            eval_prompts,
+            eval_len,
+            eval_new,
+            eval_batch,
+            qtype,
+            cache_dir,
+            tolerance_mib,
+        } => {
+            let common = Common::new(dev.device, dev.dtype)?;
+            let opts = MemtraceOptions {
+                shapes,
+                ft_steps: steps,
+                ft_batch,
+                ft_seq,
+                ft_rank: rank,
+                backward: backward.into(),
+                eval_prompts,
+                eval_len,
+                eval_new,
+                eval_batch,
+                qtype: qtype.0,
+                cache_dir,
+                tolerance_mib,
+            };
+            let report = memtrace::run(&common, &opts, |s| {
+                if let Ok(line) = serde_json::to_string(s) {
+                    println!("{line}");
+                }
+            })?;
+            let lines = report
+                .steps
+                .iter()
+                .map(|s| {
+                    serde_json::json!({"check": format!("step {} {:?}", s.step, s.kind), "pass": s.returned})
+                })
+                .collect::<Vec<_>>();
+            if !report.all_returned {
+                eprintln!(
+                    "memory did not return to the pre-load level after every task: candle's CUDA \
+                     allocator may keep freed memory cached; the fallback is one process per task"
+                );
+            }
+            let code = finish_quiet(
+                "memtrace",
+                &report,
+                &lines,
+                report.all_returned,
+                dev.json.as_ref(),
+            )?;
+            Ok(code)
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{DeviceArg, GpucheckError, Result};
 /// How memory is read.
 pub enum MemProbe {
     /// Used memory of one GPU (all processes, as NVML reports it).
-    Nvml { nvml: Nvml, index: u32 },
+    Nvml { nvml: Box<Nvml>, index: u32 },
     /// This process's resident set size.
     Rss,
 }
@@ -42,7 +42,10 @@ impl MemProbe {
                     .map_err(|_| GpucheckError::Arg(format!("cuda device index {i}")))?;
                 nvml.device_by_index(index)
                     .map_err(nvml_err("open device"))?;
-                Ok(Self::Nvml { nvml, index })
+                Ok(Self::Nvml {
+                    nvml: Box::new(nvml),
+                    index,
+                })
             }
         }
     }

@@ -11,6 +11,8 @@ pub mod hf;
 pub mod logits;
 pub mod lora_grad;
 pub mod mem;
+pub mod memtrace;
+pub mod quant;
 pub mod reference;
 pub mod work;
 
