@@ -111,7 +111,8 @@ impl Default for WorkerConfig {
 }
 
 struct Envelope {
-    job: Job,
+    /// Boxed: jobs carry their samples, and the channel moves envelopes by value.
+    job: Box<Job>,
     cancel: CancellationToken,
     events: mpsc::Sender<WorkerEvent>,
 }
@@ -187,7 +188,7 @@ impl Worker {
     pub fn submit(&self, job: Job, cancel: CancellationToken) -> mpsc::Receiver<WorkerEvent> {
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let env = Envelope {
-            job,
+            job: Box::new(job),
             cancel,
             events,
         };
@@ -222,7 +223,7 @@ fn run_one(dev: &Device, spec: DeviceSpec, config: &WorkerConfig, env: Envelope)
     } = env;
     let sink = jobs::Sink::new(events.clone(), cancel.clone());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        jobs::run(job, dev, spec, config, &sink)
+        jobs::run(*job, dev, spec, config, &sink)
     }));
     let terminal = match outcome {
         Ok(Ok(out)) => WorkerEvent::Finished(out),

@@ -214,6 +214,9 @@ fn validate(
 /// `val`. Emits [`ProgressEvent::TrainStep`] / [`ProgressEvent::Validation`] through `on_event`;
 /// checks `cancel` between optimiser steps. Leaves the model in eval mode holding the outcome's
 /// adapter (not merged).
+// Data, hyper-parameters (config sections) and plumbing (options, cancellation, events) stay
+// separate arguments on purpose: each comes from a different owner.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut Model,
     train: &[Example],
@@ -367,8 +370,8 @@ pub fn train(
                 memory_mib: crate::worker::memory_mib(model.device()),
             });
             if cfg.eval_every_steps > 0
-                && state.global_step % cfg.eval_every_steps == 0
-                && state.global_step % steps_per_epoch != 0
+                && state.global_step.is_multiple_of(cfg.eval_every_steps)
+                && !state.global_step.is_multiple_of(steps_per_epoch)
                 && validate(
                     model,
                     val,
