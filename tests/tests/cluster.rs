@@ -236,3 +236,33 @@ async fn a_restarted_coordinator_resumes_without_redoing_finished_work() {
     assert_eq!(output_files(&out), reference);
     stop2.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_trained_on_one_agent_is_downloaded_by_another_for_its_eval() {
+    let (reference, _) = run_demo(1, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut plan = demo_plan("demo", &out, 6, 500);
+    // The finetuned eval needs more memory than the trainer has: it must run on the big agent.
+    plan.tasks[3].spec.estimate_mib = 1500;
+    let stop = CancellationToken::new();
+    let c = start_coordinator(&dir.path().join("data"), plan, None, stop.clone()).await;
+    let url = format!("http://{}", c.addr);
+    let counts = Arc::new(RunCounts::default());
+    let _small = start_agent(&url, "small", 1000, runner(1, 3, &counts), None, dir.path());
+    let _big = start_agent(&url, "big", 2000, runner(1, 3, &counts), None, dir.path());
+    let mut ctl = control(&url, None).await;
+    while ctl.status(pb::StatusRequest::default()).await.unwrap().into_inner().agents.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (id, state, _) = submit_and_wait(&url, None, LIMIT).await;
+    assert_eq!(state, succeeded());
+    let st = ctl.status(pb::StatusRequest { experiment_id: id }).await.unwrap().into_inner();
+    let agent_of = |task: &str| st.experiments[0].tasks.iter().find(|t| t.task_id == task).unwrap().agent_id.clone();
+    assert_eq!(agent_of("finetune:SLM_Qwen-3B"), "small", "best fit puts the finetune on the small agent");
+    assert_eq!(agent_of("eval:SLM_Qwen-3B"), "big");
+    let downloaded = dir.path().join("big/downloads/demo/finetune_SLM_Qwen-3B-a1/adapter_model.safetensors");
+    assert!(downloaded.is_file(), "the big agent downloaded the adapter");
+    assert_eq!(output_files(&out), reference, "the transferred adapter gives the same predictions");
+    stop.cancel();
+}
