@@ -423,3 +423,25 @@ fn an_old_shape_results_file_alone_gives_a_point_estimate_report() {
         "{md}"
     );
 }
+
+#[test]
+fn the_configured_confidence_level_is_used_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_dir(dir.path(), true);
+    write(
+        &dir.path().join("config.resolved.toml"),
+        "name = \"synthetic\"\n\n[evaluation]\nconfidence = 0.9\n",
+    );
+    let paths = build(dir.path()).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    let html = std::fs::read_to_string(&paths.html).unwrap();
+    assert!(
+        md.contains("exact match % [90% CI]") && !md.contains("95% CI"),
+        "{md}"
+    );
+    assert!(md.contains("by +30.0 pts, 90% CI ["));
+    assert!(
+        html.contains("accuracy per model (90% CI)"),
+        "the plot title follows the config"
+    );
+}

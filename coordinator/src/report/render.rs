@@ -56,6 +56,8 @@ struct Table {
 #[derive(Serialize)]
 struct Context<'a> {
     title: String,
+    /// The CI level in percent, e.g. 95 (an integer, so templates print no decimals).
+    conf: u32,
     headline: &'a str,
     verdicts: Vec<&'a str>,
     context_sentences: Vec<&'a str>,
@@ -283,6 +285,7 @@ pub fn render(
     breakdowns.push(breakdown_table(&analysis.by_chapter));
     let (performance, training) = perf_tables(input);
     let ctx = Context {
+        conf: conf as u32,
         title: match &input.experiment {
             Some(e) => format!("sizespec report: {e}"),
             None => "sizespec report".to_string(),

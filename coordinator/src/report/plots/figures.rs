@@ -13,7 +13,8 @@ use super::{
 use crate::report::input::Training;
 
 /// Exact and category match per model with CI whiskers, grouped large zero-shot vs small.
-pub(super) struct Accuracy<'a>(pub(super) &'a [Bar]);
+/// The bars and the CI level in percent (e.g. 95).
+pub(super) struct Accuracy<'a>(pub(super) &'a [Bar], pub(super) f64);
 
 impl Figure for Accuracy<'_> {
     fn name(&self) -> &'static str {
@@ -32,7 +33,10 @@ impl Figure for Accuracy<'_> {
         ));
         let body = frame(
             root,
-            "Size vs specialisation: accuracy per model (95% CI)",
+            &format!(
+                "Size vs specialisation: accuracy per model ({}% CI)",
+                self.1
+            ),
             &legend,
         )?;
         let top = bars

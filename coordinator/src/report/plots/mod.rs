@@ -294,6 +294,7 @@ pub fn draw_all(
     dir: &Path,
 ) -> Result<Vec<RenderedPlot>, ReportError> {
     ensure_font()?;
+    let conf = (analysis.bootstrap.confidence * 100.0).round();
     let bars: Vec<Bar> = analysis
         .models
         .iter()
@@ -330,16 +331,18 @@ pub fn draw_all(
         return Ok(out);
     }
     out.push(save(
-        &Accuracy(&bars),
+        &Accuracy(&bars, conf),
         dir,
         "Size vs specialisation",
-        "Exact match (dark) and 3-character category match (light) per model; whiskers are percentile-bootstrap 95% CIs.",
+        &format!("Exact match (dark) and 3-character category match (light) per model; whiskers are percentile-bootstrap {conf}% CIs."),
     )?);
     out.push(save(
         &Cost(&bars),
         dir,
         "Performance vs cost",
-        "Macro-F1 (95% CI) against mean per-sample latency; up and to the left is better.",
+        &format!(
+            "Macro-F1 ({conf}% CI) against mean per-sample latency; up and to the left is better."
+        ),
     )?);
     if bars.iter().any(|b| {
         b.peak_eval_mib.is_some() || b.peak_train_mib.is_some() || b.tokens_per_s.is_some()
