@@ -321,8 +321,12 @@ fn headline(comparisons: &[Comparison], slm_count: usize, llm_count: usize) -> S
         )
     } else {
         let ties = n - wins - losses;
+        let verb =
+            |k: usize, one: &'static str, many: &'static str| if k == 1 { one } else { many };
         format!(
-            "Not clearly: of {n} small-vs-large comparisons on exact match, {wins} favour the small model, {losses} the large zero-shot model, and {ties} show no significant difference."
+            "Not clearly: of {n} small-vs-large comparisons on exact match, {wins} {} the small model, {losses} the large zero-shot model, and {ties} {} no significant difference.",
+            verb(wins, "favours", "favour"),
+            verb(ties, "shows", "show")
         )
     }
 }
