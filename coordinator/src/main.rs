@@ -54,6 +54,11 @@ enum Cmd {
     },
     /// Single-box mode: coordinator in-process, one agent process per local device.
     Run(RunArgs),
+    /// Build report.html, report.md and plots/ from an experiment's output folder.
+    Report {
+        /// The folder holding results.json and predictions/.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -359,5 +364,10 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run(a) => run(a).await,
+        Cmd::Report { dir } => {
+            let paths = coordinator::report::build(&dir)?;
+            println!("{}\n{}", paths.html.display(), paths.markdown.display());
+            Ok(())
+        }
     }
 }
