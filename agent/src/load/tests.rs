@@ -253,3 +253,156 @@ fn quantized_load_is_cached_and_close_to_f32() {
         cache_path(cache.path(), "org/tiny", None, GgmlDType::Q4_0, DType::F32)
     );
 }
+
+/// Write `weights` as a llama.cpp-style GGUF: llama.cpp names, q/k rows permuted the way its
+/// converter does, tokenizer metadata; projections in `proj_type`, the rest f32.
+fn write_llama_cpp_gguf(path: &Path, weights: &HashMap<String, Tensor>, proj_type: GgmlDType) {
+    use candle_core::quantized::QTensor;
+    use candle_core::quantized::gguf_file::Value as V;
+    let c = cfg();
+    let mut md: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String("llama".into())),
+        (
+            "llama.embedding_length".into(),
+            V::U32(c.hidden_size as u32),
+        ),
+        (
+            "llama.block_count".into(),
+            V::U32(c.num_hidden_layers as u32),
+        ),
+        (
+            "llama.feed_forward_length".into(),
+            V::U32(c.intermediate_size as u32),
+        ),
+        (
+            "llama.attention.head_count".into(),
+            V::U32(c.num_attention_heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            V::U32(c.num_key_value_heads as u32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            V::F32(c.rms_norm_eps as f32),
+        ),
+        ("llama.rope.freq_base".into(), V::F32(c.rope_theta as f32)),
+        (
+            "llama.context_length".into(),
+            V::U32(c.max_position_embeddings as u32),
+        ),
+        ("llama.vocab_size".into(), V::U32(c.vocab_size as u32)),
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), V::String("smollm".into())),
+        ("tokenizer.ggml.bos_token_id".into(), V::U32(0)),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(1)),
+    ];
+    let mut tokens: Vec<V> = ["<|im_start|>", "<|im_end|>"]
+        .iter()
+        .map(|t| V::String(t.to_string()))
+        .collect();
+    let mut types = vec![V::I32(3), V::I32(3)];
+    for c in (b'!'..=b'~').map(char::from) {
+        tokens.push(V::String(c.to_string()));
+        types.push(V::I32(1));
+    }
+    md.push(("tokenizer.ggml.tokens".into(), V::Array(tokens)));
+    md.push(("tokenizer.ggml.token_type".into(), V::Array(types)));
+    md.push(("tokenizer.ggml.merges".into(), V::Array(vec![])));
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (name, t) in weights {
+        let heads = if name.contains("q_proj") {
+            Some(c.num_attention_heads)
+        } else if name.contains("k_proj") {
+            Some(c.num_key_value_heads)
+        } else {
+            None
+        };
+        let t = match heads {
+            Some(h) => {
+                // llama.cpp's permute: gguf row src[k] holds HF row k.
+                let src = super::gguf::unpermute_rows(t.dim(0).unwrap(), h);
+                let mut inv = vec![0u32; src.len()];
+                for (k, &s) in src.iter().enumerate() {
+                    inv[s] = k as u32;
+                }
+                let n = inv.len();
+                t.index_select(&Tensor::from_vec(inv, n, &Device::Cpu).unwrap(), 0)
+                    .unwrap()
+            }
+            None => t.clone(),
+        };
+        let is_proj = name.contains("_proj");
+        let q = QTensor::quantize(&t, if is_proj { proj_type } else { GgmlDType::F32 }).unwrap();
+        tensors.push((super::gguf::gguf_name(name).unwrap(), q));
+    }
+    let md_ref: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_ref: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    candle_core::quantized::gguf_file::write(&mut f, &md_ref, &t_ref).unwrap();
+}
+
+#[test]
+fn llama_cpp_gguf_loads_with_q_k_unpermuted() {
+    let weights = random_weights(&cfg(), 24);
+    let dir = tempfile::tempdir().unwrap();
+    let want = logits(&load_ours(&cfg(), &weights));
+
+    let path = dir.path().join("tiny-f32.gguf");
+    write_llama_cpp_gguf(&path, &weights, GgmlDType::F32);
+    let src = resolve(path.to_str().unwrap(), None).unwrap();
+    let lm = load(&src, &LoadOptions::cpu_f32()).unwrap();
+    assert_eq!(lm.model.config().num_key_value_heads, 2);
+    assert!(!lm.model.config().tie_word_embeddings);
+    assert!(max_abs_diff(&logits(&lm.model), &want) < 1e-5, "dense GGUF");
+    assert_eq!(
+        lm.tokenizer
+            .encode("<|im_start|>ab<|im_end|>", SpecialTokens::Omit)
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // Quantised rows are permuted block-wise: the same Q8_0 model as quantising the HF weights.
+    let path = dir.path().join("tiny-q8.gguf");
+    write_llama_cpp_gguf(&path, &weights, GgmlDType::Q8_0);
+    let q8 = LoadOptions {
+        format: crate::model::WeightFormat::Quantized(GgmlDType::Q8_0),
+        ..LoadOptions::cpu_f32()
+    };
+    let lm = load(&ModelSource::Gguf(path), &q8).unwrap();
+    let reference = crate::model::Model::load(
+        &crate::model::TensorMap::new(weights.clone(), "mem"),
+        &cfg(),
+        &q8,
+    )
+    .unwrap();
+    assert_eq!(
+        max_abs_diff(&logits(&lm.model), &logits(&reference)),
+        0.0,
+        "Q8_0 GGUF"
+    );
+}
+
+#[test]
+fn bf16_model_is_close_to_f32() {
+    let weights = random_weights(&cfg(), 25);
+    let f32_model = reference(&weights);
+    let opts = LoadOptions {
+        dtype: DType::BF16,
+        ..LoadOptions::cpu_f32()
+    };
+    let bf16 = crate::model::Model::load(
+        &crate::model::TensorMap::new(weights.clone(), "mem"),
+        &cfg(),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(bf16.dtype(), DType::BF16);
+    let a = logits(&f32_model);
+    let b = logits(&bf16);
+    assert_eq!(b.dtype(), DType::F32, "logits are always f32");
+    let range: f32 = a.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let d = max_abs_diff(&a, &b);
+    assert!(d < 0.05 * range, "bf16 vs f32: {d} (range {range})");
+}
