@@ -518,3 +518,109 @@ fn mode_train_matches_eval_without_dropout() {
     let train = m.forward(&x, &ctx, None).unwrap();
     assert_close(&eval, &train, "differentiable path");
 }
+
+/// Mistral v0.1-style sliding window: prefill logits match candle's mistral (whose mask applies the
+/// window within a call) at every column.
+#[test]
+fn mistral_sliding_window_parity() {
+    let mut cfg = tiny_config("mistral", false);
+    cfg.sliding_window = Some(3);
+    let w = random_weights(&cfg, 8);
+    let ours = load_ours(&cfg, &w);
+    let all = ids(&[&SEQ[0], &SEQ[1]]);
+    let full = ours
+        .forward(&all, &ours.attn_ctx(&[0, 0], 0, 7).unwrap(), None)
+        .unwrap();
+    for j in [2usize, 4, 6] {
+        let want = make_ref(&cfg, &w).step(&all.i((.., ..=j)).unwrap(), 0);
+        assert_close(
+            &full.i((.., j)).unwrap(),
+            &want,
+            &format!("windowed column {j}"),
+        );
+    }
+    // The window matters: without it column 6 differs.
+    let mut no_window = cfg.clone();
+    no_window.sliding_window = None;
+    let plain = load_ours(&no_window, &w);
+    let unwindowed = plain
+        .forward(&all, &plain.attn_ctx(&[0, 0], 0, 7).unwrap(), None)
+        .unwrap();
+    assert!(max_abs_diff(&unwindowed.i((.., 6)).unwrap(), &full.i((.., 6)).unwrap()) > 1e-3);
+}
+
+/// Layer by layer (embed → layer_forward → head) is the same computation as `forward`.
+#[test]
+fn layer_by_layer_equals_forward() {
+    let cfg = tiny_config("qwen2", true);
+    let m = load_ours(&cfg, &random_weights(&cfg, 12));
+    let x = ids(&[&SEQ[0], &SEQ[1]]);
+    let ctx = m.attn_ctx(&[0, 3], 0, 7).unwrap();
+    let mut h = m.embed(&x).unwrap();
+    for i in 0..m.num_layers() {
+        h = m.layer_forward(i, &h, &ctx, None).unwrap();
+    }
+    assert_eq!(
+        max_abs_diff(&m.head(&h).unwrap(), &m.forward(&x, &ctx, None).unwrap()),
+        0.0
+    );
+    assert!(m.layer_forward(m.num_layers(), &h, &ctx, None).is_err());
+}
+
+/// Dropout is active only in training mode, is seeded, and replays after `restore`.
+#[test]
+fn dropout_is_seeded_train_only_and_replayable() {
+    let cfg = tiny_config("llama", true);
+    let w = random_weights(&cfg, 13);
+    let lc = LoraConfig {
+        dropout: 0.5,
+        ..lora_cfg(4)
+    };
+    let run = |seed: u64| {
+        let mut m = load_ours(&cfg, &w);
+        m.add_lora(&lc, seed).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (name, var) in m.lora_vars() {
+            if name.ends_with("lora_B.weight") {
+                m.set_lora(&name, &rand_tensor(&mut rng, var.dims(), 0.0, 0.5))
+                    .unwrap();
+            }
+        }
+        m
+    };
+    let x = ids(&[&SEQ[0]]);
+    let mut m = run(1);
+    let ctx = m.attn_ctx(&[0], 0, 7).unwrap();
+    let eval_a = m.forward(&x, &ctx, None).unwrap();
+    assert_eq!(
+        max_abs_diff(&eval_a, &m.forward(&x, &ctx, None).unwrap()),
+        0.0,
+        "no dropout in eval"
+    );
+    m.set_mode(Mode::Train);
+    let state = m.dropout_rng().snapshot();
+    let t1 = m.forward(&x, &ctx, None).unwrap();
+    let t2 = m.forward(&x, &ctx, None).unwrap();
+    assert!(max_abs_diff(&t1, &t2) > 1e-4, "fresh masks each call");
+    m.dropout_rng().restore(&state);
+    assert_eq!(
+        max_abs_diff(&t1, &m.forward(&x, &ctx, None).unwrap()),
+        0.0,
+        "replay after restore"
+    );
+    let (seed, pos) = m.dropout_rng().position();
+    let t3 = m.forward(&x, &ctx, None).unwrap();
+    m.dropout_rng().restore_position(seed, pos);
+    assert_eq!(
+        max_abs_diff(&t3, &m.forward(&x, &ctx, None).unwrap()),
+        0.0,
+        "replay from position"
+    );
+    let mut same_seed = run(1);
+    same_seed.set_mode(Mode::Train);
+    assert_eq!(
+        max_abs_diff(&t1, &same_seed.forward(&x, &ctx, None).unwrap()),
+        0.0,
+        "seeded"
+    );
+}
