@@ -22,6 +22,9 @@ pub enum AgentError {
     /// The architecture or a setting of it is not one we implement.
     #[error("unsupported model: {0}")]
     UnsupportedModel(String),
+    /// A call's arguments do not fit the model (layer index, cache size, empty batch).
+    #[error("invalid input: {0}")]
+    BadInput(String),
     /// A weight tensor is missing or has the wrong shape.
     #[error("weight `{name}`: {reason}")]
     Weight { name: String, reason: String },

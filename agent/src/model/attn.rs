@@ -37,7 +37,7 @@ impl AttnCtx {
         device: &Device,
     ) -> Result<Self> {
         if pads.is_empty() || seq_len == 0 {
-            return Err(AgentError::UnsupportedModel(
+            return Err(AgentError::BadInput(
                 "attention context for an empty batch".into(),
             ));
         }

@@ -252,7 +252,10 @@ impl Model {
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| {
-            AgentError::UnsupportedModel(format!("layer {i} of {}", self.layers.len()))
+            AgentError::BadInput(format!(
+                "layer {i} does not exist (the model has {})",
+                self.layers.len()
+            ))
         })?;
         let (path, mode, rng) = (self.op_path(), self.mode, &self.dropout);
         let (b, t, _) = x.dims3()?;
@@ -304,7 +307,7 @@ impl Model {
         match cache {
             Some(cache) => {
                 if cache.layers.len() != self.layers.len() {
-                    return Err(AgentError::UnsupportedModel(format!(
+                    return Err(AgentError::BadInput(format!(
                         "KV cache has {} layers, the model {}",
                         cache.layers.len(),
                         self.layers.len()
