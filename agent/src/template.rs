@@ -167,13 +167,20 @@ impl ChatTemplate {
         values.push(json!({"role": "assistant", "content": answer}));
         let conv = self.render(&values, false)?;
         let Some(rest) = conv.strip_prefix(&prompt) else {
-            return Err(AgentError::Template(
-                "the template renders the conversation with a different prefix than the inference prompt".into(),
-            ));
+            // Some templates render earlier turns differently once an answer follows (Mistral v0.3
+            // moves the system text to the *last* user turn). Training must still see exactly the
+            // inference prompt (pitfall 4), so the answer turn is appended to it directly.
+            tracing::debug!(
+                "conversation prefix differs from the prompt; appending the answer turn"
+            );
+            let full = format!("{prompt}{answer}{}", self.end_of_turn);
+            return Ok((prompt, full));
         };
         let Some(at) = rest.find(answer) else {
-            return Err(AgentError::Template(
-                "the rendered conversation does not contain the answer".into(),
+            // The template rewrote the answer (e.g. trimmed it): keep the caller's text verbatim.
+            return Ok((
+                prompt.clone(),
+                format!("{prompt}{answer}{}", self.end_of_turn),
             ));
         };
         let after = at + answer.len();
@@ -278,5 +285,142 @@ mod tests {
         let t = ChatTemplate::new(Some(jinja_bad), &tok).unwrap();
         let e = t.render_prompt(&msgs()).unwrap_err().to_string();
         assert!(e.contains("Conversation roles must alternate"), "{e}");
+    }
+
+    /// Hub-style templates: whitespace control, `namespace`, `selectattr`, slicing, `is defined`,
+    /// `in` on a message, `| trim` — written in the shape Llama 3.x, Qwen2.5 and Mistral v0.3 ship.
+    const LLAMA31_STYLE: &str = r#"{{- bos_token }}
+{%- if custom_tools is defined %}{%- set tools = custom_tools %}{%- endif %}
+{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}
+{%- endif %}
+{%- if not tools is defined %}{%- set tools = none %}{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if tools is not none %}{{- "Environment: ipython\n" }}{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- else %}
+        {{- raise_exception("tool messages are not expected") }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"#;
+
+    const QWEN25_STYLE: &str = r#"{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;
+
+    const MISTRAL_V03_STYLE: &str = r#"{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+        {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif %}
+    {%- set ns.index = ns.index + 1 %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- endif %}
+{%- endfor %}
+"#;
+
+    #[test]
+    fn hub_style_llama31_template() {
+        let tok = tok_with(&[
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+        ]);
+        let t = ChatTemplate::new(Some(LLAMA31_STYLE), &tok).unwrap();
+        let (p, full) = t.render_full(&msgs(), "E11.9").unwrap();
+        assert_eq!(
+            p,
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\
+             Today Date: 26 Jul 2024\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nCode?<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(full, format!("{p}E11.9<|eot_id|>"));
+    }
+
+    #[test]
+    fn hub_style_qwen25_template() {
+        let tok = tok_with(&["<|im_start|>", "<|im_end|>"]);
+        let t = ChatTemplate::new(Some(QWEN25_STYLE), &tok).unwrap();
+        let (p, full) = t.render_full(&msgs(), "E11.9").unwrap();
+        assert_eq!(
+            p,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCode?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(full, format!("{p}E11.9<|im_end|>"));
+        let only_user = [ChatMessage::new(Role::User, "Hi")];
+        assert!(
+            t.render_prompt(&only_user)
+                .unwrap()
+                .starts_with("<|im_start|>system\nYou are Qwen")
+        );
+    }
+
+    #[test]
+    fn hub_style_mistral_v03_template() {
+        let tok = tok_with(&["<s>", "</s>", "[INST]", "[/INST]"]);
+        let t = ChatTemplate::new(Some(MISTRAL_V03_STYLE), &tok).unwrap();
+        assert_eq!(t.end_of_turn(), "</s>");
+        let (p, full) = t.render_full(&msgs(), "E11.9").unwrap();
+        assert_eq!(p, "<s>[INST] Be brief.\n\nCode?[/INST]");
+        // With the answer appended the user turn is no longer last, so this template drops the system
+        // text from it; the training text still starts with the exact inference prompt.
+        assert_eq!(full, format!("{p}E11.9</s>"));
+        let bad = [
+            ChatMessage::new(Role::Assistant, "x"),
+            ChatMessage::new(Role::User, "y"),
+        ];
+        let e = t.render_prompt(&bad).unwrap_err().to_string();
+        assert!(e.contains("must alternate"), "{e}");
     }
 }
