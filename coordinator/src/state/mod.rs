@@ -4,6 +4,8 @@
 pub mod core;
 mod sched;
 pub mod view;
+#[cfg(test)]
+mod tests;
 
 use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef};
 use crate::experiment::{ExperimentId, ExperimentPlan};

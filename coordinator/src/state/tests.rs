@@ -1,0 +1,163 @@
+//! The scheduler's decisions without a network: leases, retries, stale messages, preferences.
+use super::core::*;
+use crate::experiment::{ExperimentId, ExperimentPlan, PlannedTask, TaskPayload};
+use shared::config::{GenerationConfig, LoraConfig, PromptConfig, TrainingConfig};
+use shared::task::*;
+use std::time::{Duration, Instant};
+
+fn spec(id: &str, kind: TaskKind, deps: &[&str], mib: u64) -> TaskSpec {
+    TaskSpec {
+        id: TaskId(id.into()),
+        kind,
+        model: ModelSpec {
+            key: "SLM_X".into(),
+            name: "x".into(),
+            revision: None,
+            label: "X".into(),
+            size: "3B".into(),
+            role: ModelRole::Slm,
+            quantization: Quantization::None,
+        },
+        depends_on: deps.iter().map(|d| TaskId(d.to_string())).collect(),
+        estimate_mib: mib,
+    }
+}
+
+fn plan() -> ExperimentPlan {
+    let eval = |s| PlannedTask {
+        spec: s,
+        payload: TaskPayload::Evaluate(EvalPayload {
+            samples: vec![],
+            prompt: PromptConfig::default(),
+            generation: GenerationConfig::default(),
+            adapter: None,
+        }),
+    };
+    let ft = PlannedTask {
+        spec: spec("finetune:SLM_X", TaskKind::Finetune, &[], 100),
+        payload: TaskPayload::Finetune(FinetunePayload {
+            train: vec![],
+            validation: vec![],
+            prompt: PromptConfig::default(),
+            lora: LoraConfig::default(),
+            training: TrainingConfig::default(),
+        }),
+    };
+    ExperimentPlan {
+        id: ExperimentId("e".into()),
+        name: "e".into(),
+        config_toml: String::new(),
+        output_dir: "/nonexistent".into(),
+        split_hash: String::new(),
+        train_code_counts: Default::default(),
+        result_keys: Default::default(),
+        tasks: vec![ft, eval(spec("eval:SLM_X", TaskKind::Evaluate, &["finetune:SLM_X"], 100))],
+    }
+}
+
+fn reg(id: &str, mib: u64) -> Registration {
+    Registration {
+        agent: AgentId(id.into()),
+        host: "h".into(),
+        version: "0".into(),
+        devices: vec![DeviceInfo {
+            kind: DeviceKind::Cpu,
+            index: 0,
+            uuid: format!("dev-{id}"),
+            name: "cpu".into(),
+            total_mib: mib,
+            free_mib: mib,
+            driver: String::new(),
+        }],
+    }
+}
+
+fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
+    fx.to_agents
+        .iter()
+        .filter_map(|(a, _, m)| match m {
+            ToAgent::Offer { task, .. } => Some((a.0.clone(), task.task.0.clone(), task.attempt)),
+            ToAgent::Cancel { .. } => None,
+        })
+        .collect()
+}
+
+fn settings() -> Settings {
+    Settings { heartbeat_interval: Duration::from_millis(100), lease: Duration::from_secs(1), max_attempts: 2 }
+}
+
+#[test]
+fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
+    let t0 = Instant::now();
+    let mut core = Core::new(settings());
+    let s = core.register(reg("a", 1000), t0).unwrap();
+    core.submit(plan(), t0);
+    let fx = core.take_effects();
+    assert_eq!(offers(&fx), [("a".to_string(), "finetune:SLM_X".to_string(), 1)]);
+    let r = TaskRef { experiment: ExperimentId("e".into()), task: TaskId("finetune:SLM_X".into()), attempt: 1 };
+    core.offer_reply(&AgentId("a".into()), s, &r, OfferAnswer::Accept, t0);
+    // Heartbeats renew the lease...
+    core.heartbeat(&AgentId("a".into()), s, &[], std::slice::from_ref(&r), t0 + Duration::from_millis(900));
+    core.tick(t0 + Duration::from_millis(1500));
+    assert!(matches!(core.experiments[0].tasks[0].state, TaskState::Running { .. }));
+    // ...silence does not: re-queued, the agent is told to stop, and it is offered again.
+    core.take_effects();
+    core.tick(t0 + Duration::from_millis(2000));
+    let fx = core.take_effects();
+    assert!(fx.to_agents.iter().any(|(_, _, m)| matches!(m, ToAgent::Cancel { .. })));
+    assert_eq!(offers(&fx), [("a".to_string(), "finetune:SLM_X".to_string(), 2)]);
+    // A late result of attempt 1 is ignored.
+    let out = Outcome::Failed("late".into());
+    core.result(&AgentId("a".into()), s, &r, out, t0 + Duration::from_millis(2001));
+    assert_eq!(core.experiments[0].tasks[0].state, TaskState::Offered { agent: AgentId("a".into()) });
+    // The second loss uses up the attempts: the task fails, its eval is cancelled.
+    let r2 = TaskRef { attempt: 2, ..r };
+    core.offer_reply(&AgentId("a".into()), s, &r2, OfferAnswer::Accept, t0 + Duration::from_millis(2002));
+    core.result(&AgentId("a".into()), s, &r2, Outcome::Failed("out of memory".into()), t0 + Duration::from_millis(2003));
+    let e = &core.experiments[0];
+    assert_eq!(e.tasks[0].state, TaskState::Failed);
+    assert!(e.tasks[0].detail.contains("out of memory"), "{}", e.tasks[0].detail);
+    assert_eq!(e.tasks[1].state, TaskState::Cancelled);
+    assert_eq!(e.state, ExperimentState::Failed);
+}
+
+#[test]
+fn an_eval_prefers_the_agent_that_trained_its_adapter() {
+    let t0 = Instant::now();
+    let mut core = Core::new(settings());
+    // `b` fits more tightly (best fit would pick it), but `a` trains the adapter.
+    let sa = core.register(reg("a", 4000), t0).unwrap();
+    core.submit(plan(), t0);
+    core.take_effects();
+    let _sb = core.register(reg("b", 200), t0).unwrap();
+    let r = TaskRef { experiment: ExperimentId("e".into()), task: TaskId("finetune:SLM_X".into()), attempt: 1 };
+    let a = AgentId("a".into());
+    core.offer_reply(&a, sa, &r, OfferAnswer::Accept, t0);
+    let tr = crate::outcome::TrainingOutcome {
+        adapter_artifact: "e/ft-a1".into(),
+        adapter_hash: "h".into(),
+        steps: 1,
+        epochs_run: 1,
+        final_train_loss: 1.0,
+        best_validation_loss: None,
+        stopped_early: false,
+        train_s: 1.0,
+        load_s: 0.0,
+        tokens_per_s: 1.0,
+        peak_memory_mib: 1,
+        device_name: "cpu".into(),
+        curve: vec![],
+    };
+    core.take_effects();
+    core.result(&a, sa, &r, Outcome::Done(crate::outcome::TaskOutput::Finetuned(tr)), t0);
+    let fx = core.take_effects();
+    assert_eq!(offers(&fx), [("a".to_string(), "eval:SLM_X".to_string(), 1)]);
+    let payload = fx.to_agents.iter().find_map(|(_, _, m)| match m {
+        ToAgent::Offer { payload, .. } => Some(payload.clone()),
+        ToAgent::Cancel { .. } => None,
+    });
+    match payload.as_deref() {
+        Some(TaskPayload::Evaluate(p)) => assert_eq!(p.adapter.as_deref(), Some("e/ft-a1")),
+        other => panic!("expected an eval payload, got {other:?}"),
+    }
+}
