@@ -28,7 +28,8 @@ const FORMAT_VERSION: u32 = 1;
 /// Whether a quantised load was served from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
-    /// The cache file existed and was read.
+    /// Quantised weights were read from disk: the cache file, or a `.gguf` source (already
+    /// quantised, loaded as is — it needs no cache).
     Hit,
     /// The weights were quantised now and the cache file written.
     Written,
