@@ -133,3 +133,55 @@ impl Planner for ConfigPlanner {
         prepare(&cfg).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offline_config_plans_with_payloads_and_a_stable_id() {
+        let cfg = ExperimentConfig::offline_default();
+        let text = cfg.to_toml().unwrap();
+        let planner = ConfigPlanner { models_dir: Some(PathBuf::from("/models")), env: Default::default() };
+        let a = planner.plan(&text).unwrap();
+        let b = planner.plan(&text).unwrap();
+        assert_eq!(a.id, b.id, "same config and data → same id (resubmitting resumes)");
+        assert!(a.id.0.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{}", a.id);
+        let kinds: Vec<_> = a.tasks.iter().map(|t| (t.spec.id.0.as_str(), t.spec.kind)).collect();
+        assert!(kinds.iter().any(|(_, k)| *k == TaskKind::Finetune), "{kinds:?}");
+        for t in &a.tasks {
+            match &t.payload {
+                TaskPayload::Evaluate(p) => {
+                    assert_eq!(Some(p.samples.len()), cfg.data.max_eval_samples, "{}", t.spec.id.0);
+                    assert!(p.adapter.is_none());
+                }
+                TaskPayload::Finetune(p) => {
+                    assert_eq!(Some(p.train.len()), cfg.data.max_train_samples);
+                    assert!(!p.validation.is_empty());
+                }
+            }
+            assert!(t.spec.model.name.starts_with("/models/"), "models placeholder resolved: {}", t.spec.model.name);
+        }
+        // The eval and train samples never overlap.
+        let eval_ids: std::collections::HashSet<_> = a
+            .tasks
+            .iter()
+            .find_map(|t| match &t.payload {
+                TaskPayload::Evaluate(p) => Some(p.samples.iter().map(|s| s.id.clone()).collect()),
+                TaskPayload::Finetune(_) => None,
+            })
+            .unwrap();
+        for t in &a.tasks {
+            if let TaskPayload::Finetune(p) = &t.payload {
+                assert!(p.train.iter().all(|r| !eval_ids.contains(&r.id)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_config_is_refused_with_its_error() {
+        let planner = ConfigPlanner { models_dir: None, env: Default::default() };
+        let err = planner.plan("[training]\nlearnin_rate = 1\n").unwrap_err();
+        assert!(err.contains("learnin_rate"), "{err}");
+    }
+}
