@@ -436,4 +436,23 @@ mod tests {
             .to_string();
         assert!(e.contains("dir/tokenizer_config.json"));
     }
+
+    /// The Llama 3 and Qwen2 split regexes (look-ahead needs fancy-regex) compile and split digits
+    /// in groups of three / one by one.
+    #[test]
+    fn llama3_and_qwen2_pre_tokenizers_build() {
+        for (pre, digits) in [("llama-bpe", 2), ("qwen2", 4), ("gpt2", 1)] {
+            let mut md = gguf_md();
+            md.insert("tokenizer.ggml.pre".into(), V::String(pre.into()));
+            let t = ModelTokenizer::from_gguf(&md, "t.gguf").unwrap();
+            let ids = t.encode("2026", SpecialTokens::Omit).unwrap();
+            // No merges for digits: one token per byte, but the pieces split differently.
+            assert_eq!(ids.len(), 4, "{pre}");
+            let enc = t.inner().encode("2026", false).unwrap();
+            let words: std::collections::BTreeSet<u32> =
+                enc.get_word_ids().iter().flatten().copied().collect();
+            assert_eq!(words.len(), digits, "{pre}: pre-tokenized pieces");
+            assert_eq!(t.decode(&ids, SpecialTokens::Omit).unwrap(), "2026");
+        }
+    }
 }
