@@ -91,6 +91,9 @@ struct RawRopeScaling {
     high_freq_factor: Option<f64>,
     #[serde(default)]
     original_max_position_embeddings: Option<usize>,
+    /// transformers ≥ 5 writes `rope_parameters` (theta included) instead of `rope_theta` + `rope_scaling`.
+    #[serde(default)]
+    rope_theta: Option<f64>,
 }
 
 /// The subset of HF `config.json` we read (unknown keys are ignored: HF configs carry many).
@@ -111,6 +114,8 @@ struct RawConfig {
     rope_theta: Option<f64>,
     #[serde(default)]
     rope_scaling: Option<RawRopeScaling>,
+    #[serde(default)]
+    rope_parameters: Option<RawRopeScaling>,
     #[serde(default)]
     max_position_embeddings: Option<usize>,
     #[serde(default)]
@@ -148,7 +153,13 @@ impl Config {
                 "hidden_act `{act}` is not supported (silu only)"
             )));
         }
-        let rope_scaling = match raw.rope_scaling {
+        // transformers 4.x: top-level `rope_theta` + `rope_scaling`; transformers 5.x: `rope_parameters`
+        // holding both. Read either, the top-level keys winning when both are present.
+        let rope_theta = raw
+            .rope_theta
+            .or(raw.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .unwrap_or(10_000.0);
+        let rope_scaling = match raw.rope_scaling.or(raw.rope_parameters) {
             None => None,
             Some(rs) => match rs.rope_type.as_deref() {
                 Some("llama3") => Some(Llama3RopeScaling {
@@ -200,7 +211,7 @@ impl Config {
                 .head_dim
                 .unwrap_or(raw.hidden_size / raw.num_attention_heads),
             rms_norm_eps: raw.rms_norm_eps,
-            rope_theta: raw.rope_theta.unwrap_or(10_000.0),
+            rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
@@ -298,6 +309,26 @@ mod tests {
         assert_eq!(
             (c.family, c.sliding_window, c.tie_word_embeddings),
             (Family::Mistral, None, false)
+        );
+    }
+
+    #[test]
+    fn parses_transformers5_rope_parameters() {
+        // transformers >= 5 writes theta and scaling together under `rope_parameters`.
+        let text = r#"{"model_type":"llama","vocab_size":128256,"hidden_size":3072,"intermediate_size":8192,
+            "num_hidden_layers":28,"num_attention_heads":24,"num_key_value_heads":8,"rms_norm_eps":1e-5,
+            "rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":32.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let c = Config::from_hf_json(text, "config.json").unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.as_ref().unwrap().factor, 32.0);
+        let q = r#"{"model_type":"qwen2","vocab_size":151936,"hidden_size":2048,"intermediate_size":11008,
+            "num_hidden_layers":36,"num_attention_heads":16,"num_key_value_heads":2,"rms_norm_eps":1e-6,
+            "rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"}}"#;
+        let c = Config::from_hf_json(q, "q/config.json").unwrap();
+        assert_eq!(
+            (c.rope_theta, c.rope_scaling.is_none()),
+            (1_000_000.0, true)
         );
     }
 
