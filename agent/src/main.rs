@@ -1,4 +1,132 @@
-//! `agent` command line.
-fn main() {
-    println!("sizespec agent: not yet implemented");
+//! `agent` command line: serve one device (`cpu` or `cuda:N`) to a coordinator.
+use agent::probe::{DeviceChoice, Probe, SystemProbe};
+use agent::rpc::runner::TaskRunner;
+use agent::rpc::session::{self, AgentConfig};
+use agent::rpc::worker_runner::WorkerRunner;
+use agent::rpc::{ClientTls, Connection};
+use agent::worker::DeviceSpec;
+use anyhow::{Context, Result};
+use clap::Parser;
+use shared::task::AgentId;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "agent", version, about = "sizespec agent: runs finetune and evaluation tasks for a coordinator on one device")]
+struct Cli {
+    /// Coordinator URL (`https://` for TLS).
+    #[arg(long, env = "SIZESPEC_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// The device this agent serves: `cpu` or `cuda:N`.
+    #[arg(long, env = "SIZESPEC_AGENT_DEVICE", default_value = "cpu")]
+    device: DeviceChoice,
+    /// Stable name for this agent (default: `<host>-<device>`).
+    #[arg(long, env = "SIZESPEC_AGENT_ID")]
+    agent_id: Option<String>,
+    /// Where adapters and checkpoints are written.
+    #[arg(long, env = "SIZESPEC_WORK_DIR", default_value = "sizespec-agent")]
+    work_dir: PathBuf,
+    /// Shared token (prefer --token-file: a flag shows up in `ps`).
+    #[arg(long, env = "SIZESPEC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the shared token.
+    #[arg(long, env = "SIZESPEC_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA (PEM) that signed the coordinator's certificate.
+    #[arg(long, env = "SIZESPEC_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This agent's certificate and key (PEM) for mutual TLS.
+    #[arg(long, env = "SIZESPEC_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SIZESPEC_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Server name to verify (default: the URL's host).
+    #[arg(long, env = "SIZESPEC_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+    /// Report at most this much memory (MiB), e.g. a CPU agent sharing its box.
+    #[arg(long, env = "SIZESPEC_MEMORY_LIMIT_MIB")]
+    memory_limit_mib: Option<u64>,
+    /// Print the devices this machine offers (`cpu`, `cuda:N`) one per line and exit.
+    #[arg(long)]
+    list_devices: bool,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Ctrl-C or SIGTERM: the running job checkpoints at its next step and is reported, then exit.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down: finishing the current step");
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.list_devices {
+        println!("cpu");
+        for i in agent::probe::list_cuda() {
+            println!("cuda:{i}");
+        }
+        return Ok(());
+    }
+    let token = proto::auth::load_token(cli.token.as_deref(), cli.token_file.as_deref())?;
+    let tls = (cli.coordinator.starts_with("https://") || cli.tls_ca.is_some()).then(|| ClientTls {
+        ca: cli.tls_ca.clone(),
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+        domain: cli.tls_domain.clone(),
+    });
+    let host = host_name();
+    let device_label = match cli.device {
+        DeviceChoice::Cpu => "cpu".to_string(),
+        DeviceChoice::Cuda(i) => format!("cuda{i}"),
+    };
+    let probe: Arc<dyn Probe> = Arc::new(SystemProbe::new(cli.device, cli.memory_limit_mib)?);
+    let report = probe.device()?;
+    tracing::info!(device = %report.name, total_mib = report.total_mib, free_mib = report.free_mib, "device");
+    let spec = match cli.device {
+        DeviceChoice::Cpu => DeviceSpec::Cpu,
+        DeviceChoice::Cuda(i) => DeviceSpec::Cuda(i as usize),
+    };
+    let runner: Arc<dyn TaskRunner> =
+        Arc::new(WorkerRunner::spawn(spec).with_context(|| format!("opening {spec} (a CUDA device needs the `cuda` build)"))?);
+    let cfg = AgentConfig {
+        agent_id: AgentId(cli.agent_id.unwrap_or_else(|| format!("{host}-{device_label}"))),
+        host,
+        connection: Connection { url: cli.coordinator, token, tls },
+        work_dir: cli.work_dir,
+    };
+    session::run(cfg, probe, runner, shutdown_on_signals()).await?;
+    Ok(())
 }

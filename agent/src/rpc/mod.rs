@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod convert;
 pub mod runner;
 pub mod session;
+pub mod worker_runner;
 
 pub use proto::client::{ClientError, ClientTls, Connection};
 use std::path::PathBuf;

@@ -1,0 +1,138 @@
+//! The real engine over gRPC: a tiny random-weight Llama-family model (written by the engine's own
+//! test helper) is evaluated zero-shot, LoRA-finetuned and evaluated with its adapter by agents
+//! running `WorkerRunner` on the CPU; one agent and two agents give the same predictions.
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+
+use agent::rpc::runner::TaskRunner;
+use agent::rpc::worker_runner::WorkerRunner;
+use agent::worker::DeviceSpec;
+use common::{Tiny, codes};
+use coordinator::experiment::{ExperimentId, ExperimentPlan, PlannedTask, TaskPayload};
+use proto::pb;
+use shared::config::{GenerationConfig, LoraConfig, LrSchedule, PromptConfig, TrainingConfig};
+use shared::task::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tests::*;
+use tokio_util::sync::CancellationToken;
+
+fn prompt() -> PromptConfig {
+    PromptConfig { system: "map the symptom to its code".into(), user_template: "{dialogue}".into(), answer_template: "{code}".into() }
+}
+
+fn model(key: &str, role: ModelRole, dir: &Path) -> ModelSpec {
+    ModelSpec {
+        key: key.into(),
+        name: dir.display().to_string(),
+        revision: None,
+        label: key.split_once('_').unwrap().1.into(),
+        size: "0M".into(),
+        role,
+        quantization: Quantization::None,
+    }
+}
+
+fn plan(model_dir: &Path, out: &Path) -> ExperimentPlan {
+    let (train, validation) = codes::train_and_validation();
+    let eval = |m: ModelSpec, deps: Vec<TaskId>| PlannedTask {
+        spec: TaskSpec { id: TaskId(format!("eval:{}", m.key)), kind: TaskKind::Evaluate, model: m, depends_on: deps, estimate_mib: 1 },
+        payload: TaskPayload::Evaluate(EvalPayload {
+            samples: codes::test(),
+            prompt: prompt(),
+            generation: GenerationConfig { max_new_tokens: 6, batch_size: 16 },
+            adapter: None,
+        }),
+    };
+    let slm = model("SLM_Tiny", ModelRole::Slm, model_dir);
+    let ft = PlannedTask {
+        spec: TaskSpec { id: TaskId("finetune:SLM_Tiny".into()), kind: TaskKind::Finetune, model: slm.clone(), depends_on: vec![], estimate_mib: 1 },
+        payload: TaskPayload::Finetune(FinetunePayload {
+            train,
+            validation,
+            prompt: prompt(),
+            lora: LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: shared::config::ALL_PROJECTIONS.map(String::from).to_vec() },
+            training: TrainingConfig {
+                learning_rate: 5e-3,
+                schedule: LrSchedule::Cosine,
+                warmup_ratio: 0.05,
+                epochs: 15,
+                early_stopping_patience: 0,
+                eval_every_steps: 0,
+                max_length: 64,
+                batch_size: 8,
+                gradient_accumulation_steps: 1,
+                weight_decay: 0.0,
+                max_grad_norm: 1.0,
+                seed: 7,
+            },
+        }),
+    };
+    ExperimentPlan {
+        id: ExperimentId("tiny".into()),
+        name: "tiny".into(),
+        config_toml: "name = \"tiny\"\n".into(),
+        output_dir: out.to_path_buf(),
+        split_hash: "tiny-split".into(),
+        train_code_counts: BTreeMap::new(),
+        result_keys: [("eval:LLM_Tiny", "LLM_Tiny_untrained"), ("eval:SLM_Tiny", "SLM_Tiny_finetuned")]
+            .into_iter()
+            .map(|(t, k)| (TaskId(t.into()), k.to_string()))
+            .collect(),
+        tasks: vec![eval(model("LLM_Tiny", ModelRole::Llm, model_dir), vec![]), ft, eval(slm, vec![TaskId("finetune:SLM_Tiny".into())])],
+    }
+}
+
+/// `(results key, sample id) → extracted code` of a finished run, plus its exact-match rates.
+async fn run(agents: usize) -> (BTreeMap<(String, String), Option<String>>, BTreeMap<String, f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny-model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let mut words = codes::words();
+    words.extend(prompt().system.split_whitespace().map(String::from));
+    Tiny { hidden: 64, intermediate: 128, embed_scale: 0.3, ..Tiny::default() }.write_hf_dir(&model_dir, 21, &words);
+    let out = dir.path().join("out");
+    let stop = CancellationToken::new();
+    let c = start_coordinator(&dir.path().join("data"), plan(&model_dir, &out), None, stop.clone()).await;
+    let url = format!("http://{}", c.addr);
+    let handles: Vec<_> = (0..agents)
+        .map(|i| {
+            let runner: Arc<dyn TaskRunner> = Arc::new(WorkerRunner::spawn(DeviceSpec::Cpu).unwrap());
+            start_agent(&url, &format!("cpu-{i}"), 64_000, runner, None, dir.path())
+        })
+        .collect();
+    let (_, state, events) = submit_and_wait(&url, None, Duration::from_secs(240)).await;
+    assert_eq!(state, pb::ExperimentStateKind::ExperimentStateSucceeded as i32, "{events:?}");
+    drop(handles);
+    stop.cancel();
+    let mut preds = BTreeMap::new();
+    for key in ["LLM_Tiny_untrained", "SLM_Tiny_finetuned"] {
+        let text = std::fs::read_to_string(out.join("predictions").join(format!("{key}.jsonl"))).unwrap();
+        for line in text.lines() {
+            let r: PredictionRow = serde_json::from_str(line).unwrap();
+            preds.insert((key.to_string(), r.sample_id), r.extracted);
+        }
+    }
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let exact = ["LLM_Tiny_untrained", "SLM_Tiny_finetuned"]
+        .iter()
+        .map(|k| (k.to_string(), results[k]["metrics"]["exact_match"].as_f64().unwrap()))
+        .collect();
+    assert!(out.join("training/SLM_Tiny_finetuned.json").is_file());
+    (preds, exact)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_engine_runs_an_experiment_over_grpc_and_placement_does_not_change_predictions() {
+    let (one, exact) = run(1).await;
+    assert_eq!(one.len(), 2 * codes::test().len(), "every sample predicted once per model");
+    assert!(
+        exact["SLM_Tiny_finetuned"] > exact["LLM_Tiny_untrained"] + 0.3,
+        "the finetuned adapter must have travelled and been applied: {exact:?}"
+    );
+    let (two, exact2) = run(2).await;
+    assert_eq!(one, two, "two agents predict exactly what one does");
+    assert_eq!(exact, exact2);
+}
