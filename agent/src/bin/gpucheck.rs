@@ -312,6 +312,14 @@ fn main() -> anyhow::Result<ExitCode> {
             sizes,
         } => {
             let common = Common::new(dev.device, dev.dtype)?;
+            let json = dev.json.clone();
+            let save = |v: &serde_json::Value| -> anyhow::Result<()> {
+                if let Some(path) = &json {
+                    shared::fsutil::write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                Ok(())
+            };
             let report = bench::run(
                 &common,
                 &bench::BenchOptions {
@@ -321,15 +329,14 @@ fn main() -> anyhow::Result<ExitCode> {
                     backward: backward.into(),
                     sizes: sizes.into(),
                 },
+                |partial| {
+                    if let Err(e) = save(partial) {
+                        eprintln!("{e:#}");
+                    }
+                },
             )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            if let Some(path) = &dev.json {
-                shared::fsutil::write_atomic(
-                    path,
-                    serde_json::to_string_pretty(&report)?.as_bytes(),
-                )
-                .with_context(|| format!("writing {}", path.display()))?;
-            }
+            save(&report)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Quant {

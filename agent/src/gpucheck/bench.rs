@@ -98,7 +98,12 @@ fn oom_or<T>(r: Result<T>, ok: impl FnOnce(T) -> Value) -> Result<Value> {
 }
 
 /// Run the sections asked for; returns the JSON object `torch_ref.py bench` writes, with our keys.
-pub fn run(common: &Common, opts: &BenchOptions) -> Result<Value> {
+/// `on_section` sees the object so far after each section (so a run cut short keeps its results).
+pub fn run(
+    common: &Common,
+    opts: &BenchOptions,
+    mut on_section: impl FnMut(&Value),
+) -> Result<Value> {
     let probe = Arc::new(MemProbe::for_device(common.device_arg)?);
     let base_mib = probe.used_mib()?;
     let shape = opts.shape.clone().unwrap_or_else(|| {
@@ -149,6 +154,7 @@ pub fn run(common: &Common, opts: &BenchOptions) -> Result<Value> {
             )?;
             out.insert(format!("train_r{r}"), v);
         }
+        on_section(&Value::Object(out.clone()));
         // Fold the last adapters away so inference runs on plain weights again.
         model.merge_lora()?;
         model.set_mode(Mode::Eval);
@@ -161,6 +167,7 @@ pub fn run(common: &Common, opts: &BenchOptions) -> Result<Value> {
             "prefill".into(),
             oom_or(res, |t| json!({"tokens_per_s": tokens / t}))?,
         );
+        on_section(&Value::Object(out.clone()));
     }
     if opts.what.contains(&What::Generate) {
         let mean = s.gen_mean_len as f64;
@@ -192,6 +199,7 @@ pub fn run(common: &Common, opts: &BenchOptions) -> Result<Value> {
             rows.push(row);
         }
         out.insert("generate".into(), json!({"best": best, "all": rows}));
+        on_section(&Value::Object(out.clone()));
     }
     if opts.what.contains(&What::Decode) {
         let prompt = random_prompts(model.config().vocab_size, &[s.decode_prompt], 9);
