@@ -46,19 +46,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, path: OpPath) -> Result<Tens
     }
 }
 
-/// Repeat each key/value head `n_rep` times: `[b, kv, t, d]` → `[b, kv * n_rep, t, d]`.
-pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, n_rep, t, d))?
-        .reshape((b, kv * n_rep, t, d))
-}
-
 /// Scaled dot-product attention with an additive f32 mask (`0` allowed, `-inf` masked), computed in f32.
-/// `q`: `[b, h, tq, d]`; `k`, `v`: `[b, kv, tk, d]`; `mask`: broadcastable to `[b, h, tq, tk]`.
+/// `q`: `[b, h, tq, d]`; `k`, `v`: `[b, kv, tk, d]` (GQA: `h` a multiple of `kv`); `mask`: `[b or 1, 1, tq, tk]`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -67,22 +56,33 @@ pub fn attention(
     path: OpPath,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
-    let n_rep = q.dim(1)? / k.dim(1)?;
-    let k = repeat_kv(k, n_rep)?;
-    let v = repeat_kv(v, n_rep)?;
-    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let q = q.to_dtype(DType::F32)?;
+    let (b, h, t, d) = q.dims4()?;
+    let (kv, total) = (k.dim(1)?, k.dim(2)?);
+    let n_rep = h / kv;
+    let scale = 1.0 / (d as f64).sqrt();
+    // Grouped-query attention without copying K/V per query head: the query heads that share a KV
+    // head are adjacent, so `[b, h, t, d]` is viewed as `[b, kv, n_rep * t, d]`.
+    let q = q
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .reshape((b, kv, n_rep * t, d))?;
     let k = k.to_dtype(DType::F32)?;
     let v = v.to_dtype(DType::F32)?.contiguous()?;
-    let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
     if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
+        // `[rows, 1, t, total]` applies to every query head of the group.
+        let rows = mask.dim(0)?;
+        let scores5 = scores.reshape((b, kv, n_rep, t, total))?;
+        let mask5 = mask.reshape((rows, 1, 1, t, total))?;
+        scores = scores5
+            .broadcast_add(&mask5)?
+            .reshape((b, kv, n_rep * t, total))?;
     }
     let probs = match path {
         OpPath::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
         OpPath::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
     };
-    probs.matmul(&v)?.to_dtype(dtype)
+    probs.matmul(&v)?.reshape((b, h, t, d))?.to_dtype(dtype)
 }
 
 /// SwiGLU: `silu(gate) * up` (candle's `silu` has a backward pass).
