@@ -173,6 +173,7 @@ def memtrace(data):
              s["returned"], s["seconds"]] for s in r["steps"]]
     text = f"### Memory trace, one process (returned = after within ±{fmt(r['tolerance_mib'])} MiB of before)\n\n"
     text += table(["step", "task", "model", "before MiB", "peak MiB", "after MiB", "returned", "s"], rows)
+    text += f"\n\nDrift over the whole run (after the last task − before the first): {fmt(r.get('drift_mib'))} MiB."
     if not r.get("all_returned"):
         text += ("\n\nMemory did not return after every task: candle's CUDA allocator may keep freed memory; "
                  "the fallback is one process per task (single-box mode).")

@@ -68,6 +68,8 @@ pub struct MemtraceReport {
     pub tolerance_mib: f64,
     pub steps: Vec<StepReport>,
     pub all_returned: bool,
+    /// Used memory after the last task minus before the first, MiB (creep over the whole run).
+    pub drift_mib: f64,
 }
 
 /// The seed's order for `[llm1, llm2, slm1, slm2]`.
@@ -178,6 +180,10 @@ pub fn run(
         device: common.device_arg.to_string(),
         tolerance_mib: opts.tolerance_mib,
         all_returned: steps.iter().all(|s| s.returned),
+        drift_mib: match (steps.first(), steps.last()) {
+            (Some(a), Some(b)) => b.after_mib - a.before_mib,
+            _ => 0.0,
+        },
         steps,
     })
 }

@@ -177,3 +177,29 @@ pub fn is_out_of_memory(e: &GpucheckError) -> bool {
     let s = e.to_string().to_lowercase();
     s.contains("out of memory") || s.contains("out_of_memory")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_and_dtype_flags_parse_and_reject_junk() {
+        assert_eq!("cpu".parse::<DeviceArg>().unwrap(), DeviceArg::Cpu);
+        assert_eq!("cuda:3".parse::<DeviceArg>().unwrap(), DeviceArg::Cuda(3));
+        assert_eq!("cuda".parse::<DeviceArg>().unwrap(), DeviceArg::Cuda(0));
+        assert_eq!(DeviceArg::Cuda(1).to_string(), "cuda:1");
+        let e = "gpu0".parse::<DeviceArg>().unwrap_err().to_string();
+        assert!(e.contains("`gpu0`"), "{e}");
+        assert_eq!("bf16".parse::<DTypeArg>().unwrap().0, DType::BF16);
+        assert!("fp8".parse::<DTypeArg>().is_err());
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_by_message() {
+        let oom = GpucheckError::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
+        assert!(is_out_of_memory(&oom));
+        assert!(!is_out_of_memory(&GpucheckError::Arg("x".into())));
+    }
+}
