@@ -1,5 +1,8 @@
 //! The model's own tokenizer: from `tokenizer.json` (the `tokenizers` crate) or built from GGUF
 //! metadata (byte-level BPE), wrapped with the ids generation stops on.
+//!
+//! Text rendered by a chat template already holds its BOS/control tokens: encode it with
+//! [`SpecialTokens::Omit`] so nothing is added twice.
 use std::path::Path;
 
 use serde_json::{Value, json};

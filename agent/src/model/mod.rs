@@ -11,6 +11,10 @@
 //!   [`Model::head`].
 //! - LoRA: [`Model::add_lora`], [`Model::lora_vars`] (peft names), [`Model::set_lora`],
 //!   [`Model::merge_lora`]; [`Model::set_mode`] switches dropout and the differentiable op path.
+//! - Frozen base weights are plain tensors multiplied through [`frozen::frozen_matmul`], whose
+//!   backward computes only the input's gradient (candle's matmul would also build an unused
+//!   full-size gradient for every frozen weight); quantised bases have no backward at all, so
+//!   training loads dense weights ([`WeightFormat::Dense`]).
 mod attn;
 mod config;
 pub mod frozen;
