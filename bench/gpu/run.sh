@@ -16,7 +16,7 @@
 # gpucheck; a COMMIT file there names the commit it was built from), PyTorch + transformers + peft.
 # Env: OUT (default $WORK/out), WORK (default /tmp/sizespec-gpu), TOL_BF16 (default 2e-2),
 # TOL_F32 (1e-3), TOL_GRAD (2e-2), BACKWARD (recompute|plain, ours in train benches), DEVICE (cuda:0),
-# TORCH (the reference command; default python3 bench/gpu/torch_ref.py).
+# TORCH (the reference command; default python3 bench/gpu/torch_ref.py), QTYPE (q4k; q4_0 quantises ~4x faster).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +31,7 @@ TOL_BF16=${TOL_BF16:-2e-2}
 TOL_F32=${TOL_F32:-1e-3}
 TOL_GRAD=${TOL_GRAD:-2e-2}
 BACKWARD=${BACKWARD:-recompute}
+QTYPE=${QTYPE:-q4k}
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -182,13 +183,13 @@ if section bench 120; then
 fi
 
 if section quant 90; then
-  run "ours quant llama8b" "$GPUCHECK" quant --device "$DEVICE" --dtype bf16 --model "$W/llama8b" --qtype q4k \
+  run "ours quant llama8b" "$GPUCHECK" quant --device "$DEVICE" --dtype bf16 --model "$W/llama8b" --qtype "$QTYPE" \
     --cache-dir "$WORK/qcache" --json "$J/quant-llama8b.json"
 fi
 
 if section memtrace 120; then
   run "ours memtrace" "$GPUCHECK" memtrace --device "$DEVICE" --dtype bf16 \
-    --shapes "$W/llama8b,$W/mistral7b,$W/llama3b,$W/qwen3b" --qtype q4k --cache-dir "$WORK/qcache" \
+    --shapes "$W/llama8b,$W/mistral7b,$W/llama3b,$W/qwen3b" --qtype "$QTYPE" --cache-dir "$WORK/qcache" \
     --json "$J/memtrace.json"
 fi
 
