@@ -197,3 +197,6 @@ say "tables"
 python3 "$HERE/table.py" --json-dir "$J" --commit "$COMMIT" --out "$OUT/table.md" --combined "$OUT/results.json"
 tar czf "$OUT/json.tar.gz" -C "$WORK" json
 say "done in $(($(date +%s) - START))s; $OUT: $(ls "$OUT" | tr '\n' ' ')"
+# Let tee write the last lines of run.log before the device tool collects $OUT.
+exec 1>&- 2>&-
+sleep 1
