@@ -3,11 +3,12 @@
 //! `y = x·Wᵀ (+ bias) + scale · dropout(x)·Aᵀ·Bᵀ` with `A: [r, in]`, `B: [out, r]` (peft's layout),
 //! `scale = alpha / r`. The base weight is a plain `Tensor` (or a `QMatMul`), never a `Var`, so the
 //! optimiser never sees it. The LoRA pair is kept in f32 whatever the model's dtype.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::frozen::frozen_matmul;
@@ -54,33 +55,48 @@ pub enum Mode {
     Train,
 }
 
-/// The seeded source of dropout masks. On CPU masks are drawn on the host from a ChaCha stream so a run
-/// is bit-reproducible; on a GPU they are drawn on the device from its seeded generator.
+/// The seeded source of dropout masks, replayable from a saved state.
+///
+/// On the CPU masks are drawn on the host from a ChaCha stream, so a run is bit-reproducible and
+/// [`DropoutRng::restore`] replays them exactly. On a GPU, drawing every mask on the host would
+/// cost a transfer per projection, so masks come from the device's generator instead; to keep
+/// replay working there, the device generator is reseeded from the ChaCha stream at the first mask
+/// after each [`DropoutRng::snapshot`] / [`DropoutRng::restore`] (layer-by-layer recomputation takes
+/// one snapshot per layer, so that is one reseed per layer and pass).
 #[derive(Debug)]
 pub struct DropoutRng {
     rng: Mutex<ChaCha8Rng>,
+    /// The next device mask must first reseed the device generator from the stream.
+    reseed: AtomicBool,
 }
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
         Self {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            reseed: AtomicBool::new(true),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChaCha8Rng> {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The stream's full state, to replay the same masks later (layer-by-layer recomputation).
     pub fn snapshot(&self) -> ChaCha8Rng {
-        self.rng.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reseed.store(true, Ordering::SeqCst);
+        self.lock().clone()
     }
 
     /// Rewind or advance the stream to a state from [`DropoutRng::snapshot`].
     pub fn restore(&self, state: &ChaCha8Rng) {
-        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = state.clone();
+        *self.lock() = state.clone();
+        self.reseed.store(true, Ordering::SeqCst);
     }
 
     /// `(seed, word position)`: a compact, serialisable form of the state (checkpoints).
     pub fn position(&self) -> ([u8; 32], u128) {
-        let rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let rng = self.lock();
         (rng.get_seed(), rng.get_word_pos())
     }
 
@@ -88,7 +104,15 @@ impl DropoutRng {
     pub fn restore_position(&self, seed: [u8; 32], word_pos: u128) {
         let mut rng = ChaCha8Rng::from_seed(seed);
         rng.set_word_pos(word_pos);
-        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = rng;
+        *self.lock() = rng;
+        self.reseed.store(true, Ordering::SeqCst);
+    }
+
+    /// The seed a device mask must first give the device generator, if a reseed is due.
+    fn device_seed(&self) -> Option<u64> {
+        self.reseed
+            .swap(false, Ordering::SeqCst)
+            .then(|| self.lock().next_u64())
     }
 
     /// Inverted dropout: zero each element with probability `p`, scale the rest by `1 / (1 - p)`.
@@ -99,7 +123,7 @@ impl DropoutRng {
         let keep = 1.0 - p;
         let mask = match x.device() {
             Device::Cpu => {
-                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                let mut rng = self.lock();
                 let n = x.elem_count();
                 let v: Vec<f32> = (0..n)
                     .map(|_| {
@@ -113,6 +137,9 @@ impl DropoutRng {
                 Tensor::from_vec(v, x.shape(), &Device::Cpu)?
             }
             dev => {
+                if let Some(seed) = self.device_seed() {
+                    dev.set_seed(seed)?;
+                }
                 let u = Tensor::rand(0f32, 1f32, x.shape(), dev)?;
                 (u.lt(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?
             }
@@ -209,5 +236,33 @@ impl LoraLinear {
         let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
         self.base = BaseWeight::Dense((w + delta)?.to_dtype(dtype)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device reseed schedule replays: after `restore` the same seed comes out as after the
+    /// matching `snapshot`, and no reseed happens between snapshots.
+    #[test]
+    fn device_reseed_follows_snapshot_and_restore() {
+        let r = DropoutRng::new(7);
+        let first = r.device_seed();
+        assert!(first.is_some(), "a fresh stream seeds the device once");
+        assert_eq!(r.device_seed(), None);
+        let state = r.snapshot();
+        let a = r.device_seed().expect("reseed after snapshot");
+        assert_eq!(r.device_seed(), None);
+        r.restore(&state);
+        assert_eq!(r.device_seed(), Some(a), "replayed after restore");
+        let (seed, pos) = r.position();
+        let b = {
+            r.restore_position(seed, pos);
+            r.device_seed().unwrap()
+        };
+        r.restore_position(seed, pos);
+        assert_eq!(r.device_seed(), Some(b));
+        assert_ne!(a, b);
     }
 }
