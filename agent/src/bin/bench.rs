@@ -141,50 +141,54 @@ fn gen_rows(
         .collect::<Result<_, _>>()?;
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let mut rows = Vec::new();
-    // Prefill alone: one forward over each prompt (batch 1), as the first step of generation does.
-    let t0 = Instant::now();
-    let one = GenerationConfig {
-        max_new_tokens: 1,
-        batch_size: 1,
-    };
-    generate(
-        &loaded.model,
-        &prompts,
-        &[],
-        &one,
-        &CancellationToken::new(),
-        |_| {},
-    )?;
-    rows.push(Row {
-        what: "prefill".into(),
-        setting: format!("{label}, batch 1"),
-        tokens: prompt_tokens,
-        seconds: t0.elapsed().as_secs_f64(),
-        note: format!(
-            "{} prompts, {:.0} tokens avg; load {load_s:.1}s",
-            prompts.len(),
-            prompt_tokens as f64 / prompts.len() as f64
-        ),
-    });
-    for batch in [1usize, prompts.len()] {
+    let run = |batch: usize, new_tokens: usize| {
         let cfg = GenerationConfig {
-            max_new_tokens: cli.max_new_tokens,
+            max_new_tokens: new_tokens,
             batch_size: batch,
         };
-        // No stop ids: every row generates max_new_tokens, so runs are comparable.
-        let (_, stats) = generate(
+        // No stop ids: every row generates exactly `new_tokens`, so runs are comparable.
+        generate(
             &loaded.model,
             &prompts,
             &[],
             &cfg,
             &CancellationToken::new(),
             |_| {},
-        )?;
+        )
+        .map(|(_, s)| s)
+    };
+    for batch in [1usize, prompts.len()] {
+        // Prefill (plus the first token's argmax), then the full generation; their difference is
+        // the decode of the remaining tokens.
+        let first = run(batch, 1)?;
+        let full = run(batch, cli.max_new_tokens)?;
+        let (p_s, g_s) = (first.elapsed.as_secs_f64(), full.elapsed.as_secs_f64());
+        rows.push(Row {
+            what: "prefill".into(),
+            setting: format!("{label}, batch {batch}"),
+            tokens: prompt_tokens,
+            seconds: p_s,
+            note: format!(
+                "{} prompts, {:.0} tokens avg, left-padded; load {load_s:.1}s",
+                prompts.len(),
+                prompt_tokens as f64 / prompts.len() as f64
+            ),
+        });
+        rows.push(Row {
+            what: "decode".into(),
+            setting: format!("{label}, batch {batch}"),
+            tokens: full.generated_tokens - first.generated_tokens,
+            seconds: (g_s - p_s).max(1e-9),
+            note: format!(
+                "tokens 2..{} of each prompt (generation minus prefill)",
+                cli.max_new_tokens
+            ),
+        });
         rows.push(Row {
             what: "generate".into(),
             setting: format!("{label}, batch {batch}"),
-            tokens: stats.generated_tokens,
-            seconds: stats.elapsed.as_secs_f64(),
+            tokens: full.generated_tokens,
+            seconds: g_s,
             note: format!(
                 "{} new tokens/prompt, prefill included, padding not counted",
                 cli.max_new_tokens
