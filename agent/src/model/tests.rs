@@ -504,6 +504,23 @@ fn training_gradients_reach_lora_and_embedding_input_only() {
         BaseWeight::Quant(_) => unreachable!(),
     };
     assert!(grads.get(&q).is_none());
+    // Nor for its transpose, where candle's stock matmul backward would store it: no gradient has
+    // the shape of a transposed frozen weight (`[in, out]`).
+    let mut frozen: Vec<Vec<usize>> = Vec::new();
+    for layer in m.layers() {
+        for proj in PROJECTIONS {
+            let p = layer.projection(proj).unwrap();
+            frozen.push(vec![p.in_dim, p.out_dim]);
+        }
+    }
+    frozen.push(vec![cfg.hidden_size, cfg.vocab_size]);
+    for id in grads.get_ids() {
+        let dims = grads.get_id(*id).unwrap().dims().to_vec();
+        assert!(
+            !frozen.contains(&dims),
+            "a frozen-weight gradient {dims:?} was computed"
+        );
+    }
 }
 
 #[test]
