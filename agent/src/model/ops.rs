@@ -55,6 +55,53 @@ pub fn attention(
     mask: Option<&Tensor>,
     path: OpPath,
 ) -> Result<Tensor> {
+    attention_limited(q, k, v, mask, path, MAX_SCORE_ELEMENTS)
+}
+
+fn attention_limited(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    path: OpPath,
+    max_score_elements: usize,
+) -> Result<Tensor> {
+    let (b, h, t, _) = q.dims4()?;
+    let total = k.dim(2)?;
+    // The f32 score matrix is `b * h * t * total` elements. Past 2^31 elements candle's CUDA kernels
+    // index out of bounds (seen on the GPU: CUDA_ERROR_ILLEGAL_ADDRESS at batch 64 x 2,400 tokens), and
+    // long before that it costs more memory than the weights. Inference splits the queries into chunks
+    // that keep it under MAX_SCORE_ELEMENTS; rows are independent, so the result is the same.
+    // Training (one layer's graph at a time, shorter batches) keeps one piece so the backward stays simple.
+    let per_query = b * h * total;
+    if path == OpPath::Fused && per_query * t > max_score_elements && t > 1 {
+        let chunk = (max_score_elements / per_query).max(1);
+        let mut parts = Vec::with_capacity(t.div_ceil(chunk));
+        for start in (0..t).step_by(chunk) {
+            let len = chunk.min(t - start);
+            let q_part = q.narrow(2, start, len)?;
+            let mask_part = match mask {
+                Some(m) if m.dim(2)? == t => Some(m.narrow(2, start, len)?),
+                Some(m) => Some(m.clone()),
+                None => None,
+            };
+            parts.push(attention_one(&q_part, k, v, mask_part.as_ref(), path)?);
+        }
+        return Tensor::cat(&parts, 2);
+    }
+    attention_one(q, k, v, mask, path)
+}
+
+/// Largest f32 score matrix one attention call materialises on the inference path (1 GiB).
+pub const MAX_SCORE_ELEMENTS: usize = 1 << 28;
+
+fn attention_one(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    path: OpPath,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let (b, h, t, d) = q.dims4()?;
     let (kv, total) = (k.dim(1)?, k.dim(2)?);
@@ -114,6 +161,36 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn chunked_attention_equals_one_piece() {
+        // b=2, h=4 (GQA over kv=2), t=7 queries over 7 keys with a causal + left-padding mask.
+        let (b, h, kv, t, d) = (2, 4, 2, 7, 8);
+        let q = rand(&[b, h, t, d], 1);
+        let k = rand(&[b, kv, t, d], 2);
+        let v = rand(&[b, kv, t, d], 3);
+        let mut m = vec![0f32; b * t * t];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..t {
+                    // row 1 has two padded keys at the front
+                    if j > i || (r == 1 && j < 2) {
+                        m[(r * t + i) * t + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        // A query whose every key is masked would be NaN: give row 1's padded queries their own key.
+        for i in 0..2 {
+            m[(t + i) * t + i] = 0.0;
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, t), &Device::Cpu).unwrap();
+        let whole = attention_one(&q, &k, &v, Some(&mask), OpPath::Fused).unwrap();
+        // b*h*total = 56 score elements per query: a limit of 120 gives chunks of 2 queries (4 pieces).
+        let chunked = attention_limited(&q, &k, &v, Some(&mask), OpPath::Fused, 120).unwrap();
+        assert_eq!(chunked.dims(), whole.dims());
+        assert!(max_diff(&whole, &chunked) < 1e-6);
     }
 
     #[test]
