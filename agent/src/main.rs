@@ -13,10 +13,18 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "agent", version, about = "sizespec agent: runs finetune and evaluation tasks for a coordinator on one device")]
+#[command(
+    name = "agent",
+    version,
+    about = "sizespec agent: runs finetune and evaluation tasks for a coordinator on one device"
+)]
 struct Cli {
     /// Coordinator URL (`https://` for TLS).
-    #[arg(long, env = "SIZESPEC_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SIZESPEC_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// The device this agent serves: `cpu` or `cuda:N`.
     #[arg(long, env = "SIZESPEC_AGENT_DEVICE", default_value = "cpu")]
@@ -88,7 +96,8 @@ fn shutdown_on_signals() -> CancellationToken {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -101,12 +110,13 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let token = proto::auth::load_token(cli.token.as_deref(), cli.token_file.as_deref())?;
-    let tls = (cli.coordinator.starts_with("https://") || cli.tls_ca.is_some()).then(|| ClientTls {
-        ca: cli.tls_ca.clone(),
-        cert: cli.tls_cert.clone(),
-        key: cli.tls_key.clone(),
-        domain: cli.tls_domain.clone(),
-    });
+    let tls =
+        (cli.coordinator.starts_with("https://") || cli.tls_ca.is_some()).then(|| ClientTls {
+            ca: cli.tls_ca.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+            domain: cli.tls_domain.clone(),
+        });
     let host = host_name();
     let device_label = match cli.device {
         DeviceChoice::Cpu => "cpu".to_string(),
@@ -119,12 +129,21 @@ async fn main() -> Result<()> {
         DeviceChoice::Cpu => DeviceSpec::Cpu,
         DeviceChoice::Cuda(i) => DeviceSpec::Cuda(i as usize),
     };
-    let runner: Arc<dyn TaskRunner> =
-        Arc::new(WorkerRunner::spawn(spec).with_context(|| format!("opening {spec} (a CUDA device needs the `cuda` build)"))?);
+    let runner: Arc<dyn TaskRunner> = Arc::new(
+        WorkerRunner::spawn(spec)
+            .with_context(|| format!("opening {spec} (a CUDA device needs the `cuda` build)"))?,
+    );
     let cfg = AgentConfig {
-        agent_id: AgentId(cli.agent_id.unwrap_or_else(|| format!("{host}-{device_label}"))),
+        agent_id: AgentId(
+            cli.agent_id
+                .unwrap_or_else(|| format!("{host}-{device_label}")),
+        ),
         host,
-        connection: Connection { url: cli.coordinator, token, tls },
+        connection: Connection {
+            url: cli.coordinator,
+            token,
+            tls,
+        },
         work_dir: cli.work_dir,
     };
     session::run(cfg, probe, runner, shutdown_on_signals()).await?;

@@ -29,7 +29,10 @@ pub enum ProbeError {
     #[error("device `{0}`: expected `cpu` or `cuda:N`")]
     BadDevice(String),
     #[error("NVML ({what}): {source}")]
-    Nvml { what: String, source: nvml_wrapper::error::NvmlError },
+    Nvml {
+        what: String,
+        source: nvml_wrapper::error::NvmlError,
+    },
     #[error("/proc/meminfo: {0}")]
     MemInfo(String),
 }
@@ -71,11 +74,18 @@ impl SystemProbe {
     pub fn new(choice: DeviceChoice, limit_mib: Option<u64>) -> Result<SystemProbe, ProbeError> {
         let nvml = match choice {
             DeviceChoice::Cpu => None,
-            DeviceChoice::Cuda(_) => Some(Mutex::new(
-                nvml_wrapper::Nvml::init().map_err(|source| ProbeError::Nvml { what: "init (is the NVIDIA driver installed?)".into(), source })?,
-            )),
+            DeviceChoice::Cuda(_) => Some(Mutex::new(nvml_wrapper::Nvml::init().map_err(
+                |source| ProbeError::Nvml {
+                    what: "init (is the NVIDIA driver installed?)".into(),
+                    source,
+                },
+            )?)),
         };
-        Ok(SystemProbe { choice, nvml, limit_mib })
+        Ok(SystemProbe {
+            choice,
+            nvml,
+            limit_mib,
+        })
     }
 
     fn cap(&self, mib: u64) -> u64 {
@@ -106,12 +116,16 @@ impl Probe for SystemProbe {
                 })
             }
             _ => {
-                let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| ProbeError::MemInfo(e.to_string()))?;
+                let text = std::fs::read_to_string("/proc/meminfo")
+                    .map_err(|e| ProbeError::MemInfo(e.to_string()))?;
                 let (total, avail) = parse_meminfo(&text)?;
                 Ok(DeviceReport {
                     choice: DeviceChoice::Cpu,
                     uuid: "cpu".into(),
-                    name: format!("CPU ({} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
+                    name: format!(
+                        "CPU ({} threads)",
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    ),
                     total_mib: self.cap(total),
                     free_mib: self.cap(avail),
                     driver: String::new(),
@@ -137,7 +151,13 @@ fn parse_meminfo(text: &str) -> Result<(u64, u64), ProbeError> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kib| kib / 1024)
             .ok_or_else(|| ProbeError::MemInfo(format!("no `{name}` line")))
     };
@@ -151,9 +171,15 @@ mod tests {
     #[test]
     fn parses_device_and_meminfo() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("cuda:3".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(3));
+        assert_eq!(
+            "cuda:3".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(3)
+        );
         assert!("gpu0".parse::<DeviceChoice>().is_err());
-        let (t, a) = parse_meminfo("MemTotal:       16384000 kB\nMemFree: 1 kB\nMemAvailable:    8192000 kB\n").unwrap();
+        let (t, a) = parse_meminfo(
+            "MemTotal:       16384000 kB\nMemFree: 1 kB\nMemAvailable:    8192000 kB\n",
+        )
+        .unwrap();
         assert_eq!((t, a), (16000, 8000));
         assert!(parse_meminfo("MemTotal: 5 kB\n").is_err());
     }

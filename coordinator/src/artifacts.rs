@@ -13,11 +13,18 @@ pub enum ArtifactError {
     #[error("artifact `{name}`: received {got} bytes, the header announced {want}")]
     SizeMismatch { name: String, got: u64, want: u64 },
     #[error("artifact `{name}`: SHA-256 {got} does not match the announced {want}")]
-    ChecksumMismatch { name: String, got: String, want: String },
+    ChecksumMismatch {
+        name: String,
+        got: String,
+        want: String,
+    },
     #[error("artifact `{name}` not found")]
     NotFound { name: String },
     #[error("artifact `{name}`: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// A validated artifact name: `/`-separated segments of `[A-Za-z0-9._-]`, none empty, `.` or `..`.
@@ -26,7 +33,12 @@ pub struct ArtifactName(String);
 
 impl ArtifactName {
     pub fn parse(name: &str) -> Result<ArtifactName, ArtifactError> {
-        let bad = |why| Err(ArtifactError::BadName { name: name.to_string(), why });
+        let bad = |why| {
+            Err(ArtifactError::BadName {
+                name: name.to_string(),
+                why,
+            })
+        };
         if name.is_empty() || name.len() > 512 {
             return bad("must be 1 to 512 characters");
         }
@@ -37,7 +49,10 @@ impl ArtifactName {
             if seg == "." || seg == ".." {
                 return bad("`.` and `..` segments are not allowed");
             }
-            if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            if !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
                 return bad("only A-Z a-z 0-9 . _ - and `/` between segments are allowed");
             }
         }
@@ -76,22 +91,43 @@ impl ArtifactStore {
     }
 
     /// Checks size and checksum, then writes atomically (a torn upload never becomes visible).
-    pub fn put(&self, name: &ArtifactName, bytes: &[u8], want_size: u64, want_sha: &str) -> Result<(), ArtifactError> {
+    pub fn put(
+        &self,
+        name: &ArtifactName,
+        bytes: &[u8],
+        want_size: u64,
+        want_sha: &str,
+    ) -> Result<(), ArtifactError> {
         if bytes.len() as u64 != want_size {
-            return Err(ArtifactError::SizeMismatch { name: name.to_string(), got: bytes.len() as u64, want: want_size });
+            return Err(ArtifactError::SizeMismatch {
+                name: name.to_string(),
+                got: bytes.len() as u64,
+                want: want_size,
+            });
         }
         let got = sha256_hex(bytes);
         if !got.eq_ignore_ascii_case(want_sha) {
-            return Err(ArtifactError::ChecksumMismatch { name: name.to_string(), got, want: want_sha.to_string() });
+            return Err(ArtifactError::ChecksumMismatch {
+                name: name.to_string(),
+                got,
+                want: want_sha.to_string(),
+            });
         }
-        shared::fsutil::write_atomic(&self.path(name), bytes)
-            .map_err(|source| ArtifactError::Io { name: name.to_string(), source })
+        shared::fsutil::write_atomic(&self.path(name), bytes).map_err(|source| ArtifactError::Io {
+            name: name.to_string(),
+            source,
+        })
     }
 
     pub fn get(&self, name: &ArtifactName) -> Result<Vec<u8>, ArtifactError> {
         std::fs::read(self.path(name)).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ArtifactError::NotFound { name: name.to_string() },
-            _ => ArtifactError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => ArtifactError::NotFound {
+                name: name.to_string(),
+            },
+            _ => ArtifactError::Io {
+                name: name.to_string(),
+                source,
+            },
         })
     }
 
@@ -110,10 +146,25 @@ mod tests {
 
     #[test]
     fn names_reject_traversal_and_odd_characters() {
-        for ok in ["exp-1/SLM_Qwen-3B/adapter_model.safetensors", "a", "a.b/c_d-e"] {
+        for ok in [
+            "exp-1/SLM_Qwen-3B/adapter_model.safetensors",
+            "a",
+            "a.b/c_d-e",
+        ] {
             assert!(ArtifactName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../etc/passwd", "a/../b", "/abs", "a//b", "a/", "a/./b", "a b", "a\\b", "a/b\0"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/../b",
+            "/abs",
+            "a//b",
+            "a/",
+            "a/./b",
+            "a b",
+            "a\\b",
+            "a/b\0",
+        ] {
             let err = ArtifactName::parse(bad).unwrap_err().to_string();
             assert!(err.contains("is not allowed"), "{bad:?}: {err}");
         }
@@ -126,11 +177,20 @@ mod tests {
         let name = ArtifactName::parse("e/a.bin").unwrap();
         let data = b"adapter bytes";
         let sha = sha256_hex(data);
-        assert!(matches!(store.put(&name, data, 3, &sha), Err(ArtifactError::SizeMismatch { .. })));
-        assert!(matches!(store.put(&name, data, data.len() as u64, &sha256_hex(b"x")), Err(ArtifactError::ChecksumMismatch { .. })));
+        assert!(matches!(
+            store.put(&name, data, 3, &sha),
+            Err(ArtifactError::SizeMismatch { .. })
+        ));
+        assert!(matches!(
+            store.put(&name, data, data.len() as u64, &sha256_hex(b"x")),
+            Err(ArtifactError::ChecksumMismatch { .. })
+        ));
         assert!(!store.exists(&name));
         store.put(&name, data, data.len() as u64, &sha).unwrap();
         assert_eq!(store.get(&name).unwrap(), data);
-        assert!(matches!(store.get(&ArtifactName::parse("nope").unwrap()), Err(ArtifactError::NotFound { .. })));
+        assert!(matches!(
+            store.get(&ArtifactName::parse("nope").unwrap()),
+            Err(ArtifactError::NotFound { .. })
+        ));
     }
 }

@@ -16,13 +16,24 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("journal {path}: not valid JSON ({source}); move it away to start that experiment afresh")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "journal {path}: not valid JSON ({source}); move it away to start that experiment afresh"
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io { path: path.to_path_buf(), source }
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A task's persisted progress.
@@ -56,7 +67,15 @@ pub struct Restored {
 
 /// File-name form of a task id (`eval:LLM_Llama-8B` → `eval_LLM_Llama-8B`).
 pub fn task_file_stem(id: &TaskId) -> String {
-    id.0.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
+    id.0.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +85,9 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(data_dir: &Path) -> Journal {
-        Journal { root: data_dir.join("experiments") }
+        Journal {
+            root: data_dir.join("experiments"),
+        }
     }
 
     fn dir(&self, id: &ExperimentId) -> PathBuf {
@@ -78,23 +99,39 @@ impl Journal {
         shared::fsutil::write_json_atomic(&path, plan).map_err(io(&path))
     }
 
-    pub fn save_state(&self, id: &ExperimentId, state: &ExperimentJournal) -> Result<(), JournalError> {
+    pub fn save_state(
+        &self,
+        id: &ExperimentId,
+        state: &ExperimentJournal,
+    ) -> Result<(), JournalError> {
         let path = self.dir(id).join("state.json");
         shared::fsutil::write_json_atomic(&path, state).map_err(io(&path))
     }
 
     /// Appends one batch as JSON lines in a single write, then fsyncs: a batch is durable once this
     /// returns, and a crash mid-write tears at most the last line.
-    pub fn append_predictions(&self, id: &ExperimentId, task: &TaskId, rows: &[PredictionRow]) -> Result<(), JournalError> {
+    pub fn append_predictions(
+        &self,
+        id: &ExperimentId,
+        task: &TaskId,
+        rows: &[PredictionRow],
+    ) -> Result<(), JournalError> {
         let dir = self.dir(id).join("predictions");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{}.jsonl", task_file_stem(task)));
         let mut buf = Vec::new();
         for r in rows {
-            serde_json::to_writer(&mut buf, r).map_err(|source| JournalError::Corrupt { path: path.clone(), source })?;
+            serde_json::to_writer(&mut buf, r).map_err(|source| JournalError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
             buf.push(b'\n');
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
         f.write_all(&buf).map_err(io(&path))?;
         f.sync_data().map_err(io(&path))
     }
@@ -105,9 +142,17 @@ impl Journal {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(JournalError::Io { path: self.root.clone(), source: e }),
+            Err(e) => {
+                return Err(JournalError::Io {
+                    path: self.root.clone(),
+                    source: e,
+                });
+            }
         };
-        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
         dirs.sort();
         for dir in dirs {
             let plan_path = dir.join("plan.json");
@@ -116,15 +161,25 @@ impl Journal {
             }
             let plan: ExperimentPlan = read_json(&plan_path)?;
             let state_path = dir.join("state.json");
-            let state = if state_path.is_file() { read_json(&state_path)? } else { ExperimentJournal::default() };
+            let state = if state_path.is_file() {
+                read_json(&state_path)?
+            } else {
+                ExperimentJournal::default()
+            };
             let mut predictions = BTreeMap::new();
             for t in &plan.tasks {
-                let p = dir.join("predictions").join(format!("{}.jsonl", task_file_stem(&t.spec.id)));
+                let p = dir
+                    .join("predictions")
+                    .join(format!("{}.jsonl", task_file_stem(&t.spec.id)));
                 if p.is_file() {
                     predictions.insert(t.spec.id.clone(), read_jsonl(&p)?);
                 }
             }
-            out.push(Restored { plan, state, predictions });
+            out.push(Restored {
+                plan,
+                state,
+                predictions,
+            });
         }
         Ok(out)
     }
@@ -132,7 +187,10 @@ impl Journal {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, JournalError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads JSON lines; a line that does not parse is only tolerated last (a torn append).
@@ -146,7 +204,12 @@ fn read_jsonl(path: &Path) -> Result<Vec<PredictionRow>, JournalError> {
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
                 tracing::warn!(path = %path.display(), "ignoring a torn last prediction line");
             }
-            Err(source) => return Err(JournalError::Corrupt { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         }
     }
     Ok(rows)
@@ -175,13 +238,21 @@ mod tests {
         let j = Journal::new(dir.path());
         let id = ExperimentId("e".into());
         let t = TaskId("eval:LLM_X".into());
-        j.append_predictions(&id, &t, &[row("a"), row("b")]).unwrap();
+        j.append_predictions(&id, &t, &[row("a"), row("b")])
+            .unwrap();
         j.append_predictions(&id, &t, &[row("c")]).unwrap();
-        let p = dir.path().join("experiments/e/predictions/eval_LLM_X.jsonl");
+        let p = dir
+            .path()
+            .join("experiments/e/predictions/eval_LLM_X.jsonl");
         assert_eq!(read_jsonl(&p).unwrap().len(), 3);
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"sample_id\":\"d\",\"refer").unwrap();
         let rows = read_jsonl(&p).unwrap();
-        assert_eq!(rows.iter().map(|r| r.sample_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.sample_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
     }
 }

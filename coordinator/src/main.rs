@@ -15,7 +15,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "coordinator", version, about = "sizespec: can a LoRA-finetuned 3B model beat a 7-8B model zero-shot?")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "sizespec: can a LoRA-finetuned 3B model beat a 7-8B model zero-shot?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -64,7 +68,11 @@ enum Cmd {
 #[derive(Args)]
 struct ClientArgs {
     /// Coordinator URL.
-    #[arg(long, env = "SIZESPEC_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SIZESPEC_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     #[command(flatten)]
     token: TokenArgs,
@@ -93,7 +101,10 @@ struct TokenArgs {
 
 impl TokenArgs {
     fn load(&self) -> Result<Option<proto::auth::Token>> {
-        Ok(proto::auth::load_token(self.token.as_deref(), self.token_file.as_deref())?)
+        Ok(proto::auth::load_token(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+        )?)
     }
 }
 
@@ -177,7 +188,8 @@ struct RunArgs {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -206,7 +218,16 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-async fn client(a: &ClientArgs) -> Result<ControlServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, proto::auth::AttachToken>>> {
+async fn client(
+    a: &ClientArgs,
+) -> Result<
+    ControlServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            proto::auth::AttachToken,
+        >,
+    >,
+> {
     let token = a.token.load()?;
     let tls = (a.coordinator.starts_with("https://") || a.tls_ca.is_some()).then(|| ClientTls {
         ca: a.tls_ca.clone(),
@@ -214,18 +235,41 @@ async fn client(a: &ClientArgs) -> Result<ControlServiceClient<tonic::service::i
         key: a.tls_key.clone(),
         domain: a.tls_domain.clone(),
     });
-    let conn = Connection { url: a.coordinator.clone(), token: token.clone(), tls };
+    let conn = Connection {
+        url: a.coordinator.clone(),
+        token: token.clone(),
+        tls,
+    };
     let ch = conn.channel().await?;
-    Ok(ControlServiceClient::with_interceptor(ch, proto::auth::AttachToken(token))
-        .max_decoding_message_size(proto::limits::MAX_MESSAGE_BYTES))
+    Ok(
+        ControlServiceClient::with_interceptor(ch, proto::auth::AttachToken(token))
+            .max_decoding_message_size(proto::limits::MAX_MESSAGE_BYTES),
+    )
 }
 
 fn display() -> Display {
-    if std::io::stderr().is_terminal() { Display::Bars } else { Display::Hidden }
+    if std::io::stderr().is_terminal() {
+        Display::Bars
+    } else {
+        Display::Hidden
+    }
 }
 
-async fn watch(c: &mut ControlServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, proto::auth::AttachToken>>, id: &str) -> Result<()> {
-    let mut stream = c.watch(pb::WatchRequest { experiment_id: id.to_string() }).await?.into_inner();
+async fn watch(
+    c: &mut ControlServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            proto::auth::AttachToken,
+        >,
+    >,
+    id: &str,
+) -> Result<()> {
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            experiment_id: id.to_string(),
+        })
+        .await?
+        .into_inner();
     let mut view = ProgressView::new(display());
     while let Some(ev) = stream.message().await? {
         if let Some(state) = view.apply(&ev) {
@@ -243,12 +287,18 @@ fn print_status(s: &pb::StatusReply) {
     println!("agents:");
     for a in &s.agents {
         for d in &a.devices {
-            println!("  {:<20} {:<12} {:<32} {:>7}/{:>7} MiB free", a.agent_id, a.host, d.name, d.free_mib, d.total_mib);
+            println!(
+                "  {:<20} {:<12} {:<32} {:>7}/{:>7} MiB free",
+                a.agent_id, a.host, d.name, d.free_mib, d.total_mib
+            );
         }
     }
     for e in &s.experiments {
         let state = pb::ExperimentStateKind::try_from(e.state).map_or("?", |k| k.as_str_name());
-        println!("experiment {} ({}) {state} → {}", e.experiment_id, e.name, e.output_dir);
+        println!(
+            "experiment {} ({}) {state} → {}",
+            e.experiment_id, e.name, e.output_dir
+        );
         for t in &e.tasks {
             let st = pb::TaskStateKind::try_from(t.state).map_or("?", |k| k.as_str_name());
             println!(
@@ -260,16 +310,31 @@ fn print_status(s: &pb::StatusReply) {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
     let env = shared::config::env_overrides_from(std::env::vars());
-    let planner = coordinator::prepare::ConfigPlanner { models_dir: a.models_dir.clone(), env };
+    let planner = coordinator::prepare::ConfigPlanner {
+        models_dir: a.models_dir.clone(),
+        env,
+    };
     let mut opts = ServeOptions::new(a.data_dir.clone(), std::sync::Arc::new(planner));
     opts.settings = a.sched.settings();
     opts.token = a.token.load()?;
     if opts.token.is_none() {
-        tracing::warn!("no token configured (SIZESPEC_TOKEN / --token-file): any client that reaches this port is trusted");
+        tracing::warn!(
+            "no token configured (SIZESPEC_TOKEN / --token-file): any client that reaches this port is trusted"
+        );
     }
-    opts.tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca.clone() });
+    opts.tls = a
+        .tls_cert
+        .clone()
+        .zip(a.tls_key.clone())
+        .map(|(cert, key)| TlsFiles {
+            cert,
+            key,
+            client_ca: a.tls_client_ca.clone(),
+        });
     coordinator::server::serve(listener, opts, shutdown_on_signals()).await?;
     Ok(())
 }
@@ -301,7 +366,13 @@ async fn run(a: RunArgs) -> Result<()> {
     let c = cfg.clone();
     let plan = tokio::task::spawn_blocking(move || coordinator::prepare::prepare(&c)).await??;
     let output = plan.output_dir.clone();
-    eprintln!("experiment {} → {} ({} tasks on {})", plan.id, output.display(), plan.tasks.len(), devices.join(", "));
+    eprintln!(
+        "experiment {} → {} ({} tasks on {})",
+        plan.id,
+        output.display(),
+        plan.tasks.len(),
+        devices.join(", ")
+    );
     let opts = SingleBoxOptions {
         agent_bin,
         devices,
@@ -314,7 +385,10 @@ async fn run(a: RunArgs) -> Result<()> {
     let results = output.join("results.json");
     if let Ok(text) = std::fs::read_to_string(&results) {
         let r = shared::results::Results::from_json_str(&text, &results.display().to_string())?;
-        println!("{:<32} {:>8} {:>10} {:>10}", "model", "exact", "category", "macro-F1");
+        println!(
+            "{:<32} {:>8} {:>10} {:>10}",
+            "model", "exact", "category", "macro-F1"
+        );
         for (key, e) in &r.entries {
             println!(
                 "{key:<32} {:>7.2}% {:>9.2}% {:>10.4}",
@@ -332,7 +406,11 @@ async fn run(a: RunArgs) -> Result<()> {
         }
     }
     if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
-        bail!("the experiment did not succeed; see {} and the agent logs in {}", results.display(), output.join(".sizespec/agents").display());
+        bail!(
+            "the experiment did not succeed; see {} and the agent logs in {}",
+            results.display(),
+            output.join(".sizespec/agents").display()
+        );
     }
     Ok(())
 }
@@ -342,24 +420,53 @@ async fn main() -> Result<()> {
     init_tracing();
     match Cli::parse().command {
         Cmd::Serve(a) => serve(a).await,
-        Cmd::Submit { config, watch: follow, client: ca } => {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+        Cmd::Submit {
+            config,
+            watch: follow,
+            client: ca,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
             let mut c = client(&ca).await?;
-            let r = c.submit(pb::SubmitRequest { config_toml: text }).await?.into_inner();
+            let r = c
+                .submit(pb::SubmitRequest { config_toml: text })
+                .await?
+                .into_inner();
             println!("{}", r.experiment_id);
             if follow {
                 watch(&mut c, &r.experiment_id).await?;
             }
             Ok(())
         }
-        Cmd::Status { experiment, client: ca } => {
-            let s = client(&ca).await?.status(pb::StatusRequest { experiment_id: experiment.unwrap_or_default() }).await?.into_inner();
+        Cmd::Status {
+            experiment,
+            client: ca,
+        } => {
+            let s = client(&ca)
+                .await?
+                .status(pb::StatusRequest {
+                    experiment_id: experiment.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
             print_status(&s);
             Ok(())
         }
-        Cmd::Watch { experiment, client: ca } => watch(&mut client(&ca).await?, &experiment).await,
-        Cmd::Results { experiment, client: ca } => {
-            let r = client(&ca).await?.results(pb::ResultsRequest { experiment_id: experiment }).await?.into_inner();
+        Cmd::Watch {
+            experiment,
+            client: ca,
+        } => watch(&mut client(&ca).await?, &experiment).await,
+        Cmd::Results {
+            experiment,
+            client: ca,
+        } => {
+            let r = client(&ca)
+                .await?
+                .results(pb::ResultsRequest {
+                    experiment_id: experiment,
+                })
+                .await?
+                .into_inner();
             println!("{}", r.results_json);
             Ok(())
         }

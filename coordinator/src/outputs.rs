@@ -10,9 +10,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum OutputsError {
     #[error("writing {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("encoding {what}: {source}")]
-    Encode { what: String, source: serde_json::Error },
+    Encode {
+        what: String,
+        source: serde_json::Error,
+    },
 }
 
 /// One task's final view.
@@ -51,11 +57,16 @@ impl Training {
 
 /// Whether an eval task uses an adapter: it depends on a finetune task of the same plan.
 pub fn eval_training(plan: &ExperimentPlan, spec: &TaskSpec) -> Training {
-    let finetuned = spec
-        .depends_on
-        .iter()
-        .any(|d| plan.tasks.iter().any(|t| &t.spec.id == d && t.spec.kind == TaskKind::Finetune));
-    if finetuned { Training::Finetuned } else { Training::Untrained }
+    let finetuned = spec.depends_on.iter().any(|d| {
+        plan.tasks
+            .iter()
+            .any(|t| &t.spec.id == d && t.spec.kind == TaskKind::Finetune)
+    });
+    if finetuned {
+        Training::Finetuned
+    } else {
+        Training::Untrained
+    }
 }
 
 /// The results key of a task's model: `LLM_Llama-8B_untrained`, `SLM_Qwen-3B_finetuned`
@@ -72,7 +83,10 @@ pub fn results_key(plan: &ExperimentPlan, spec: &TaskSpec) -> String {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputsError + '_ {
-    move |source| OutputsError::Io { path: path.to_path_buf(), source }
+    move |source| OutputsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes every output file. Blocking: run it on `spawn_blocking`.
@@ -88,7 +102,10 @@ pub fn write_outputs(input: &OutputsInput) -> Result<(), OutputsError> {
             (TaskKind::Evaluate, _) if !t.predictions.is_empty() => {
                 let mut buf = Vec::new();
                 for r in &t.predictions {
-                    serde_json::to_writer(&mut buf, r).map_err(|source| OutputsError::Encode { what: key.clone(), source })?;
+                    serde_json::to_writer(&mut buf, r).map_err(|source| OutputsError::Encode {
+                        what: key.clone(),
+                        source,
+                    })?;
                     buf.push(b'\n');
                 }
                 let path = dir.join("predictions").join(format!("{key}.jsonl"));

@@ -28,7 +28,9 @@ pub enum PrepareError {
 
 /// Loads the records the config names.
 pub fn load_records(cfg: &ExperimentConfig) -> Result<Vec<Record>, PrepareError> {
-    let opts = LoadOptions { invalid_codes: cfg.data.invalid_codes };
+    let opts = LoadOptions {
+        invalid_codes: cfg.data.invalid_codes,
+    };
     let records = match &cfg.data.source {
         DataSource::Embedded => shared::embedded::embedded_dataset(),
         DataSource::MedsynthCsv { path } | DataSource::Jsonl { path } => {
@@ -37,7 +39,10 @@ pub fn load_records(cfg: &ExperimentConfig) -> Result<Vec<Record>, PrepareError>
             loaded.records
         }
         DataSource::MedsynthHub { repo, file, .. } => {
-            return Err(PrepareError::HubUnavailable { repo: repo.clone(), file: file.clone() });
+            return Err(PrepareError::HubUnavailable {
+                repo: repo.clone(),
+                file: file.clone(),
+            });
         }
     };
     if records.is_empty() {
@@ -60,8 +65,21 @@ fn shape_of(entry: &ModelEntry) -> Option<ModelShape> {
 
 /// `[A-Za-z0-9._-]` only, so the id is safe in paths and artifact names.
 fn safe(s: &str) -> String {
-    let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
-    if t.is_empty() || t.starts_with('.') { format!("x{t}") } else { t }
+    let t: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if t.is_empty() || t.starts_with('.') {
+        format!("x{t}")
+    } else {
+        t
+    }
 }
 
 /// The plan for `cfg`. The id hashes the resolved config and the split, so resubmitting the same
@@ -99,10 +117,15 @@ pub fn prepare(cfg: &ExperimentConfig) -> Result<ExperimentPlan, PrepareError> {
                     training: cfg.training.clone(),
                 }),
             };
-            PlannedTask { spec: spec.clone(), payload }
+            PlannedTask {
+                spec: spec.clone(),
+                payload,
+            }
         })
         .collect();
-    let digest = hex::encode(Sha256::digest(format!("{config_toml}\n{}", split.hash).as_bytes()));
+    let digest = hex::encode(Sha256::digest(
+        format!("{config_toml}\n{}", split.hash).as_bytes(),
+    ));
     Ok(ExperimentPlan {
         id: ExperimentId(format!("{}-{}", safe(&cfg.name), &digest[..8])),
         name: cfg.name.clone(),
@@ -124,8 +147,11 @@ pub struct ConfigPlanner {
 
 impl Planner for ConfigPlanner {
     fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String> {
-        let cfg = ExperimentConfig::from_toml_str(config_toml, "submitted config").map_err(|e| e.to_string())?;
-        let mut cfg = cfg.with_env_overrides(&self.env).map_err(|e| e.to_string())?;
+        let cfg = ExperimentConfig::from_toml_str(config_toml, "submitted config")
+            .map_err(|e| e.to_string())?;
+        let mut cfg = cfg
+            .with_env_overrides(&self.env)
+            .map_err(|e| e.to_string())?;
         cfg.validate().map_err(|e| e.to_string())?;
         if let Some(dir) = &self.models_dir {
             cfg.resolve_models_dir(dir);
@@ -142,17 +168,41 @@ mod tests {
     fn the_offline_config_plans_with_payloads_and_a_stable_id() {
         let cfg = ExperimentConfig::offline_default();
         let text = cfg.to_toml().unwrap();
-        let planner = ConfigPlanner { models_dir: Some(PathBuf::from("/models")), env: Default::default() };
+        let planner = ConfigPlanner {
+            models_dir: Some(PathBuf::from("/models")),
+            env: Default::default(),
+        };
         let a = planner.plan(&text).unwrap();
         let b = planner.plan(&text).unwrap();
-        assert_eq!(a.id, b.id, "same config and data → same id (resubmitting resumes)");
-        assert!(a.id.0.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{}", a.id);
-        let kinds: Vec<_> = a.tasks.iter().map(|t| (t.spec.id.0.as_str(), t.spec.kind)).collect();
-        assert!(kinds.iter().any(|(_, k)| *k == TaskKind::Finetune), "{kinds:?}");
+        assert_eq!(
+            a.id, b.id,
+            "same config and data → same id (resubmitting resumes)"
+        );
+        assert!(
+            a.id.0
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "{}",
+            a.id
+        );
+        let kinds: Vec<_> = a
+            .tasks
+            .iter()
+            .map(|t| (t.spec.id.0.as_str(), t.spec.kind))
+            .collect();
+        assert!(
+            kinds.iter().any(|(_, k)| *k == TaskKind::Finetune),
+            "{kinds:?}"
+        );
         for t in &a.tasks {
             match &t.payload {
                 TaskPayload::Evaluate(p) => {
-                    assert_eq!(Some(p.samples.len()), cfg.data.max_eval_samples, "{}", t.spec.id.0);
+                    assert_eq!(
+                        Some(p.samples.len()),
+                        cfg.data.max_eval_samples,
+                        "{}",
+                        t.spec.id.0
+                    );
                     assert!(p.adapter.is_none());
                 }
                 TaskPayload::Finetune(p) => {
@@ -160,7 +210,11 @@ mod tests {
                     assert!(!p.validation.is_empty());
                 }
             }
-            assert!(t.spec.model.name.starts_with("/models/"), "models placeholder resolved: {}", t.spec.model.name);
+            assert!(
+                t.spec.model.name.starts_with("/models/"),
+                "models placeholder resolved: {}",
+                t.spec.model.name
+            );
         }
         // The eval and train samples never overlap.
         let eval_ids: std::collections::HashSet<_> = a
@@ -180,7 +234,10 @@ mod tests {
 
     #[test]
     fn a_bad_config_is_refused_with_its_error() {
-        let planner = ConfigPlanner { models_dir: None, env: Default::default() };
+        let planner = ConfigPlanner {
+            models_dir: None,
+            env: Default::default(),
+        };
         let err = planner.plan("[training]\nlearnin_rate = 1\n").unwrap_err();
         assert!(err.contains("learnin_rate"), "{err}");
     }

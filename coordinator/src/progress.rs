@@ -35,7 +35,11 @@ impl ProgressView {
             Display::Bars => ProgressDrawTarget::stderr(),
             Display::Hidden => ProgressDrawTarget::hidden(),
         };
-        ProgressView { multi: MultiProgress::with_draw_target(target), bars: HashMap::new(), order: Vec::new() }
+        ProgressView {
+            multi: MultiProgress::with_draw_target(target),
+            bars: HashMap::new(),
+            order: Vec::new(),
+        }
     }
 
     fn bar(&mut self, task: &str) -> ProgressBar {
@@ -45,7 +49,11 @@ impl ProgressView {
         let style = ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos:>5}/{len:<5} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
-        let b = self.multi.add(ProgressBar::new(0).with_style(style).with_prefix(task.to_string()));
+        let b = self.multi.add(
+            ProgressBar::new(0)
+                .with_style(style)
+                .with_prefix(task.to_string()),
+        );
         self.bars.insert(task.to_string(), b.clone());
         self.order.push(task.to_string());
         b
@@ -71,7 +79,9 @@ impl ProgressView {
                 }
                 if matches!(
                     pb::TaskStateKind::try_from(t.state),
-                    Ok(pb::TaskStateKind::TaskStateSucceeded | pb::TaskStateKind::TaskStateFailed | pb::TaskStateKind::TaskStateCancelled)
+                    Ok(pb::TaskStateKind::TaskStateSucceeded
+                        | pb::TaskStateKind::TaskStateFailed
+                        | pb::TaskStateKind::TaskStateCancelled)
                 ) {
                     b.abandon();
                 }
@@ -83,13 +93,21 @@ impl ProgressView {
                     Some(pb::progress_event::Event::TrainStep(s)) => {
                         b.set_length(s.total_steps);
                         b.set_position(s.step);
-                        b.set_message(format!("epoch {} loss {:.4} lr {:.2e} {:.0} tok/s", s.epoch, s.loss, s.lr, s.tokens_per_s));
+                        b.set_message(format!(
+                            "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
+                            s.epoch, s.loss, s.lr, s.tokens_per_s
+                        ));
                     }
-                    Some(pb::progress_event::Event::Validation(v)) => b.set_message(format!("validation loss {:.4}", v.loss)),
+                    Some(pb::progress_event::Event::Validation(v)) => {
+                        b.set_message(format!("validation loss {:.4}", v.loss))
+                    }
                     Some(pb::progress_event::Event::EvalProgress(e)) => {
                         b.set_length(e.total);
                         b.set_position(e.done);
-                        b.set_message(format!("{:.2} samples/s {:.0} tok/s", e.samples_per_s, e.tokens_per_s));
+                        b.set_message(format!(
+                            "{:.2} samples/s {:.0} tok/s",
+                            e.samples_per_s, e.tokens_per_s
+                        ));
                     }
                     Some(pb::progress_event::Event::Stage(s)) => b.set_message(s.name.clone()),
                     None => {}

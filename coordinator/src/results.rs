@@ -4,7 +4,8 @@ use crate::outcome::{TaskOutput, TrainingOutcome};
 use crate::outputs::{OutputsError, OutputsInput, results_key};
 use sha2::{Digest, Sha256};
 use shared::results::{
-    CurvePoint, Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics, TrainingStatus, parse_result_key, tool_version,
+    CurvePoint, Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics, TrainingStatus,
+    parse_result_key, tool_version,
 };
 use shared::task::{TaskKind, TaskState};
 
@@ -21,7 +22,11 @@ fn training_metrics(t: &TrainingOutcome) -> TrainingMetrics {
         curve: t
             .curve
             .iter()
-            .map(|c| CurvePoint { step: c.step, train_loss: c.train_loss, validation_loss: c.validation_loss })
+            .map(|c| CurvePoint {
+                step: c.step,
+                train_loss: c.train_loss,
+                validation_loss: c.validation_loss,
+            })
             .collect(),
     }
 }
@@ -32,7 +37,9 @@ pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
     let mut results = Results {
         meta: Some(ResultsMeta {
             experiment: input.plan.name.clone(),
-            config_hash: Some(hex::encode(Sha256::digest(input.plan.config_toml.as_bytes()))),
+            config_hash: Some(hex::encode(Sha256::digest(
+                input.plan.config_toml.as_bytes(),
+            ))),
             split_hash: Some(input.plan.split_hash.clone()),
             created,
             tool_version: tool_version(),
@@ -41,17 +48,26 @@ pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
         entries: Default::default(),
     };
     for t in &input.tasks {
-        let (TaskKind::Evaluate, TaskState::Succeeded, Some(TaskOutput::Evaluated(perf))) = (t.spec.kind, &t.state, &t.output) else {
+        let (TaskKind::Evaluate, TaskState::Succeeded, Some(TaskOutput::Evaluated(perf))) =
+            (t.spec.kind, &t.state, &t.output)
+        else {
             continue;
         };
         let key = results_key(&input.plan, &t.spec);
         let training = parse_result_key(&key).map_or(TrainingStatus::Untrained, |(_, _, tr)| tr);
         let training_metrics = (training == TrainingStatus::Finetuned)
             .then(|| {
-                input.tasks.iter().find_map(|f| match (&f.spec.kind, &f.output) {
-                    (TaskKind::Finetune, Some(TaskOutput::Finetuned(tr))) if t.spec.depends_on.contains(&f.spec.id) => Some(training_metrics(tr)),
-                    _ => None,
-                })
+                input
+                    .tasks
+                    .iter()
+                    .find_map(|f| match (&f.spec.kind, &f.output) {
+                        (TaskKind::Finetune, Some(TaskOutput::Finetuned(tr)))
+                            if t.spec.depends_on.contains(&f.spec.id) =>
+                        {
+                            Some(training_metrics(tr))
+                        }
+                        _ => None,
+                    })
             })
             .flatten();
         let entry = ResultEntry {
@@ -79,7 +95,9 @@ pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
 
 /// RFC 3339 UTC timestamp of now (civil-from-days; no date crate needed for one format).
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's days → civil date.
     let z = days + 719_468;
@@ -91,14 +109,20 @@ pub fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Writes `results.json` atomically.
 pub fn write_results(input: &OutputsInput) -> Result<(), OutputsError> {
     let results = build(input, Some(now_rfc3339()));
     let path = input.plan.output_dir.join("results.json");
-    shared::fsutil::write_json_atomic(&path, &results).map_err(|source| OutputsError::Io { path, source })
+    shared::fsutil::write_json_atomic(&path, &results)
+        .map_err(|source| OutputsError::Io { path, source })
 }
 
 #[cfg(test)]
@@ -107,6 +131,9 @@ mod tests {
     fn rfc3339_has_the_shape() {
         let s = super::now_rfc3339();
         assert_eq!(s.len(), 20, "{s}");
-        assert!(s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T", "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T",
+            "{s}"
+        );
     }
 }

@@ -16,14 +16,22 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SingleBoxError {
-    #[error("agent binary {path}: {source} (build it with `cargo build -p agent`, or pass --agent-bin)")]
-    AgentBinary { path: PathBuf, source: std::io::Error },
+    #[error(
+        "agent binary {path}: {source} (build it with `cargo build -p agent`, or pass --agent-bin)"
+    )]
+    AgentBinary {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{bin} --list-devices` failed: {why}")]
     ListDevices { bin: PathBuf, why: String },
     #[error("no CUDA device found (device = \"cuda\"); use `--device cpu` or check the driver")]
     NoCuda,
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error("the coordinator stopped before the experiment finished")]
@@ -39,21 +47,31 @@ pub fn default_agent_bin() -> PathBuf {
 }
 
 /// `--device` arguments for the agents: `cpu`, or `cuda:N` per selected GPU.
-pub async fn agent_devices(selection: &shared::config::DeviceSelection, agent_bin: &Path) -> Result<Vec<String>, SingleBoxError> {
+pub async fn agent_devices(
+    selection: &shared::config::DeviceSelection,
+    agent_bin: &Path,
+) -> Result<Vec<String>, SingleBoxError> {
     use shared::config::DeviceSelection as D;
     let gpus = || async {
         let out = tokio::process::Command::new(agent_bin)
             .arg("--list-devices")
             .output()
             .await
-            .map_err(|source| SingleBoxError::AgentBinary { path: agent_bin.to_path_buf(), source })?;
+            .map_err(|source| SingleBoxError::AgentBinary {
+                path: agent_bin.to_path_buf(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(SingleBoxError::ListDevices {
                 bin: agent_bin.to_path_buf(),
                 why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("cuda:")).map(str::to_string).collect::<Vec<_>>())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("cuda:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>())
     };
     Ok(match selection {
         D::Cpu => vec!["cpu".into()],
@@ -94,10 +112,17 @@ impl Planner for NoPlanner {
 
 /// Runs `plan` to the end; returns its final state. Ctrl-C / SIGTERM (`interrupt`) stops the
 /// agents gracefully (they checkpoint) and leaves the journal for a resume.
-pub async fn run(plan: ExperimentPlan, opts: SingleBoxOptions, interrupt: CancellationToken) -> Result<pb::ExperimentStateKind, SingleBoxError> {
+pub async fn run(
+    plan: ExperimentPlan,
+    opts: SingleBoxOptions,
+    interrupt: CancellationToken,
+) -> Result<pb::ExperimentStateKind, SingleBoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|source| SingleBoxError::Io { path: PathBuf::from("127.0.0.1:0"), source })?;
+        .map_err(|source| SingleBoxError::Io {
+            path: PathBuf::from("127.0.0.1:0"),
+            source,
+        })?;
     let mut token_bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut token_bytes);
     let token = hex::encode(token_bytes);
@@ -109,13 +134,22 @@ pub async fn run(plan: ExperimentPlan, opts: SingleBoxOptions, interrupt: Cancel
     let url = format!("http://{}", running.addr);
 
     let logs = opts.data_dir.join("agents");
-    std::fs::create_dir_all(&logs).map_err(|source| SingleBoxError::Io { path: logs.clone(), source })?;
+    std::fs::create_dir_all(&logs).map_err(|source| SingleBoxError::Io {
+        path: logs.clone(),
+        source,
+    })?;
     let mut children = Vec::new();
     for dev in &opts.devices {
         let name = format!("local-{}", dev.replace(':', ""));
         let log_path = logs.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|source| SingleBoxError::Io { path: log_path.clone(), source })?;
-        let err = log.try_clone().map_err(|source| SingleBoxError::Io { path: log_path.clone(), source })?;
+        let log = std::fs::File::create(&log_path).map_err(|source| SingleBoxError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+        let err = log.try_clone().map_err(|source| SingleBoxError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
         let child = tokio::process::Command::new(&opts.agent_bin)
             .args(["--coordinator", &url, "--device", dev, "--agent-id", &name])
             .arg("--work-dir")
@@ -126,15 +160,25 @@ pub async fn run(plan: ExperimentPlan, opts: SingleBoxOptions, interrupt: Cancel
             .stderr(Stdio::from(err))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| SingleBoxError::AgentBinary { path: opts.agent_bin.clone(), source })?;
+            .map_err(|source| SingleBoxError::AgentBinary {
+                path: opts.agent_bin.clone(),
+                source,
+            })?;
         tracing::info!(device = %dev, log = %log_path.display(), "agent started");
         children.push(child);
     }
 
-    let id = running.state.submit(plan).await.map_err(|_| SingleBoxError::Stopped)?;
+    let id = running
+        .state
+        .submit(plan)
+        .await
+        .map_err(|_| SingleBoxError::Stopped)?;
     let (snapshot, mut rx) = running
         .state
-        .ask(|reply| Command::Watch { experiment: id, reply })
+        .ask(|reply| Command::Watch {
+            experiment: id,
+            reply,
+        })
         .await
         .map_err(|_| SingleBoxError::Stopped)?
         .map_err(|_| SingleBoxError::Stopped)?;
@@ -167,8 +211,14 @@ pub async fn run(plan: ExperimentPlan, opts: SingleBoxOptions, interrupt: Cancel
 async fn terminate(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         // `kill -TERM` rather than libc: no unsafe code for one signal.
-        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-        if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_ok() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_ok()
+        {
             return;
         }
     }

@@ -39,12 +39,20 @@ impl std::fmt::Debug for Token {
 }
 
 /// The token from a file (`--token-file`, wins) or from text (`SIZESPEC_TOKEN`); `None` if neither.
-pub fn load_token(text: Option<&str>, file: Option<&std::path::Path>) -> std::io::Result<Option<Token>> {
+pub fn load_token(
+    text: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> std::io::Result<Option<Token>> {
     if let Some(f) = file {
-        let t = std::fs::read_to_string(f).map_err(|e| std::io::Error::new(e.kind(), format!("token file {}: {e}", f.display())))?;
+        let t = std::fs::read_to_string(f).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("token file {}: {e}", f.display()))
+        })?;
         return match Token::new(&t) {
             Some(t) => Ok(Some(t)),
-            None => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("token file {} is empty", f.display()))),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("token file {} is empty", f.display()),
+            )),
         };
     }
     Ok(text.and_then(Token::new))
@@ -57,8 +65,9 @@ pub struct AttachToken(pub Option<Token>);
 impl Interceptor for AttachToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(token) = &self.0 {
-            let value = MetadataValue::try_from(token.bearer())
-                .map_err(|_| Status::invalid_argument("the token contains characters not allowed in a header"))?;
+            let value = MetadataValue::try_from(token.bearer()).map_err(|_| {
+                Status::invalid_argument("the token contains characters not allowed in a header")
+            })?;
             req.metadata_mut().insert(AUTH_HEADER, value);
         }
         Ok(req)
@@ -72,10 +81,18 @@ pub struct RequireToken(pub Option<Token>);
 
 impl Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else { return Ok(req) };
-        match req.metadata().get(AUTH_HEADER).and_then(|v| v.to_str().ok()) {
+        let Some(expected) = &self.0 else {
+            return Ok(req);
+        };
+        match req
+            .metadata()
+            .get(AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(presented) if expected.matches(presented) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("wrong token in `authorization` metadata")),
+            Some(_) => Err(Status::unauthenticated(
+                "wrong token in `authorization` metadata",
+            )),
             None => Err(Status::unauthenticated(
                 "missing `authorization` metadata: set SIZESPEC_TOKEN or --token-file to the coordinator's token",
             )),
@@ -96,8 +113,13 @@ mod tests {
         assert!(require.call(req).is_ok());
         let err = require.call(Request::new(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        let wrong = AttachToken(Token::new("other")).call(Request::new(())).unwrap();
-        assert_eq!(require.call(wrong).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let wrong = AttachToken(Token::new("other"))
+            .call(Request::new(()))
+            .unwrap();
+        assert_eq!(
+            require.call(wrong).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         assert!(Token::new("  \n").is_none());
         assert_eq!(format!("{:?}", Token::new("x").unwrap()), "Token(***)");
     }

@@ -8,11 +8,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("coordinator URL `{url}`: {source}")]
-    BadUrl { url: String, source: tonic::transport::Error },
+    BadUrl {
+        url: String,
+        source: tonic::transport::Error,
+    },
     #[error("connecting to {url}: {source} (is the coordinator running and reachable?)")]
-    Connect { url: String, source: tonic::transport::Error },
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
     #[error("TLS file {path}: {source}")]
-    TlsFile { path: PathBuf, source: std::io::Error },
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Client-side TLS: the CA that signed the coordinator's certificate, and optionally this
@@ -36,12 +45,18 @@ pub struct Connection {
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|source| ClientError::TlsFile { path: path.clone(), source })
+    std::fs::read(path).map_err(|source| ClientError::TlsFile {
+        path: path.clone(),
+        source,
+    })
 }
 
 impl Connection {
     pub async fn channel(&self) -> Result<Channel, ClientError> {
-        let bad = |source| ClientError::BadUrl { url: self.url.clone(), source };
+        let bad = |source| ClientError::BadUrl {
+            url: self.url.clone(),
+            source,
+        };
         let mut ep = Endpoint::from_shared(self.url.clone())
             .map_err(bad)?
             .connect_timeout(Duration::from_secs(5))
@@ -61,6 +76,9 @@ impl Connection {
             }
             ep = ep.tls_config(cfg).map_err(bad)?;
         }
-        ep.connect().await.map_err(|source| ClientError::Connect { url: self.url.clone(), source })
+        ep.connect().await.map_err(|source| ClientError::Connect {
+            url: self.url.clone(),
+            source,
+        })
     }
 }

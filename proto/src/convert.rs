@@ -1,7 +1,9 @@
 //! `TryFrom` between `pb::*` and the `shared` domain types, used by both gRPC edges.
 //! Decoding checks what proto3 cannot: required sub-messages present, enums not `UNSPECIFIED`.
 use crate::pb;
-use shared::task::{ModelRole, ModelSpec, PredictionRow, ProgressEvent, Quantization, TaskId, TaskKind, TaskSpec};
+use shared::task::{
+    ModelRole, ModelSpec, PredictionRow, ProgressEvent, Quantization, TaskId, TaskKind, TaskSpec,
+};
 
 /// A wire message that does not map onto a domain value.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -16,7 +18,10 @@ fn task_kind(v: i32) -> Result<TaskKind, ConvertError> {
     match pb::TaskKind::try_from(v) {
         Ok(pb::TaskKind::Finetune) => Ok(TaskKind::Finetune),
         Ok(pb::TaskKind::Evaluate) => Ok(TaskKind::Evaluate),
-        _ => Err(ConvertError::BadEnum { field: "task.kind", value: v }),
+        _ => Err(ConvertError::BadEnum {
+            field: "task.kind",
+            value: v,
+        }),
     }
 }
 
@@ -55,14 +60,32 @@ impl TryFrom<pb::ModelSpec> for ModelSpec {
         let role = match pb::ModelRole::try_from(m.role) {
             Ok(pb::ModelRole::Llm) => ModelRole::Llm,
             Ok(pb::ModelRole::Slm) => ModelRole::Slm,
-            _ => return Err(ConvertError::BadEnum { field: "model.role", value: m.role }),
+            _ => {
+                return Err(ConvertError::BadEnum {
+                    field: "model.role",
+                    value: m.role,
+                });
+            }
         };
         let quantization = match pb::Quantization::try_from(m.quantization) {
             Ok(pb::Quantization::None) => Quantization::None,
             Ok(pb::Quantization::Q4) => Quantization::Q4,
-            _ => return Err(ConvertError::BadEnum { field: "model.quantization", value: m.quantization }),
+            _ => {
+                return Err(ConvertError::BadEnum {
+                    field: "model.quantization",
+                    value: m.quantization,
+                });
+            }
         };
-        Ok(ModelSpec { key: m.key, name: m.name, revision: m.revision, label: m.label, size: m.size, role, quantization })
+        Ok(ModelSpec {
+            key: m.key,
+            name: m.name,
+            revision: m.revision,
+            label: m.label,
+            size: m.size,
+            role,
+            quantization,
+        })
     }
 }
 
@@ -84,7 +107,10 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
         Ok(TaskSpec {
             id: TaskId(t.id),
             kind: task_kind(t.kind)?,
-            model: t.model.ok_or(ConvertError::Missing("task.model"))?.try_into()?,
+            model: t
+                .model
+                .ok_or(ConvertError::Missing("task.model"))?
+                .try_into()?,
             depends_on: t.depends_on.into_iter().map(TaskId).collect(),
             estimate_mib: t.estimate_mib,
         })
@@ -125,13 +151,39 @@ impl From<&ProgressEvent> for pb::ProgressEvent {
     fn from(e: &ProgressEvent) -> Self {
         use pb::progress_event::Event;
         let event = match e.clone() {
-            ProgressEvent::TrainStep { epoch, step, total_steps, loss, lr, tokens_per_s, memory_mib } => {
-                Event::TrainStep(pb::TrainStep { epoch, step, total_steps, loss, lr, tokens_per_s, memory_mib })
+            ProgressEvent::TrainStep {
+                epoch,
+                step,
+                total_steps,
+                loss,
+                lr,
+                tokens_per_s,
+                memory_mib,
+            } => Event::TrainStep(pb::TrainStep {
+                epoch,
+                step,
+                total_steps,
+                loss,
+                lr,
+                tokens_per_s,
+                memory_mib,
+            }),
+            ProgressEvent::Validation { epoch, step, loss } => {
+                Event::Validation(pb::Validation { epoch, step, loss })
             }
-            ProgressEvent::Validation { epoch, step, loss } => Event::Validation(pb::Validation { epoch, step, loss }),
-            ProgressEvent::EvalProgress { done, total, samples_per_s, tokens_per_s, memory_mib } => {
-                Event::EvalProgress(pb::EvalProgress { done, total, samples_per_s, tokens_per_s, memory_mib })
-            }
+            ProgressEvent::EvalProgress {
+                done,
+                total,
+                samples_per_s,
+                tokens_per_s,
+                memory_mib,
+            } => Event::EvalProgress(pb::EvalProgress {
+                done,
+                total,
+                samples_per_s,
+                tokens_per_s,
+                memory_mib,
+            }),
             ProgressEvent::Stage { name } => Event::Stage(pb::Stage { name }),
         };
         pb::ProgressEvent { event: Some(event) }
@@ -142,26 +194,32 @@ impl TryFrom<pb::ProgressEvent> for ProgressEvent {
     type Error = ConvertError;
     fn try_from(e: pb::ProgressEvent) -> Result<Self, ConvertError> {
         use pb::progress_event::Event;
-        Ok(match e.event.ok_or(ConvertError::Missing("progress.event"))? {
-            Event::TrainStep(s) => ProgressEvent::TrainStep {
-                epoch: s.epoch,
-                step: s.step,
-                total_steps: s.total_steps,
-                loss: s.loss,
-                lr: s.lr,
-                tokens_per_s: s.tokens_per_s,
-                memory_mib: s.memory_mib,
+        Ok(
+            match e.event.ok_or(ConvertError::Missing("progress.event"))? {
+                Event::TrainStep(s) => ProgressEvent::TrainStep {
+                    epoch: s.epoch,
+                    step: s.step,
+                    total_steps: s.total_steps,
+                    loss: s.loss,
+                    lr: s.lr,
+                    tokens_per_s: s.tokens_per_s,
+                    memory_mib: s.memory_mib,
+                },
+                Event::Validation(v) => ProgressEvent::Validation {
+                    epoch: v.epoch,
+                    step: v.step,
+                    loss: v.loss,
+                },
+                Event::EvalProgress(p) => ProgressEvent::EvalProgress {
+                    done: p.done,
+                    total: p.total,
+                    samples_per_s: p.samples_per_s,
+                    tokens_per_s: p.tokens_per_s,
+                    memory_mib: p.memory_mib,
+                },
+                Event::Stage(s) => ProgressEvent::Stage { name: s.name },
             },
-            Event::Validation(v) => ProgressEvent::Validation { epoch: v.epoch, step: v.step, loss: v.loss },
-            Event::EvalProgress(p) => ProgressEvent::EvalProgress {
-                done: p.done,
-                total: p.total,
-                samples_per_s: p.samples_per_s,
-                tokens_per_s: p.tokens_per_s,
-                memory_mib: p.memory_mib,
-            },
-            Event::Stage(s) => ProgressEvent::Stage { name: s.name },
-        })
+        )
     }
 }
 
@@ -198,22 +256,54 @@ mod tests {
     fn unspecified_enum_and_missing_model_are_errors() {
         let mut p = pb::TaskSpec::from(&spec());
         p.kind = 0;
-        assert_eq!(TaskSpec::try_from(p.clone()).unwrap_err(), ConvertError::BadEnum { field: "task.kind", value: 0 });
+        assert_eq!(
+            TaskSpec::try_from(p.clone()).unwrap_err(),
+            ConvertError::BadEnum {
+                field: "task.kind",
+                value: 0
+            }
+        );
         p.kind = pb::TaskKind::Evaluate as i32;
         p.model = None;
-        assert_eq!(TaskSpec::try_from(p).unwrap_err(), ConvertError::Missing("task.model"));
+        assert_eq!(
+            TaskSpec::try_from(p).unwrap_err(),
+            ConvertError::Missing("task.model")
+        );
     }
 
     #[test]
     fn progress_and_predictions_roundtrip() {
         let events = [
-            ProgressEvent::TrainStep { epoch: 1, step: 7, total_steps: 20, loss: 1.5, lr: 1e-4, tokens_per_s: 99.0, memory_mib: 5 },
-            ProgressEvent::Validation { epoch: 1, step: 7, loss: 1.25 },
-            ProgressEvent::EvalProgress { done: 3, total: 9, samples_per_s: 1.0, tokens_per_s: 2.0, memory_mib: 3 },
-            ProgressEvent::Stage { name: "loading".into() },
+            ProgressEvent::TrainStep {
+                epoch: 1,
+                step: 7,
+                total_steps: 20,
+                loss: 1.5,
+                lr: 1e-4,
+                tokens_per_s: 99.0,
+                memory_mib: 5,
+            },
+            ProgressEvent::Validation {
+                epoch: 1,
+                step: 7,
+                loss: 1.25,
+            },
+            ProgressEvent::EvalProgress {
+                done: 3,
+                total: 9,
+                samples_per_s: 1.0,
+                tokens_per_s: 2.0,
+                memory_mib: 3,
+            },
+            ProgressEvent::Stage {
+                name: "loading".into(),
+            },
         ];
         for e in events {
-            assert_eq!(ProgressEvent::try_from(pb::ProgressEvent::from(&e)).unwrap(), e);
+            assert_eq!(
+                ProgressEvent::try_from(pb::ProgressEvent::from(&e)).unwrap(),
+                e
+            );
         }
         let row = PredictionRow {
             sample_id: "embedded-3".into(),

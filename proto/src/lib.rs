@@ -8,7 +8,8 @@ pub mod pb {
 }
 
 /// Encoded `FileDescriptorSet` of `sizespec.v1`, served by `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sizespec_v1_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("sizespec_v1_descriptor");
 
 /// The files of a PEFT adapter folder; each travels as the artifact `<adapter artifact>/<file>`.
 pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use shared::config::{GenerationConfig, LoraConfig, PromptConfig, TrainingConfig};
 use shared::dataset::Record;
 use shared::task::{
-    AgentId, EvalPayload, FinetunePayload, ModelRole, ModelSpec, PredictionRow, ProgressEvent, Quantization, TaskId, TaskKind,
-    TaskSpec,
+    AgentId, EvalPayload, FinetunePayload, ModelRole, ModelSpec, PredictionRow, ProgressEvent,
+    Quantization, TaskId, TaskKind, TaskSpec,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Short heartbeats and leases so failure tests finish in seconds.
 pub fn fast_settings() -> Settings {
-    Settings { heartbeat_interval: Duration::from_millis(100), lease: Duration::from_millis(1500), max_attempts: 3 }
+    Settings {
+        heartbeat_interval: Duration::from_millis(100),
+        lease: Duration::from_millis(1500),
+        max_attempts: 3,
+    }
 }
 
 /// A probe whose free memory a test controls. `at_offer_mib` is what the agent reads right
@@ -95,8 +99,16 @@ fn h(parts: &[&str]) -> u64 {
 /// The fake's prediction: right for ~1/2 of samples zero-shot, ~3/4 with an adapter.
 pub fn fake_prediction(model: &str, adapter_hash: Option<&str>, s: &Record) -> PredictionRow {
     let x = h(&[model, adapter_hash.unwrap_or("-"), &s.id]);
-    let right = if adapter_hash.is_some() { x % 4 != 0 } else { x % 2 == 0 };
-    let extracted = if right { Some(s.code.clone()) } else { Some("R69".to_string()) };
+    let right = if adapter_hash.is_some() {
+        !x.is_multiple_of(4)
+    } else {
+        x.is_multiple_of(2)
+    };
+    let extracted = if right {
+        Some(s.code.clone())
+    } else {
+        Some("R69".to_string())
+    };
     PredictionRow {
         sample_id: s.id.clone(),
         reference: s.code.clone(),
@@ -112,18 +124,35 @@ pub fn fake_prediction(model: &str, adapter_hash: Option<&str>, s: &Record) -> P
 impl TaskRunner for FakeRunner {
     fn run(&self, job: RunJob, cancel: CancellationToken) -> mpsc::Receiver<RunEvent> {
         let (tx, rx) = mpsc::channel(16);
-        let (delay, batch, counts) = (self.batch_delay, self.batch_size.max(1), self.counts.clone());
+        let (delay, batch, counts) = (
+            self.batch_delay,
+            self.batch_size.max(1),
+            self.counts.clone(),
+        );
         counts.jobs_started.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let _ = tx.send(RunEvent::Progress(ProgressEvent::Stage { name: "loading".into() })).await;
+            let _ = tx
+                .send(RunEvent::Progress(ProgressEvent::Stage {
+                    name: "loading".into(),
+                }))
+                .await;
             match job {
-                RunJob::Evaluate { task, payload, adapter_dir } => {
+                RunJob::Evaluate {
+                    task,
+                    payload,
+                    adapter_dir,
+                } => {
                     let adapter_hash = match &adapter_dir {
                         None => None,
                         Some(dir) => match std::fs::read(dir.join("adapter_model.safetensors")) {
                             Ok(b) => Some(hex::encode(Sha256::digest(&b))),
                             Err(e) => {
-                                let _ = tx.send(RunEvent::Failed(format!("adapter {}: {e}", dir.display()))).await;
+                                let _ = tx
+                                    .send(RunEvent::Failed(format!(
+                                        "adapter {}: {e}",
+                                        dir.display()
+                                    )))
+                                    .await;
                                 return;
                             }
                         },
@@ -135,11 +164,22 @@ impl TaskRunner for FakeRunner {
                             let _ = tx.send(RunEvent::Cancelled).await;
                             return;
                         }
-                        let rows: Vec<_> = chunk.iter().map(|s| fake_prediction(&task.model.name, adapter_hash.as_deref(), s)).collect();
-                        counts.evaluated_samples.fetch_add(rows.len(), Ordering::SeqCst);
+                        let rows: Vec<_> = chunk
+                            .iter()
+                            .map(|s| fake_prediction(&task.model.name, adapter_hash.as_deref(), s))
+                            .collect();
+                        counts
+                            .evaluated_samples
+                            .fetch_add(rows.len(), Ordering::SeqCst);
                         let _ = tx.send(RunEvent::Predictions(rows)).await;
                         let done = ((i + 1) * batch).min(total as usize) as u64;
-                        let p = ProgressEvent::EvalProgress { done, total, samples_per_s: 1.0, tokens_per_s: 4.0, memory_mib: 1 };
+                        let p = ProgressEvent::EvalProgress {
+                            done,
+                            total,
+                            samples_per_s: 1.0,
+                            tokens_per_s: 4.0,
+                            memory_mib: 1,
+                        };
                         let _ = tx.send(RunEvent::Progress(p)).await;
                     }
                     let rep = EvalReport {
@@ -152,7 +192,11 @@ impl TaskRunner for FakeRunner {
                     };
                     let _ = tx.send(RunEvent::Evaluated(rep)).await;
                 }
-                RunJob::Finetune { task, payload, out_dir } => {
+                RunJob::Finetune {
+                    task,
+                    payload,
+                    out_dir,
+                } => {
                     for step in 1..=3u64 {
                         tokio::time::sleep(delay).await;
                         if cancel.is_cancelled() {
@@ -173,12 +217,24 @@ impl TaskRunner for FakeRunner {
                     // Adapter bytes depend only on the model and the training data.
                     let ids: Vec<&str> = payload.train.iter().map(|r| r.id.as_str()).collect();
                     let weights = format!("fake-lora:{}:{}", task.model.name, ids.join(","));
-                    let config = format!("{{\"peft_type\":\"LORA\",\"base_model_name_or_path\":\"{}\"}}", task.model.name);
+                    let config = format!(
+                        "{{\"peft_type\":\"LORA\",\"base_model_name_or_path\":\"{}\"}}",
+                        task.model.name
+                    );
                     let write = std::fs::create_dir_all(&out_dir)
-                        .and_then(|_| std::fs::write(out_dir.join("adapter_model.safetensors"), weights.as_bytes()))
-                        .and_then(|_| std::fs::write(out_dir.join("adapter_config.json"), config.as_bytes()));
+                        .and_then(|_| {
+                            std::fs::write(
+                                out_dir.join("adapter_model.safetensors"),
+                                weights.as_bytes(),
+                            )
+                        })
+                        .and_then(|_| {
+                            std::fs::write(out_dir.join("adapter_config.json"), config.as_bytes())
+                        });
                     if let Err(e) = write {
-                        let _ = tx.send(RunEvent::Failed(format!("writing the adapter: {e}"))).await;
+                        let _ = tx
+                            .send(RunEvent::Failed(format!("writing the adapter: {e}")))
+                            .await;
                         return;
                     }
                     counts.finetunes.fetch_add(1, Ordering::SeqCst);
@@ -234,9 +290,17 @@ fn model(key: &str, role: ModelRole) -> ModelSpec {
         name: format!("fake/{key}"),
         revision: None,
         label: key.split_once('_').map_or(key, |(_, l)| l).into(),
-        size: if role == ModelRole::Llm { "8B".into() } else { "3B".into() },
+        size: if role == ModelRole::Llm {
+            "8B".into()
+        } else {
+            "3B".into()
+        },
         role,
-        quantization: if role == ModelRole::Llm { Quantization::Q4 } else { Quantization::None },
+        quantization: if role == ModelRole::Llm {
+            Quantization::Q4
+        } else {
+            Quantization::None
+        },
     }
 }
 
@@ -245,7 +309,13 @@ fn model(key: &str, role: ModelRole) -> ModelSpec {
 pub fn demo_plan(id: &str, out: &Path, eval_n: usize, estimate_mib: u64) -> ExperimentPlan {
     let samples = records("test", eval_n);
     let eval = |m: ModelSpec, deps: Vec<TaskId>| PlannedTask {
-        spec: TaskSpec { id: TaskId(format!("eval:{}", m.key)), kind: TaskKind::Evaluate, model: m, depends_on: deps, estimate_mib },
+        spec: TaskSpec {
+            id: TaskId(format!("eval:{}", m.key)),
+            kind: TaskKind::Evaluate,
+            model: m,
+            depends_on: deps,
+            estimate_mib,
+        },
         payload: TaskPayload::Evaluate(EvalPayload {
             samples: samples.clone(),
             prompt: PromptConfig::default(),
@@ -297,12 +367,21 @@ pub fn demo_plan(id: &str, out: &Path, eval_n: usize, estimate_mib: u64) -> Expe
 }
 
 /// Starts a coordinator on 127.0.0.1:0.
-pub async fn start_coordinator(data_dir: &Path, plan: ExperimentPlan, token: Option<Token>, shutdown: CancellationToken) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+pub async fn start_coordinator(
+    data_dir: &Path,
+    plan: ExperimentPlan,
+    token: Option<Token>,
+    shutdown: CancellationToken,
+) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
     let mut opts = ServeOptions::new(data_dir.to_path_buf(), Arc::new(StaticPlanner(plan)));
     opts.settings = fast_settings();
     opts.token = token;
-    coordinator::server::start(listener, opts, shutdown).await.expect("coordinator starts")
+    coordinator::server::start(listener, opts, shutdown)
+        .await
+        .expect("coordinator starts")
 }
 
 /// An agent on its own runtime and thread.
@@ -311,13 +390,20 @@ pub struct AgentHandle {
     pub free_mib: Arc<AtomicU64>,
     pub at_offer_mib: Arc<AtomicU64>,
     shutdown: CancellationToken,
+    /// Drops the agent's future mid-flight (no goodbye), unlike `shutdown`.
+    kill_switch: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AgentHandle {
-    /// Drops the agent's runtime: every connection closes at once, nothing more is sent.
+    /// Kills the agent: its session future is dropped where it stands and its runtime (with the
+    /// job it was running) shut down; connections close, nothing more is sent.
     pub fn kill(mut self) {
+        self.kill_switch.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -334,7 +420,10 @@ impl AgentHandle {
 
 impl Drop for AgentHandle {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.kill_switch.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -342,23 +431,56 @@ impl Drop for AgentHandle {
 }
 
 /// Starts an agent with a fake probe (`total_mib`) and the given runner.
-pub fn start_agent(url: &str, id: &str, total_mib: u64, runner: Arc<dyn TaskRunner>, token: Option<Token>, work: &Path) -> AgentHandle {
+pub fn start_agent(
+    url: &str,
+    id: &str,
+    total_mib: u64,
+    runner: Arc<dyn TaskRunner>,
+    token: Option<Token>,
+    work: &Path,
+) -> AgentHandle {
     let probe = FakeProbe::new(&format!("dev-{id}"), total_mib);
     let (free, at_offer) = (probe.free_mib.clone(), probe.at_offer_mib.clone());
     let shutdown = CancellationToken::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("agent runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("agent runtime");
     let cfg = AgentConfig {
         agent_id: AgentId(id.into()),
         host: "localhost".into(),
-        connection: Connection { url: url.into(), token, tls: None },
+        connection: Connection {
+            url: url.into(),
+            token,
+            tls: None,
+        },
         work_dir: work.join(id),
     };
-    let (sd, handle) = (shutdown.clone(), runtime.handle().clone());
+    let kill_switch = CancellationToken::new();
+    let (sd, ks, handle) = (
+        shutdown.clone(),
+        kill_switch.clone(),
+        runtime.handle().clone(),
+    );
     let probe: Arc<dyn Probe> = Arc::new(probe);
     let thread = std::thread::spawn(move || {
-        let _ = handle.block_on(session::run(cfg, probe, runner, sd));
+        handle.block_on(async move {
+            tokio::select! {
+                _ = session::run(cfg, probe, runner, sd) => {}
+                _ = ks.cancelled() => {}
+            }
+        });
     });
-    AgentHandle { id: id.into(), free_mib: free, at_offer_mib: at_offer, shutdown, runtime: Some(runtime), thread: Some(thread) }
+    AgentHandle {
+        id: id.into(),
+        free_mib: free,
+        at_offer_mib: at_offer,
+        shutdown,
+        kill_switch,
+        runtime: Some(runtime),
+        thread: Some(thread),
+    }
 }
 
 /// Reads every output file of an experiment folder except the timestamped `results.json` meta
@@ -399,19 +521,46 @@ pub async fn control(
     url: &str,
     token: Option<Token>,
 ) -> proto::pb::control_service_client::ControlServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, proto::auth::AttachToken>,
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        proto::auth::AttachToken,
+    >,
 > {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string()).expect("url").connect().await.expect("connect");
-    proto::pb::control_service_client::ControlServiceClient::with_interceptor(ch, proto::auth::AttachToken(token))
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    proto::pb::control_service_client::ControlServiceClient::with_interceptor(
+        ch,
+        proto::auth::AttachToken(token),
+    )
 }
 
 /// Submits (any TOML: the planner is static) and watches until the experiment finishes; returns
 /// the final state and every event seen.
-pub async fn submit_and_wait(url: &str, token: Option<Token>, limit: Duration) -> (String, i32, Vec<proto::pb::ExperimentEvent>) {
+pub async fn submit_and_wait(
+    url: &str,
+    token: Option<Token>,
+    limit: Duration,
+) -> (String, i32, Vec<proto::pb::ExperimentEvent>) {
     use proto::pb;
     let mut c = control(url, token).await;
-    let id = c.submit(pb::SubmitRequest { config_toml: "name = \"x\"".into() }).await.expect("submit").into_inner().experiment_id;
-    let mut stream = c.watch(pb::WatchRequest { experiment_id: id.clone() }).await.expect("watch").into_inner();
+    let id = c
+        .submit(pb::SubmitRequest {
+            config_toml: "name = \"x\"".into(),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .experiment_id;
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            experiment_id: id.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
     let mut events = Vec::new();
     let state = tokio::time::timeout(limit, async {
         while let Some(ev) = stream.message().await.expect("watch stream") {

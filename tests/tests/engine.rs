@@ -20,7 +20,11 @@ use tests::*;
 use tokio_util::sync::CancellationToken;
 
 fn prompt() -> PromptConfig {
-    PromptConfig { system: "map the symptom to its code".into(), user_template: "{dialogue}".into(), answer_template: "{code}".into() }
+    PromptConfig {
+        system: "map the symptom to its code".into(),
+        user_template: "{dialogue}".into(),
+        answer_template: "{code}".into(),
+    }
 }
 
 fn model(key: &str, role: ModelRole, dir: &Path) -> ModelSpec {
@@ -38,22 +42,42 @@ fn model(key: &str, role: ModelRole, dir: &Path) -> ModelSpec {
 fn plan(model_dir: &Path, out: &Path) -> ExperimentPlan {
     let (train, validation) = codes::train_and_validation();
     let eval = |m: ModelSpec, deps: Vec<TaskId>| PlannedTask {
-        spec: TaskSpec { id: TaskId(format!("eval:{}", m.key)), kind: TaskKind::Evaluate, model: m, depends_on: deps, estimate_mib: 1 },
+        spec: TaskSpec {
+            id: TaskId(format!("eval:{}", m.key)),
+            kind: TaskKind::Evaluate,
+            model: m,
+            depends_on: deps,
+            estimate_mib: 1,
+        },
         payload: TaskPayload::Evaluate(EvalPayload {
             samples: codes::test(),
             prompt: prompt(),
-            generation: GenerationConfig { max_new_tokens: 6, batch_size: 16 },
+            generation: GenerationConfig {
+                max_new_tokens: 6,
+                batch_size: 16,
+            },
             adapter: None,
         }),
     };
     let slm = model("SLM_Tiny", ModelRole::Slm, model_dir);
     let ft = PlannedTask {
-        spec: TaskSpec { id: TaskId("finetune:SLM_Tiny".into()), kind: TaskKind::Finetune, model: slm.clone(), depends_on: vec![], estimate_mib: 1 },
+        spec: TaskSpec {
+            id: TaskId("finetune:SLM_Tiny".into()),
+            kind: TaskKind::Finetune,
+            model: slm.clone(),
+            depends_on: vec![],
+            estimate_mib: 1,
+        },
         payload: TaskPayload::Finetune(FinetunePayload {
             train,
             validation,
             prompt: prompt(),
-            lora: LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: shared::config::ALL_PROJECTIONS.map(String::from).to_vec() },
+            lora: LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                target_modules: shared::config::ALL_PROJECTIONS.map(String::from).to_vec(),
+            },
             training: TrainingConfig {
                 learning_rate: 5e-3,
                 schedule: LrSchedule::Cosine,
@@ -77,48 +101,84 @@ fn plan(model_dir: &Path, out: &Path) -> ExperimentPlan {
         output_dir: out.to_path_buf(),
         split_hash: "tiny-split".into(),
         train_code_counts: BTreeMap::new(),
-        result_keys: [("eval:LLM_Tiny", "LLM_Tiny_untrained"), ("eval:SLM_Tiny", "SLM_Tiny_finetuned")]
-            .into_iter()
-            .map(|(t, k)| (TaskId(t.into()), k.to_string()))
-            .collect(),
-        tasks: vec![eval(model("LLM_Tiny", ModelRole::Llm, model_dir), vec![]), ft, eval(slm, vec![TaskId("finetune:SLM_Tiny".into())])],
+        result_keys: [
+            ("eval:LLM_Tiny", "LLM_Tiny_untrained"),
+            ("eval:SLM_Tiny", "SLM_Tiny_finetuned"),
+        ]
+        .into_iter()
+        .map(|(t, k)| (TaskId(t.into()), k.to_string()))
+        .collect(),
+        tasks: vec![
+            eval(model("LLM_Tiny", ModelRole::Llm, model_dir), vec![]),
+            ft,
+            eval(slm, vec![TaskId("finetune:SLM_Tiny".into())]),
+        ],
     }
 }
 
 /// `(results key, sample id) → extracted code` of a finished run, plus its exact-match rates.
-async fn run(agents: usize) -> (BTreeMap<(String, String), Option<String>>, BTreeMap<String, f64>) {
+async fn run(
+    agents: usize,
+) -> (
+    BTreeMap<(String, String), Option<String>>,
+    BTreeMap<String, f64>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("tiny-model");
     std::fs::create_dir_all(&model_dir).unwrap();
     let mut words = codes::words();
     words.extend(prompt().system.split_whitespace().map(String::from));
-    Tiny { hidden: 64, intermediate: 128, embed_scale: 0.3, ..Tiny::default() }.write_hf_dir(&model_dir, 21, &words);
+    Tiny {
+        hidden: 64,
+        intermediate: 128,
+        embed_scale: 0.3,
+        ..Tiny::default()
+    }
+    .write_hf_dir(&model_dir, 21, &words);
     let out = dir.path().join("out");
     let stop = CancellationToken::new();
-    let c = start_coordinator(&dir.path().join("data"), plan(&model_dir, &out), None, stop.clone()).await;
+    let c = start_coordinator(
+        &dir.path().join("data"),
+        plan(&model_dir, &out),
+        None,
+        stop.clone(),
+    )
+    .await;
     let url = format!("http://{}", c.addr);
     let handles: Vec<_> = (0..agents)
         .map(|i| {
-            let runner: Arc<dyn TaskRunner> = Arc::new(WorkerRunner::spawn(DeviceSpec::Cpu).unwrap());
+            let runner: Arc<dyn TaskRunner> =
+                Arc::new(WorkerRunner::spawn(DeviceSpec::Cpu).unwrap());
             start_agent(&url, &format!("cpu-{i}"), 64_000, runner, None, dir.path())
         })
         .collect();
     let (_, state, events) = submit_and_wait(&url, None, Duration::from_secs(240)).await;
-    assert_eq!(state, pb::ExperimentStateKind::ExperimentStateSucceeded as i32, "{events:?}");
+    assert_eq!(
+        state,
+        pb::ExperimentStateKind::ExperimentStateSucceeded as i32,
+        "{events:?}"
+    );
     drop(handles);
     stop.cancel();
     let mut preds = BTreeMap::new();
     for key in ["LLM_Tiny_untrained", "SLM_Tiny_finetuned"] {
-        let text = std::fs::read_to_string(out.join("predictions").join(format!("{key}.jsonl"))).unwrap();
+        let text =
+            std::fs::read_to_string(out.join("predictions").join(format!("{key}.jsonl"))).unwrap();
         for line in text.lines() {
             let r: PredictionRow = serde_json::from_str(line).unwrap();
             preds.insert((key.to_string(), r.sample_id), r.extracted);
         }
     }
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let exact = ["LLM_Tiny_untrained", "SLM_Tiny_finetuned"]
         .iter()
-        .map(|k| (k.to_string(), results[k]["metrics"]["exact_match"].as_f64().unwrap()))
+        .map(|k| {
+            (
+                k.to_string(),
+                results[k]["metrics"]["exact_match"].as_f64().unwrap(),
+            )
+        })
         .collect();
     assert!(out.join("training/SLM_Tiny_finetuned.json").is_file());
     (preds, exact)
@@ -127,7 +187,11 @@ async fn run(agents: usize) -> (BTreeMap<(String, String), Option<String>>, BTre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_engine_runs_an_experiment_over_grpc_and_placement_does_not_change_predictions() {
     let (one, exact) = run(1).await;
-    assert_eq!(one.len(), 2 * codes::test().len(), "every sample predicted once per model");
+    assert_eq!(
+        one.len(),
+        2 * codes::test().len(),
+        "every sample predicted once per model"
+    );
     assert!(
         exact["SLM_Tiny_finetuned"] > exact["LLM_Tiny_untrained"] + 0.3,
         "the finetuned adapter must have travelled and been applied: {exact:?}"

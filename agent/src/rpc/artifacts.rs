@@ -19,15 +19,34 @@ pub fn client(channel: Channel, auth: AttachToken) -> Client {
 }
 
 /// Uploads every PEFT file of `dir` as `<artifact>/<file>`.
-pub async fn upload_adapter(client: &mut Client, artifact: &str, dir: &Path) -> Result<(), RpcError> {
+pub async fn upload_adapter(
+    client: &mut Client,
+    artifact: &str,
+    dir: &Path,
+) -> Result<(), RpcError> {
     for file in proto::ADAPTER_FILES {
         let path = dir.join(file);
-        let bytes = tokio::fs::read(&path).await.map_err(|source| RpcError::Io { path: path.clone(), source })?;
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|source| RpcError::Io {
+                path: path.clone(),
+                source,
+            })?;
         let name = format!("{artifact}/{file}");
-        let header = pb::ArtifactHeader { name: name.clone(), size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) };
-        let mut chunks = vec![pb::ArtifactChunk { part: Some(pb::artifact_chunk::Part::Header(header)) }];
+        let header = pb::ArtifactHeader {
+            name: name.clone(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        let mut chunks = vec![pb::ArtifactChunk {
+            part: Some(pb::artifact_chunk::Part::Header(header)),
+        }];
         chunks.extend(
-            bytes.chunks(ARTIFACT_CHUNK_BYTES).map(|c| pb::ArtifactChunk { part: Some(pb::artifact_chunk::Part::Data(c.to_vec())) }),
+            bytes
+                .chunks(ARTIFACT_CHUNK_BYTES)
+                .map(|c| pb::ArtifactChunk {
+                    part: Some(pb::artifact_chunk::Part::Data(c.to_vec())),
+                }),
         );
         client.upload(tokio_stream::iter(chunks)).await?;
         tracing::info!(artifact = %name, size = bytes.len(), "uploaded");
@@ -36,12 +55,27 @@ pub async fn upload_adapter(client: &mut Client, artifact: &str, dir: &Path) -> 
 }
 
 /// Downloads `<artifact>/<file>` for every PEFT file into `dir`, checking size and SHA-256.
-pub async fn download_adapter(client: &mut Client, artifact: &str, dir: &Path) -> Result<(), RpcError> {
-    tokio::fs::create_dir_all(dir).await.map_err(|source| RpcError::Io { path: dir.to_path_buf(), source })?;
+pub async fn download_adapter(
+    client: &mut Client,
+    artifact: &str,
+    dir: &Path,
+) -> Result<(), RpcError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|source| RpcError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     for file in proto::ADAPTER_FILES {
         let name = format!("{artifact}/{file}");
-        let bad = |why: String| RpcError::Artifact { name: name.clone(), why };
-        let mut stream = client.download(pb::DownloadRequest { name: name.clone() }).await?.into_inner();
+        let bad = |why: String| RpcError::Artifact {
+            name: name.clone(),
+            why,
+        };
+        let mut stream = client
+            .download(pb::DownloadRequest { name: name.clone() })
+            .await?
+            .into_inner();
         let header = match stream.message().await?.and_then(|c| c.part) {
             Some(pb::artifact_chunk::Part::Header(h)) => h,
             _ => return Err(bad("the download did not start with a header".into())),
@@ -55,13 +89,21 @@ pub async fn download_adapter(client: &mut Client, artifact: &str, dir: &Path) -
         }
         let sha = hex::encode(Sha256::digest(&data));
         if data.len() as u64 != header.size || !sha.eq_ignore_ascii_case(&header.sha256) {
-            return Err(bad(format!("got {} bytes with SHA-256 {sha}, expected {} bytes with {}", data.len(), header.size, header.sha256)));
+            return Err(bad(format!(
+                "got {} bytes with SHA-256 {sha}, expected {} bytes with {}",
+                data.len(),
+                header.size,
+                header.sha256
+            )));
         }
         let path = dir.join(file);
         let p = path.clone();
         tokio::task::spawn_blocking(move || shared::fsutil::write_atomic(&p, &data))
             .await
-            .map_err(|e| RpcError::Io { path: path.clone(), source: std::io::Error::other(e) })?
+            .map_err(|e| RpcError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?
             .map_err(|source| RpcError::Io { path, source })?;
     }
     Ok(())

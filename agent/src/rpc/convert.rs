@@ -30,7 +30,11 @@ pub fn training_summary(r: &FinetuneReport, adapter_artifact: String) -> pb::Tra
         curve: r
             .curve
             .iter()
-            .map(|&(step, train_loss, validation_loss)| pb::CurvePoint { step, train_loss, validation_loss })
+            .map(|&(step, train_loss, validation_loss)| pb::CurvePoint {
+                step,
+                train_loss,
+                validation_loss,
+            })
             .collect(),
     }
 }

@@ -22,8 +22,10 @@ pub enum RpcError {
     #[error(transparent)]
     Probe(#[from] crate::probe::ProbeError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("artifact `{name}`: {why}")]
     Artifact { name: String, why: String },
 }
-

@@ -10,9 +10,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub enum RunJob {
     /// `adapter_dir`: a local PEFT folder (downloaded or left by this agent's finetune).
-    Evaluate { task: TaskSpec, payload: EvalPayload, adapter_dir: Option<PathBuf> },
+    Evaluate {
+        task: TaskSpec,
+        payload: EvalPayload,
+        adapter_dir: Option<PathBuf>,
+    },
     /// The adapter is written to `out_dir` (PEFT layout).
-    Finetune { task: TaskSpec, payload: FinetunePayload, out_dir: PathBuf },
+    Finetune {
+        task: TaskSpec,
+        payload: FinetunePayload,
+        out_dir: PathBuf,
+    },
 }
 
 /// Performance of an evaluation.

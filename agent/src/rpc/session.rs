@@ -34,7 +34,12 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown`; reconnects whenever the session ends. Only a refused token stops it.
-pub async fn run(cfg: AgentConfig, probe: Arc<dyn Probe>, runner: Arc<dyn TaskRunner>, shutdown: CancellationToken) -> Result<(), RpcError> {
+pub async fn run(
+    cfg: AgentConfig,
+    probe: Arc<dyn Probe>,
+    runner: Arc<dyn TaskRunner>,
+    shutdown: CancellationToken,
+) -> Result<(), RpcError> {
     let adapters: LocalAdapters = Arc::default();
     let mut backoff = BACKOFF_START;
     loop {
@@ -45,7 +50,9 @@ pub async fn run(cfg: AgentConfig, probe: Arc<dyn Probe>, runner: Arc<dyn TaskRu
         match session(&cfg, &probe, &runner, &adapters, &shutdown, &mut registered).await {
             Ok(()) if shutdown.is_cancelled() => return Ok(()),
             Ok(()) => tracing::warn!("coordinator closed the session; reconnecting"),
-            Err(RpcError::Status(s)) if s.code() == tonic::Code::Unauthenticated => return Err(RpcError::Status(s)),
+            Err(RpcError::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
+                return Err(RpcError::Status(s));
+            }
             Err(e) => tracing::warn!(error = %e, ?backoff, "session failed; retrying"),
         }
         if registered {
@@ -90,11 +97,22 @@ async fn session(
         version: env!("CARGO_PKG_VERSION").into(),
         devices: vec![convert::device(&device)],
     };
-    out.send(msg(Msg::Register(register))).await.map_err(|_| RpcError::Protocol("outbound queue closed".into()))?;
-    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await?.into_inner();
+    out.send(msg(Msg::Register(register)))
+        .await
+        .map_err(|_| RpcError::Protocol("outbound queue closed".into()))?;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
     let interval = match inbound.message().await?.and_then(|m| m.msg) {
-        Some(pb::coordinator_message::Msg::Registered(r)) => Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(50))),
-        other => return Err(RpcError::Protocol(format!("expected `registered`, got {other:?}"))),
+        Some(pb::coordinator_message::Msg::Registered(r)) => {
+            Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(50)))
+        }
+        other => {
+            return Err(RpcError::Protocol(format!(
+                "expected `registered`, got {other:?}"
+            )));
+        }
     };
     *registered = true;
     tracing::info!(agent = %cfg.agent_id.0, device = %device.name, free_mib = device.free_mib, "registered");
@@ -172,11 +190,31 @@ struct TaskCtx {
 }
 
 /// Accepts (and starts) or declines an offer after re-reading free memory.
-fn take_offer(offer: pb::TaskOffer, probe: &Arc<dyn Probe>, ctx: &TaskCtx, current: &mut Option<Current>) -> Option<pb::OfferReply> {
-    let task_id = offer.task.as_ref().map(|t| t.id.clone()).unwrap_or_default();
-    let r = pb::TaskRef { experiment_id: offer.experiment_id.clone(), task_id, attempt: offer.attempt };
+fn take_offer(
+    offer: pb::TaskOffer,
+    probe: &Arc<dyn Probe>,
+    ctx: &TaskCtx,
+    current: &mut Option<Current>,
+) -> Option<pb::OfferReply> {
+    let task_id = offer
+        .task
+        .as_ref()
+        .map(|t| t.id.clone())
+        .unwrap_or_default();
+    let r = pb::TaskRef {
+        experiment_id: offer.experiment_id.clone(),
+        task_id,
+        attempt: offer.attempt,
+    };
     let free = probe.free_mib().unwrap_or(0);
-    let decline = |reason: String| Some(pb::OfferReply { task: Some(r.clone()), accept: false, reason, free_mib: free });
+    let decline = |reason: String| {
+        Some(pb::OfferReply {
+            task: Some(r.clone()),
+            accept: false,
+            reason,
+            free_mib: free,
+        })
+    };
     if let Some(c) = current {
         return decline(format!("busy with `{}`", c.task.task_id));
     }
@@ -186,41 +224,93 @@ fn take_offer(offer: pb::TaskOffer, probe: &Arc<dyn Probe>, ctx: &TaskCtx, curre
     }
     let cancel = CancellationToken::new();
     let done = tokio::spawn(execute(offer, r.clone(), ctx.clone(), cancel.clone()));
-    *current = Some(Current { task: r.clone(), cancel, done });
-    Some(pb::OfferReply { task: Some(r), accept: true, reason: String::new(), free_mib: free })
+    *current = Some(Current {
+        task: r.clone(),
+        cancel,
+        done,
+    });
+    Some(pb::OfferReply {
+        task: Some(r),
+        accept: true,
+        reason: String::new(),
+        free_mib: free,
+    })
 }
 
 /// File-name-safe form of a task id (`finetune:SLM_Qwen-3B` → `finetune_SLM_Qwen-3B`).
 fn stem(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Runs one accepted task and reports its result; never panics the session.
-async fn execute(offer: pb::TaskOffer, r: pb::TaskRef, mut ctx: TaskCtx, cancel: CancellationToken) {
+async fn execute(
+    offer: pb::TaskOffer,
+    r: pb::TaskRef,
+    mut ctx: TaskCtx,
+    cancel: CancellationToken,
+) {
     use pb::task_result::Outcome;
     let outcome = match run_task(offer, &r, &mut ctx, cancel).await {
         Ok(o) => o,
         Err(e) => Outcome::Failed(e),
     };
-    let _ = ctx.out.send(msg(Msg::Result(pb::TaskResult { task: Some(r), outcome: Some(outcome) }))).await;
+    let _ = ctx
+        .out
+        .send(msg(Msg::Result(pb::TaskResult {
+            task: Some(r),
+            outcome: Some(outcome),
+        })))
+        .await;
 }
 
-async fn run_task(offer: pb::TaskOffer, r: &pb::TaskRef, ctx: &mut TaskCtx, cancel: CancellationToken) -> Result<pb::task_result::Outcome, String> {
+async fn run_task(
+    offer: pb::TaskOffer,
+    r: &pb::TaskRef,
+    ctx: &mut TaskCtx,
+    cancel: CancellationToken,
+) -> Result<pb::task_result::Outcome, String> {
     use pb::task_result::Outcome;
-    let spec: TaskSpec = offer.task.ok_or("offer without a task")?.try_into().map_err(|e| format!("offer: {e}"))?;
-    let artifact = format!("{}/{}-a{}", stem(&offer.experiment_id), stem(&spec.id.0), offer.attempt);
+    let spec: TaskSpec = offer
+        .task
+        .ok_or("offer without a task")?
+        .try_into()
+        .map_err(|e| format!("offer: {e}"))?;
+    let artifact = format!(
+        "{}/{}-a{}",
+        stem(&offer.experiment_id),
+        stem(&spec.id.0),
+        offer.attempt
+    );
     let job = match spec.kind {
         TaskKind::Evaluate => {
-            let payload: EvalPayload = serde_json::from_slice(&offer.payload_json).map_err(|e| format!("eval payload: {e}"))?;
+            let payload: EvalPayload = serde_json::from_slice(&offer.payload_json)
+                .map_err(|e| format!("eval payload: {e}"))?;
             let adapter_dir = match &payload.adapter {
                 None => None,
                 Some(name) => Some(local_adapter(ctx, name).await.map_err(|e| e.to_string())?),
             };
-            RunJob::Evaluate { task: spec, payload, adapter_dir }
+            RunJob::Evaluate {
+                task: spec,
+                payload,
+                adapter_dir,
+            }
         }
         TaskKind::Finetune => {
-            let payload: FinetunePayload = serde_json::from_slice(&offer.payload_json).map_err(|e| format!("finetune payload: {e}"))?;
-            RunJob::Finetune { task: spec, payload, out_dir: ctx.work_dir.join("adapters").join(&artifact) }
+            let payload: FinetunePayload = serde_json::from_slice(&offer.payload_json)
+                .map_err(|e| format!("finetune payload: {e}"))?;
+            RunJob::Finetune {
+                task: spec,
+                payload,
+                out_dir: ctx.work_dir.join("adapters").join(&artifact),
+            }
         }
     };
     let mut events = ctx.runner.run(job, cancel);
@@ -228,19 +318,35 @@ async fn run_task(offer: pb::TaskOffer, r: &pb::TaskRef, ctx: &mut TaskCtx, canc
         let send = |m: Msg| ctx.out.send(msg(m));
         match ev {
             RunEvent::Progress(p) => {
-                let _ = send(Msg::Progress(pb::TaskProgress { task: Some(r.clone()), event: Some((&p).into()) })).await;
+                let _ = send(Msg::Progress(pb::TaskProgress {
+                    task: Some(r.clone()),
+                    event: Some((&p).into()),
+                }))
+                .await;
             }
             RunEvent::Predictions(rows) => {
                 for chunk in rows.chunks(MAX_PREDICTION_BATCH) {
-                    let batch = pb::PredictionBatch { task: Some(r.clone()), rows: chunk.iter().map(Into::into).collect() };
+                    let batch = pb::PredictionBatch {
+                        task: Some(r.clone()),
+                        rows: chunk.iter().map(Into::into).collect(),
+                    };
                     let _ = send(Msg::Predictions(batch)).await;
                 }
             }
-            RunEvent::Evaluated(rep) => return Ok(Outcome::Evaluated(convert::eval_performance(&rep))),
+            RunEvent::Evaluated(rep) => {
+                return Ok(Outcome::Evaluated(convert::eval_performance(&rep)));
+            }
             RunEvent::Finetuned(rep) => {
-                artifacts::upload_adapter(&mut ctx.artifacts, &artifact, &rep.adapter_dir).await.map_err(|e| e.to_string())?;
-                ctx.adapters.lock().unwrap_or_else(|e| e.into_inner()).insert(artifact.clone(), rep.adapter_dir.clone());
-                return Ok(Outcome::Finetuned(convert::training_summary(&rep, artifact)));
+                artifacts::upload_adapter(&mut ctx.artifacts, &artifact, &rep.adapter_dir)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ctx.adapters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(artifact.clone(), rep.adapter_dir.clone());
+                return Ok(Outcome::Finetuned(convert::training_summary(
+                    &rep, artifact,
+                )));
             }
             RunEvent::Failed(why) => return Ok(Outcome::Failed(why)),
             RunEvent::Cancelled => return Ok(Outcome::Cancelled("cancelled on the agent".into())),
@@ -251,11 +357,20 @@ async fn run_task(offer: pb::TaskOffer, r: &pb::TaskRef, ctx: &mut TaskCtx, canc
 
 /// The adapter's local folder: the one this agent trained, or a fresh download.
 async fn local_adapter(ctx: &mut TaskCtx, name: &str) -> Result<PathBuf, RpcError> {
-    if let Some(dir) = ctx.adapters.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned() {
+    if let Some(dir) = ctx
+        .adapters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned()
+    {
         return Ok(dir);
     }
     let dir = ctx.work_dir.join("downloads").join(name);
     artifacts::download_adapter(&mut ctx.artifacts, name, &dir).await?;
-    ctx.adapters.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), dir.clone());
+    ctx.adapters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string(), dir.clone());
     Ok(dir)
 }

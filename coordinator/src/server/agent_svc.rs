@@ -19,13 +19,22 @@ type Out = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + S
 impl AgentService for AgentSvc {
     type SessionStream = Out;
 
-    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Out>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Out>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream closed before `register`"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before `register`"))?;
         let Some(pb::agent_message::Msg::Register(reg)) = first.msg else {
-            return Err(Status::failed_precondition("the first message of a session must be `register`"));
+            return Err(Status::failed_precondition(
+                "the first message of a session must be `register`",
+            ));
         };
-        let reg = convert::registration(reg).map_err(|e| Status::invalid_argument(format!("register: {e}")))?;
+        let reg = convert::registration(reg)
+            .map_err(|e| Status::invalid_argument(format!("register: {e}")))?;
         let agent = reg.agent.clone();
         // Offers are few and small in number; the queue bounds memory if an agent stops reading.
         let (tx, rx) = mpsc::channel(64);
@@ -41,12 +50,22 @@ impl AgentService for AgentSvc {
                 match inbound.message().await {
                     Ok(Some(m)) => match convert::agent_event(m) {
                         Ok(Some(event)) => {
-                            if state.send(Command::FromAgent { agent: agent.clone(), session, event }).await.is_err() {
+                            if state
+                                .send(Command::FromAgent {
+                                    agent: agent.clone(),
+                                    session,
+                                    event,
+                                })
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(agent = %agent.0, error = %e, "malformed agent message ignored"),
+                        Err(e) => {
+                            tracing::warn!(agent = %agent.0, error = %e, "malformed agent message ignored")
+                        }
                     },
                     Ok(None) => break,
                     Err(e) => {

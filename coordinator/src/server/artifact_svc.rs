@@ -13,22 +13,39 @@ pub struct ArtifactSvc {
 
 type Chunks = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("artifact worker: {e}")))?.map_err(Status::from)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("artifact worker: {e}")))?
+        .map_err(Status::from)
 }
 
 #[tonic::async_trait]
 impl ArtifactService for ArtifactSvc {
-    async fn upload(&self, req: Request<Streaming<pb::ArtifactChunk>>) -> Result<Response<pb::UploadReply>, Status> {
+    async fn upload(
+        &self,
+        req: Request<Streaming<pb::ArtifactChunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
         use pb::artifact_chunk::Part;
         let mut inbound = req.into_inner();
         let header = match inbound.message().await?.and_then(|c| c.part) {
             Some(Part::Header(h)) => h,
-            _ => return Err(Status::invalid_argument("an upload must start with an `ArtifactHeader`")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an upload must start with an `ArtifactHeader`",
+                ));
+            }
         };
         let name = ArtifactName::parse(&header.name)?;
         if header.size > MAX_ARTIFACT_BYTES {
-            return Err(ArtifactError::TooLarge { name: header.name, size: header.size, max: MAX_ARTIFACT_BYTES }.into());
+            return Err(ArtifactError::TooLarge {
+                name: header.name,
+                size: header.size,
+                max: MAX_ARTIFACT_BYTES,
+            }
+            .into());
         }
         let mut data = Vec::with_capacity(header.size as usize);
         while let Some(chunk) = inbound.message().await? {
@@ -45,7 +62,12 @@ impl ArtifactService for ArtifactSvc {
                     }
                     data.extend_from_slice(&bytes);
                 }
-                _ => return Err(Status::invalid_argument(format!("artifact `{}`: a second header mid-upload", header.name))),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "artifact `{}`: a second header mid-upload",
+                        header.name
+                    )));
+                }
             }
         }
         let store = self.store.clone();
@@ -53,20 +75,37 @@ impl ArtifactService for ArtifactSvc {
         let n = name.clone();
         blocking(move || store.put(&n, &data, size, &sha)).await?;
         tracing::info!(artifact = %name, size, "artifact stored");
-        Ok(Response::new(pb::UploadReply { name: header.name, size: header.size, sha256: header.sha256 }))
+        Ok(Response::new(pb::UploadReply {
+            name: header.name,
+            size: header.size,
+            sha256: header.sha256,
+        }))
     }
 
     type DownloadStream = Chunks;
 
-    async fn download(&self, req: Request<pb::DownloadRequest>) -> Result<Response<Chunks>, Status> {
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Chunks>, Status> {
         use pb::artifact_chunk::Part;
         let name = ArtifactName::parse(&req.into_inner().name)?;
         let store = self.store.clone();
         let n = name.clone();
         let data = blocking(move || store.get(&n)).await?;
-        let header = pb::ArtifactHeader { name: name.to_string(), size: data.len() as u64, sha256: sha256_hex(&data) };
-        let mut chunks = vec![Ok(pb::ArtifactChunk { part: Some(Part::Header(header)) })];
-        chunks.extend(data.chunks(ARTIFACT_CHUNK_BYTES).map(|c| Ok(pb::ArtifactChunk { part: Some(Part::Data(c.to_vec())) })));
+        let header = pb::ArtifactHeader {
+            name: name.to_string(),
+            size: data.len() as u64,
+            sha256: sha256_hex(&data),
+        };
+        let mut chunks = vec![Ok(pb::ArtifactChunk {
+            part: Some(Part::Header(header)),
+        })];
+        chunks.extend(data.chunks(ARTIFACT_CHUNK_BYTES).map(|c| {
+            Ok(pb::ArtifactChunk {
+                part: Some(Part::Data(c.to_vec())),
+            })
+        }));
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }

@@ -22,12 +22,19 @@ pub struct ControlSvc {
 type Events = Pin<Box<dyn Stream<Item = Result<pb::ExperimentEvent, Status>> + Send>>;
 
 fn experiment_id(s: String) -> Result<ExperimentId, Status> {
-    if s.is_empty() { Err(Status::invalid_argument("`experiment_id` is empty")) } else { Ok(ExperimentId(s)) }
+    if s.is_empty() {
+        Err(Status::invalid_argument("`experiment_id` is empty"))
+    } else {
+        Ok(ExperimentId(s))
+    }
 }
 
 #[tonic::async_trait]
 impl ControlService for ControlSvc {
-    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
         let text = req.into_inner().config_toml;
         let planner = self.planner.clone();
         let plan = tokio::task::spawn_blocking(move || planner.plan(&text))
@@ -36,7 +43,10 @@ impl ControlService for ControlSvc {
             .map_err(Status::invalid_argument)?;
         let task_ids = plan.tasks.iter().map(|t| t.spec.id.0.clone()).collect();
         let id = self.state.submit(plan).await.map_err(ServerError::from)?;
-        Ok(Response::new(pb::SubmitReply { experiment_id: id.0, task_ids }))
+        Ok(Response::new(pb::SubmitReply {
+            experiment_id: id.0,
+            task_ids,
+        }))
     }
 
     type WatchStream = Events;
@@ -52,10 +62,15 @@ impl ControlService for ControlSvc {
         let done_in_snapshot = snapshot.iter().any(is_finished);
         let head = tokio_stream::iter(snapshot.into_iter().map(Ok));
         let live = live_events(rx, done_in_snapshot);
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(head, live))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+            head, live,
+        ))))
     }
 
-    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let id = req.into_inner().experiment_id;
         let experiment = (!id.is_empty()).then_some(ExperimentId(id));
         let reply = self
@@ -67,7 +82,10 @@ impl ControlService for ControlSvc {
         Ok(Response::new(reply))
     }
 
-    async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsReply>, Status> {
+    async fn results(
+        &self,
+        req: Request<pb::ResultsRequest>,
+    ) -> Result<Response<pb::ResultsReply>, Status> {
         let experiment = experiment_id(req.into_inner().experiment_id)?;
         let name = experiment.0.clone();
         let (dir, finished) = self
@@ -77,13 +95,18 @@ impl ControlService for ControlSvc {
             .map_err(ServerError::from)?
             .map_err(ServerError::from)?;
         if !finished {
-            return Err(Status::failed_precondition(format!("experiment `{name}` is still running; `watch` it first")));
+            return Err(Status::failed_precondition(format!(
+                "experiment `{name}` is still running; `watch` it first"
+            )));
         }
         let path = dir.join("results.json");
         let results_json = tokio::fs::read_to_string(&path)
             .await
             .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
-        Ok(Response::new(pb::ResultsReply { results_json, output_dir: dir.display().to_string() }))
+        Ok(Response::new(pb::ResultsReply {
+            results_json,
+            output_dir: dir.display().to_string(),
+        }))
     }
 }
 
@@ -113,8 +136,12 @@ fn live_events(
                     }
                     continue;
                 }
-                Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!("watcher fell {n} events behind; watch again"))),
-                Err(RecvError::Closed) => Err(Status::unavailable("the coordinator is shutting down")),
+                Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
+                    "watcher fell {n} events behind; watch again"
+                ))),
+                Err(RecvError::Closed) => {
+                    Err(Status::unavailable("the coordinator is shutting down"))
+                }
             };
             let _ = tx.send(item).await;
             break;

@@ -9,7 +9,11 @@ use shared::task::{AgentId, TaskId};
 
 pub fn task_ref(r: Option<pb::TaskRef>) -> Result<TaskRef, ConvertError> {
     let r = r.ok_or(ConvertError::Missing("task"))?;
-    Ok(TaskRef { experiment: ExperimentId(r.experiment_id), task: TaskId(r.task_id), attempt: r.attempt })
+    Ok(TaskRef {
+        experiment: ExperimentId(r.experiment_id),
+        task: TaskId(r.task_id),
+        attempt: r.attempt,
+    })
 }
 
 pub fn registration(r: pb::Register) -> Result<Registration, ConvertError> {
@@ -23,7 +27,12 @@ pub fn registration(r: pb::Register) -> Result<Registration, ConvertError> {
             let kind = match pb::DeviceKind::try_from(d.kind) {
                 Ok(pb::DeviceKind::Cpu) => DeviceKind::Cpu,
                 Ok(pb::DeviceKind::Cuda) => DeviceKind::Cuda,
-                _ => return Err(ConvertError::BadEnum { field: "device.kind", value: d.kind }),
+                _ => {
+                    return Err(ConvertError::BadEnum {
+                        field: "device.kind",
+                        value: d.kind,
+                    });
+                }
             };
             Ok(DeviceInfo {
                 kind,
@@ -36,7 +45,12 @@ pub fn registration(r: pb::Register) -> Result<Registration, ConvertError> {
             })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Registration { agent: AgentId(r.agent_id), host: r.host, version: r.version, devices })
+    Ok(Registration {
+        agent: AgentId(r.agent_id),
+        host: r.host,
+        version: r.version,
+        devices,
+    })
 }
 
 fn eval_perf(p: pb::EvalPerformance) -> EvalPerformance {
@@ -67,7 +81,11 @@ fn training(t: pb::TrainingSummary) -> TrainingOutcome {
         curve: t
             .curve
             .into_iter()
-            .map(|c| CurvePoint { step: c.step, train_loss: c.train_loss, validation_loss: c.validation_loss })
+            .map(|c| CurvePoint {
+                step: c.step,
+                train_loss: c.train_loss,
+                validation_loss: c.validation_loss,
+            })
             .collect(),
     }
 }
@@ -75,34 +93,60 @@ fn training(t: pb::TrainingSummary) -> TrainingOutcome {
 /// An agent's message after `register`; `None` for a second `register` (ignored).
 pub fn agent_event(m: pb::AgentMessage) -> Result<Option<AgentEvent>, ConvertError> {
     use pb::agent_message::Msg;
-    Ok(Some(match m.msg.ok_or(ConvertError::Missing("agent_message.msg"))? {
-        Msg::Register(_) => return Ok(None),
-        Msg::Heartbeat(h) => AgentEvent::Heartbeat {
-            free: h.devices.into_iter().map(|d| (d.uuid, d.free_mib)).collect(),
-            running: h
-                .running
-                .into_iter()
-                .map(|r| TaskRef { experiment: ExperimentId(r.experiment_id), task: TaskId(r.task_id), attempt: r.attempt })
-                .collect(),
+    Ok(Some(
+        match m.msg.ok_or(ConvertError::Missing("agent_message.msg"))? {
+            Msg::Register(_) => return Ok(None),
+            Msg::Heartbeat(h) => AgentEvent::Heartbeat {
+                free: h
+                    .devices
+                    .into_iter()
+                    .map(|d| (d.uuid, d.free_mib))
+                    .collect(),
+                running: h
+                    .running
+                    .into_iter()
+                    .map(|r| TaskRef {
+                        experiment: ExperimentId(r.experiment_id),
+                        task: TaskId(r.task_id),
+                        attempt: r.attempt,
+                    })
+                    .collect(),
+            },
+            Msg::OfferReply(r) => AgentEvent::OfferReply {
+                task: task_ref(r.task)?,
+                answer: if r.accept {
+                    OfferAnswer::Accept
+                } else {
+                    OfferAnswer::Decline {
+                        reason: r.reason,
+                        free_mib: r.free_mib,
+                    }
+                },
+            },
+            Msg::Progress(p) => AgentEvent::Progress {
+                task: task_ref(p.task)?,
+                event: p
+                    .event
+                    .ok_or(ConvertError::Missing("progress.event"))?
+                    .try_into()?,
+            },
+            Msg::Predictions(b) => AgentEvent::Predictions {
+                task: task_ref(b.task)?,
+                rows: b.rows.into_iter().map(Into::into).collect(),
+            },
+            Msg::Result(r) => {
+                use pb::task_result::Outcome as O;
+                let outcome = match r.outcome.ok_or(ConvertError::Missing("result.outcome"))? {
+                    O::Evaluated(p) => Outcome::Done(TaskOutput::Evaluated(eval_perf(p))),
+                    O::Finetuned(t) => Outcome::Done(TaskOutput::Finetuned(training(t))),
+                    O::Failed(why) => Outcome::Failed(why),
+                    O::Cancelled(why) => Outcome::Cancelled(why),
+                };
+                AgentEvent::Result {
+                    task: task_ref(r.task)?,
+                    outcome,
+                }
+            }
         },
-        Msg::OfferReply(r) => AgentEvent::OfferReply {
-            task: task_ref(r.task)?,
-            answer: if r.accept { OfferAnswer::Accept } else { OfferAnswer::Decline { reason: r.reason, free_mib: r.free_mib } },
-        },
-        Msg::Progress(p) => AgentEvent::Progress {
-            task: task_ref(p.task)?,
-            event: p.event.ok_or(ConvertError::Missing("progress.event"))?.try_into()?,
-        },
-        Msg::Predictions(b) => AgentEvent::Predictions { task: task_ref(b.task)?, rows: b.rows.into_iter().map(Into::into).collect() },
-        Msg::Result(r) => {
-            use pb::task_result::Outcome as O;
-            let outcome = match r.outcome.ok_or(ConvertError::Missing("result.outcome"))? {
-                O::Evaluated(p) => Outcome::Done(TaskOutput::Evaluated(eval_perf(p))),
-                O::Finetuned(t) => Outcome::Done(TaskOutput::Finetuned(training(t))),
-                O::Failed(why) => Outcome::Failed(why),
-                O::Cancelled(why) => Outcome::Cancelled(why),
-            };
-            AgentEvent::Result { task: task_ref(r.task)?, outcome }
-        }
-    }))
+    ))
 }

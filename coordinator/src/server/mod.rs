@@ -69,7 +69,10 @@ pub enum ServerError {
     #[error(transparent)]
     Closed(#[from] Closed),
     #[error("TLS file {path}: {source}")]
-    TlsFile { path: PathBuf, source: std::io::Error },
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -99,9 +102,9 @@ impl FromArtifact for tonic::Status {
     fn from_artifact(e: &ArtifactError) -> Self {
         use tonic::Status;
         match e {
-            ArtifactError::BadName { .. } | ArtifactError::SizeMismatch { .. } | ArtifactError::ChecksumMismatch { .. } => {
-                Status::invalid_argument(e.to_string())
-            }
+            ArtifactError::BadName { .. }
+            | ArtifactError::SizeMismatch { .. }
+            | ArtifactError::ChecksumMismatch { .. } => Status::invalid_argument(e.to_string()),
             ArtifactError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
             ArtifactError::NotFound { .. } => Status::not_found(e.to_string()),
             ArtifactError::Io { .. } => Status::internal(e.to_string()),
@@ -123,35 +126,56 @@ pub struct Running {
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|source| ServerError::TlsFile { path: path.clone(), source })
+    std::fs::read(path).map_err(|source| ServerError::TlsFile {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Starts serving on `listener` until `shutdown` fires, then drains: health goes not-serving,
 /// the state owner stops (ending agent streams) and in-flight RPCs finish.
-pub async fn start(listener: TcpListener, opts: ServeOptions, shutdown: CancellationToken) -> Result<Running, ServerError> {
+pub async fn start(
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<Running, ServerError> {
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
-    let (state, owner) = crate::state::spawn(Core::new(opts.settings.clone()), Journal::new(&opts.data_dir), shutdown.clone());
+    let (state, owner) = crate::state::spawn(
+        Core::new(opts.settings.clone()),
+        Journal::new(&opts.data_dir),
+        shutdown.clone(),
+    );
     let store = ArtifactStore::new(opts.data_dir.join("artifacts"));
     let auth = RequireToken(opts.token.clone());
     let max = opts.max_message_bytes;
-    let agent = AgentServiceServer::new(agent_svc::AgentSvc { state: state.clone() })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let agent = AgentServiceServer::new(agent_svc::AgentSvc {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let artifacts = ArtifactServiceServer::new(artifact_svc::ArtifactSvc { store })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let control = ControlServiceServer::new(control_svc::ControlSvc { state: state.clone(), planner: opts.planner.clone() })
-        .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES.min(max))
-        .max_encoding_message_size(max);
+    let control = ControlServiceServer::new(control_svc::ControlSvc {
+        state: state.clone(),
+        planner: opts.planner.clone(),
+    })
+    .max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES.min(max))
+    .max_encoding_message_size(max);
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentServiceServer<agent_svc::AgentSvc>>().await;
-    health.set_serving::<ControlServiceServer<control_svc::ControlSvc>>().await;
+    health
+        .set_serving::<AgentServiceServer<agent_svc::AgentSvc>>()
+        .await;
+    health
+        .set_serving::<ControlServiceServer<control_svc::ControlSvc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let mut builder = Server::builder();
     if let Some(tls) = &opts.tls {
-        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        let mut cfg =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
         if let Some(ca) = &tls.client_ca {
             cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
         }
@@ -169,8 +193,12 @@ pub async fn start(listener: TcpListener, opts: ServeOptions, shutdown: Cancella
         let stop = shutdown.clone();
         let drain = async move {
             stop.cancelled().await;
-            health.set_not_serving::<AgentServiceServer<agent_svc::AgentSvc>>().await;
-            health.set_not_serving::<ControlServiceServer<control_svc::ControlSvc>>().await;
+            health
+                .set_not_serving::<AgentServiceServer<agent_svc::AgentSvc>>()
+                .await;
+            health
+                .set_not_serving::<ControlServiceServer<control_svc::ControlSvc>>()
+                .await;
             // The owner ends every agent stream's sender when it stops.
             let _ = owner.await;
         };
@@ -182,7 +210,14 @@ pub async fn start(listener: TcpListener, opts: ServeOptions, shutdown: Cancella
 }
 
 /// `serve(listener, shutdown)` in the mini-redis shape: runs until `shutdown` fires.
-pub async fn serve(listener: TcpListener, opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn serve(
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let running = start(listener, opts, shutdown).await?;
-    running.join.await.map_err(|e| ServerError::Listener(std::io::Error::other(e)))?
+    running
+        .join
+        .await
+        .map_err(|e| ServerError::Listener(std::io::Error::other(e)))?
 }

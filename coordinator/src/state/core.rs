@@ -21,7 +21,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { heartbeat_interval: Duration::from_secs(2), lease: Duration::from_secs(20), max_attempts: 3 }
+        Settings {
+            heartbeat_interval: Duration::from_secs(2),
+            lease: Duration::from_secs(20),
+            max_attempts: 3,
+        }
     }
 }
 
@@ -74,14 +78,25 @@ pub enum Outcome {
 pub enum OfferAnswer {
     Accept,
     /// With why, and the device's free memory as the agent re-read it.
-    Decline { reason: String, free_mib: u64 },
+    Decline {
+        reason: String,
+        free_mib: u64,
+    },
 }
 
 /// A message for an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToAgent {
-    Offer { task: TaskRef, spec: shared::task::TaskSpec, device_uuid: String, payload: Box<TaskPayload> },
-    Cancel { task: TaskRef, reason: String },
+    Offer {
+        task: TaskRef,
+        spec: shared::task::TaskSpec,
+        device_uuid: String,
+        payload: Box<TaskPayload>,
+    },
+    Cancel {
+        task: TaskRef,
+        reason: String,
+    },
 }
 
 /// A journal write, in order.
@@ -216,7 +231,10 @@ pub enum CoreError {
 
 impl Core {
     pub fn new(settings: Settings) -> Core {
-        Core { settings, ..Core::default() }
+        Core {
+            settings,
+            ..Core::default()
+        }
     }
 
     pub fn take_effects(&mut self) -> Effects {
@@ -238,8 +256,16 @@ impl Core {
             tracing::info!(experiment = %id, "already known: resuming");
             return id;
         }
-        let tasks = plan.tasks.iter().map(|_| new_task(TaskState::Pending, 0, None, None)).collect();
-        let entry = ExperimentEntry { plan: plan.clone(), tasks, state: ExperimentState::Running };
+        let tasks = plan
+            .tasks
+            .iter()
+            .map(|_| new_task(TaskState::Pending, 0, None, None))
+            .collect();
+        let entry = ExperimentEntry {
+            plan: plan.clone(),
+            tasks,
+            state: ExperimentState::Running,
+        };
         self.fx.io.push(Io::SavePlan(Box::new(plan)));
         self.fx.io.push(Io::SaveState(id.clone(), entry.journal()));
         self.experiments.push(entry);
@@ -265,13 +291,24 @@ impl Core {
             );
             entry.detail = j.map(|j| j.detail.clone()).unwrap_or_default();
             for row in r.predictions.get(&t.spec.id).into_iter().flatten() {
-                entry.predictions.entry(row.sample_id.clone()).or_insert_with(|| row.clone());
+                entry
+                    .predictions
+                    .entry(row.sample_id.clone())
+                    .or_insert_with(|| row.clone());
             }
             tasks.push(entry);
         }
-        let state = if r.state.finished { final_state(&tasks) } else { ExperimentState::Running };
+        let state = if r.state.finished {
+            final_state(&tasks)
+        } else {
+            ExperimentState::Running
+        };
         tracing::info!(experiment = %r.plan.id, ?state, "restored from the journal");
-        self.experiments.push(ExperimentEntry { plan: r.plan, tasks, state });
+        self.experiments.push(ExperimentEntry {
+            plan: r.plan,
+            tasks,
+            state,
+        });
         self.schedule(now);
     }
 
@@ -286,9 +323,23 @@ impl Core {
         }
         self.next_session += 1;
         let session = self.next_session;
-        let devices = reg.devices.iter().map(|d| DeviceSlot { info: d.clone(), busy: None }).collect();
+        let devices = reg
+            .devices
+            .iter()
+            .map(|d| DeviceSlot {
+                info: d.clone(),
+                busy: None,
+            })
+            .collect();
         tracing::info!(agent = %id.0, host = %reg.host, devices = reg.devices.len(), session, "agent registered");
-        self.agents.insert(id, AgentEntry { reg, session, devices });
+        self.agents.insert(
+            id,
+            AgentEntry {
+                reg,
+                session,
+                devices,
+            },
+        );
         self.schedule(now);
         Ok(session)
     }
@@ -304,8 +355,17 @@ impl Core {
     }
 
     /// Fresh free memory and the agent's running tasks: renews their leases.
-    pub fn heartbeat(&mut self, agent: &AgentId, session: u64, free: &[(String, u64)], running: &[TaskRef], now: Instant) {
-        let Some(a) = self.agents.get_mut(agent).filter(|a| a.session == session) else { return };
+    pub fn heartbeat(
+        &mut self,
+        agent: &AgentId,
+        session: u64,
+        free: &[(String, u64)],
+        running: &[TaskRef],
+        now: Instant,
+    ) {
+        let Some(a) = self.agents.get_mut(agent).filter(|a| a.session == session) else {
+            return;
+        };
         let mut changed = Vec::new();
         for (uuid, mib) in free {
             if let Some(d) = a.devices.iter_mut().find(|d| &d.info.uuid == uuid)
@@ -319,7 +379,8 @@ impl Core {
         for e in &mut self.experiments {
             for t in &mut e.tasks {
                 // New memory figures give a device that declined another chance.
-                t.declined.retain(|(aid, uuid)| !(aid == agent && changed.contains(uuid)));
+                t.declined
+                    .retain(|(aid, uuid)| !(aid == agent && changed.contains(uuid)));
             }
         }
         for r in running {
@@ -331,12 +392,20 @@ impl Core {
     }
 
     /// Finds the task a message refers to, if it is still placed on this agent's session at this attempt.
-    fn task_mut(&mut self, r: &TaskRef, agent: &AgentId, session: u64) -> Option<(usize, &mut TaskEntry)> {
+    fn task_mut(
+        &mut self,
+        r: &TaskRef,
+        agent: &AgentId,
+        session: u64,
+    ) -> Option<(usize, &mut TaskEntry)> {
         let ei = self.exp_index(&r.experiment)?;
         let e = &mut self.experiments[ei];
         let ti = e.index(&r.task)?;
         let t = &mut e.tasks[ti];
-        let ours = t.attempt == r.attempt && t.placed.as_ref().is_some_and(|p| &p.agent == agent && p.session == session);
+        let ours = t.attempt == r.attempt
+            && t.placed
+                .as_ref()
+                .is_some_and(|p| &p.agent == agent && p.session == session);
         if !ours {
             tracing::debug!(task = %r.task.0, agent = %agent.0, "ignoring a message for a task this agent no longer holds");
             return None;
@@ -344,16 +413,34 @@ impl Core {
         Some((ei, t))
     }
 
-    pub fn offer_reply(&mut self, agent: &AgentId, session: u64, r: &TaskRef, answer: OfferAnswer, now: Instant) {
+    pub fn offer_reply(
+        &mut self,
+        agent: &AgentId,
+        session: u64,
+        r: &TaskRef,
+        answer: OfferAnswer,
+        now: Instant,
+    ) {
         let lease = self.settings.lease;
-        let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
+        let Some((ei, t)) = self.task_mut(r, agent, session) else {
+            return;
+        };
         if !matches!(t.state, TaskState::Offered { .. }) {
             return;
         }
-        let device = t.placed.as_ref().map(|p| p.device_uuid.clone()).unwrap_or_default();
+        let device = t
+            .placed
+            .as_ref()
+            .map(|p| p.device_uuid.clone())
+            .unwrap_or_default();
         if let OfferAnswer::Decline { reason, free_mib } = answer {
             tracing::info!(task = %r.task.0, agent = %agent.0, reason, free_mib, "offer declined");
-            apply(t, TaskEvent::Decline { agent: agent.clone() });
+            apply(
+                t,
+                TaskEvent::Decline {
+                    agent: agent.clone(),
+                },
+            );
             t.placed = None;
             t.deadline = None;
             t.declined.insert((agent.clone(), device.clone()));
@@ -362,28 +449,57 @@ impl Core {
                 d.busy = None;
             }
         } else {
-            apply(t, TaskEvent::Accept { agent: agent.clone() });
+            apply(
+                t,
+                TaskEvent::Accept {
+                    agent: agent.clone(),
+                },
+            );
             t.deadline = Some(now + lease);
             t.ran_on = Some(agent.clone());
         }
-        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.fx
+            .notices
+            .push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
         self.schedule(now);
     }
 
-    pub fn progress(&mut self, agent: &AgentId, session: u64, r: &TaskRef, event: ProgressEvent, now: Instant) {
+    pub fn progress(
+        &mut self,
+        agent: &AgentId,
+        session: u64,
+        r: &TaskRef,
+        event: ProgressEvent,
+        now: Instant,
+    ) {
         let lease = self.settings.lease;
-        let Some((_, t)) = self.task_mut(r, agent, session) else { return };
+        let Some((_, t)) = self.task_mut(r, agent, session) else {
+            return;
+        };
         t.deadline = Some(now + lease);
         t.last_progress = Some(event.clone());
-        self.fx.notices.push(Notice::Progress(r.experiment.clone(), r.task.clone(), event));
+        self.fx.notices.push(Notice::Progress(
+            r.experiment.clone(),
+            r.task.clone(),
+            event,
+        ));
     }
 
     /// Keeps rows for samples of this task not seen before (a re-run or a duplicate batch never
     /// counts twice) and journals them.
-    pub fn predictions(&mut self, agent: &AgentId, session: u64, r: &TaskRef, rows: Vec<PredictionRow>, now: Instant) {
+    pub fn predictions(
+        &mut self,
+        agent: &AgentId,
+        session: u64,
+        r: &TaskRef,
+        rows: Vec<PredictionRow>,
+        now: Instant,
+    ) {
         let lease = self.settings.lease;
-        let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
+        let Some((ei, t)) = self.task_mut(r, agent, session) else {
+            return;
+        };
         t.deadline = Some(now + lease);
         let ti = self.experiments[ei].index(&r.task).unwrap_or_default();
         let e = &mut self.experiments[ei];
@@ -394,19 +510,33 @@ impl Core {
         let t = &mut e.tasks[ti];
         let mut fresh = Vec::new();
         for row in rows {
-            if known.contains(row.sample_id.as_str()) && !t.predictions.contains_key(&row.sample_id) {
+            if known.contains(row.sample_id.as_str()) && !t.predictions.contains_key(&row.sample_id)
+            {
                 t.predictions.insert(row.sample_id.clone(), row.clone());
                 fresh.push(row);
             }
         }
         if !fresh.is_empty() {
-            self.fx.io.push(Io::AppendPredictions(r.experiment.clone(), r.task.clone(), fresh));
+            self.fx.io.push(Io::AppendPredictions(
+                r.experiment.clone(),
+                r.task.clone(),
+                fresh,
+            ));
         }
     }
 
-    pub fn result(&mut self, agent: &AgentId, session: u64, r: &TaskRef, outcome: Outcome, now: Instant) {
+    pub fn result(
+        &mut self,
+        agent: &AgentId,
+        session: u64,
+        r: &TaskRef,
+        outcome: Outcome,
+        now: Instant,
+    ) {
         let max_attempts = self.settings.max_attempts;
-        let Some((ei, t)) = self.task_mut(r, agent, session) else { return };
+        let Some((ei, t)) = self.task_mut(r, agent, session) else {
+            return;
+        };
         if !matches!(t.state, TaskState::Running { .. }) {
             return;
         }
@@ -414,14 +544,24 @@ impl Core {
         t.deadline = None;
         match outcome {
             Outcome::Done(out) => {
-                apply(t, TaskEvent::Succeed { agent: agent.clone() });
+                apply(
+                    t,
+                    TaskEvent::Succeed {
+                        agent: agent.clone(),
+                    },
+                );
                 t.output = Some(out);
             }
             Outcome::Failed(why) => {
                 t.losses += 1;
                 if t.losses >= max_attempts {
                     t.detail = format!("failed {} times; last error: {why}", t.losses);
-                    apply(t, TaskEvent::Fail { agent: agent.clone() });
+                    apply(
+                        t,
+                        TaskEvent::Fail {
+                            agent: agent.clone(),
+                        },
+                    );
                 } else {
                     tracing::warn!(task = %r.task.0, error = %why, "task failed on the agent; re-queued");
                     apply(t, TaskEvent::Requeue);
@@ -431,7 +571,9 @@ impl Core {
             Outcome::Cancelled(_) => apply(t, TaskEvent::Requeue),
         }
         self.release_device(agent, &device);
-        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.fx
+            .notices
+            .push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
         self.schedule(now);
     }
@@ -450,8 +592,19 @@ impl Core {
         }
         for (exp, task, attempt, pl) in expired {
             tracing::warn!(task = %task.0, agent = %pl.agent.0, "lease expired: re-queueing");
-            let r = TaskRef { experiment: exp, task, attempt };
-            self.fx.to_agents.push((pl.agent.clone(), pl.session, ToAgent::Cancel { task: r.clone(), reason: "lease expired".into() }));
+            let r = TaskRef {
+                experiment: exp,
+                task,
+                attempt,
+            };
+            self.fx.to_agents.push((
+                pl.agent.clone(),
+                pl.session,
+                ToAgent::Cancel {
+                    task: r.clone(),
+                    reason: "lease expired".into(),
+                },
+            ));
             self.lose_task(&r, "lease expired (no heartbeat or progress)");
             self.release_device(&pl.agent, &pl.device_uuid);
         }
@@ -463,7 +616,11 @@ impl Core {
         for e in &self.experiments {
             for (p, t) in e.plan.tasks.iter().zip(&e.tasks) {
                 if t.placed.as_ref().is_some_and(|pl| &pl.agent == agent) {
-                    lost.push(TaskRef { experiment: e.plan.id.clone(), task: p.spec.id.clone(), attempt: t.attempt });
+                    lost.push(TaskRef {
+                        experiment: e.plan.id.clone(),
+                        task: p.spec.id.clone(),
+                        attempt: t.attempt,
+                    });
                 }
             }
         }
@@ -480,8 +637,12 @@ impl Core {
     /// A placed task lost its agent: back to the queue, or failed once attempts are used up.
     fn lose_task(&mut self, r: &TaskRef, why: &str) {
         let max_attempts = self.settings.max_attempts;
-        let Some(ei) = self.exp_index(&r.experiment) else { return };
-        let Some(ti) = self.experiments[ei].index(&r.task) else { return };
+        let Some(ei) = self.exp_index(&r.experiment) else {
+            return;
+        };
+        let Some(ti) = self.experiments[ei].index(&r.task) else {
+            return;
+        };
         let t = &mut self.experiments[ei].tasks[ti];
         let running_on = match &t.state {
             TaskState::Running { agent } => Some(agent.clone()),
@@ -499,12 +660,18 @@ impl Core {
             }
             _ => apply(t, TaskEvent::Requeue),
         }
-        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.fx
+            .notices
+            .push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
     }
 
     fn device_mut(&mut self, agent: &AgentId, uuid: &str) -> Option<&mut DeviceSlot> {
-        self.agents.get_mut(agent)?.devices.iter_mut().find(|d| d.info.uuid == uuid)
+        self.agents
+            .get_mut(agent)?
+            .devices
+            .iter_mut()
+            .find(|d| d.info.uuid == uuid)
     }
 
     fn release_device(&mut self, agent: &AgentId, uuid: &str) {
@@ -515,11 +682,18 @@ impl Core {
 
     pub(super) fn persist(&mut self, ei: usize) {
         let e = &self.experiments[ei];
-        self.fx.io.push(Io::SaveState(e.plan.id.clone(), e.journal()));
+        self.fx
+            .io
+            .push(Io::SaveState(e.plan.id.clone(), e.journal()));
     }
 }
 
-pub(super) fn new_task(state: TaskState, attempt: u32, output: Option<TaskOutput>, ran_on: Option<AgentId>) -> TaskEntry {
+pub(super) fn new_task(
+    state: TaskState,
+    attempt: u32,
+    output: Option<TaskOutput>,
+    ran_on: Option<AgentId>,
+) -> TaskEntry {
     TaskEntry {
         state,
         detail: String::new(),

@@ -3,9 +3,9 @@
 //! agents, watcher events). Everything else talks to it through a [`StateHandle`].
 pub mod core;
 mod sched;
-pub mod view;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
 use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef};
 use crate::experiment::{ExperimentId, ExperimentPlan};
@@ -24,27 +24,68 @@ pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 /// An agent's message, decoded.
 #[derive(Debug)]
 pub enum AgentEvent {
-    Heartbeat { free: Vec<(String, u64)>, running: Vec<TaskRef> },
-    OfferReply { task: TaskRef, answer: OfferAnswer },
-    Progress { task: TaskRef, event: ProgressEvent },
-    Predictions { task: TaskRef, rows: Vec<PredictionRow> },
-    Result { task: TaskRef, outcome: Outcome },
+    Heartbeat {
+        free: Vec<(String, u64)>,
+        running: Vec<TaskRef>,
+    },
+    OfferReply {
+        task: TaskRef,
+        answer: OfferAnswer,
+    },
+    Progress {
+        task: TaskRef,
+        event: ProgressEvent,
+    },
+    Predictions {
+        task: TaskRef,
+        rows: Vec<PredictionRow>,
+    },
+    Result {
+        task: TaskRef,
+        outcome: Outcome,
+    },
 }
 
 /// A watcher's start: the current task states, then live events.
-pub type WatchStart = (Vec<pb::ExperimentEvent>, broadcast::Receiver<pb::ExperimentEvent>);
+pub type WatchStart = (
+    Vec<pb::ExperimentEvent>,
+    broadcast::Receiver<pb::ExperimentEvent>,
+);
 
 /// Requests to the state owner.
 #[derive(Debug)]
 pub enum Command {
-    Submit { plan: Box<ExperimentPlan>, reply: oneshot::Sender<ExperimentId> },
-    Register { reg: Registration, tx: AgentTx, reply: oneshot::Sender<Result<u64, CoreError>> },
-    Disconnect { agent: AgentId, session: u64 },
-    FromAgent { agent: AgentId, session: u64, event: AgentEvent },
-    Status { experiment: Option<ExperimentId>, reply: oneshot::Sender<Result<pb::StatusReply, CoreError>> },
-    Watch { experiment: ExperimentId, reply: oneshot::Sender<Result<WatchStart, CoreError>> },
+    Submit {
+        plan: Box<ExperimentPlan>,
+        reply: oneshot::Sender<ExperimentId>,
+    },
+    Register {
+        reg: Registration,
+        tx: AgentTx,
+        reply: oneshot::Sender<Result<u64, CoreError>>,
+    },
+    Disconnect {
+        agent: AgentId,
+        session: u64,
+    },
+    FromAgent {
+        agent: AgentId,
+        session: u64,
+        event: AgentEvent,
+    },
+    Status {
+        experiment: Option<ExperimentId>,
+        reply: oneshot::Sender<Result<pb::StatusReply, CoreError>>,
+    },
+    Watch {
+        experiment: ExperimentId,
+        reply: oneshot::Sender<Result<WatchStart, CoreError>>,
+    },
     /// The output folder and whether the experiment has finished.
-    Results { experiment: ExperimentId, reply: oneshot::Sender<Result<(PathBuf, bool), CoreError>> },
+    Results {
+        experiment: ExperimentId,
+        reply: oneshot::Sender<Result<(PathBuf, bool), CoreError>>,
+    },
 }
 
 /// The state owner is gone (the coordinator is shutting down).
@@ -64,19 +105,30 @@ impl StateHandle {
     }
 
     /// Sends a command built around a reply channel and waits for the answer.
-    pub async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Closed> {
+    pub async fn ask<T>(
+        &self,
+        build: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Closed> {
         let (tx, rx) = oneshot::channel();
         self.send(build(tx)).await?;
         rx.await.map_err(|_| Closed)
     }
 
     pub async fn submit(&self, plan: ExperimentPlan) -> Result<ExperimentId, Closed> {
-        self.ask(|reply| Command::Submit { plan: Box::new(plan), reply }).await
+        self.ask(|reply| Command::Submit {
+            plan: Box::new(plan),
+            reply,
+        })
+        .await
     }
 }
 
 /// Starts the owner task: restores the journal, then serves commands until `shutdown`.
-pub fn spawn(mut core: Core, journal: Journal, shutdown: CancellationToken) -> (StateHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    mut core: Core,
+    journal: Journal,
+    shutdown: CancellationToken,
+) -> (StateHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Command>(1024);
     let handle = tokio::spawn(async move {
         let j = journal.clone();
@@ -89,7 +141,12 @@ pub fn spawn(mut core: Core, journal: Journal, shutdown: CancellationToken) -> (
             Ok(Err(e)) => tracing::error!(error = %e, "could not read the journal; starting empty"),
             Err(e) => tracing::error!(error = %e, "journal reader panicked"),
         }
-        let mut owner = Owner { core, journal, agents: HashMap::new(), watchers: HashMap::new() };
+        let mut owner = Owner {
+            core,
+            journal,
+            agents: HashMap::new(),
+            watchers: HashMap::new(),
+        };
         owner.apply_effects().await;
         let mut tick = tokio::time::interval(owner.core.settings.heartbeat_interval / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,7 +189,8 @@ impl Owner {
                     let hello = pb::CoordinatorMessage {
                         msg: Some(pb::coordinator_message::Msg::Registered(pb::Registered {
                             agent_id: agent.0.clone(),
-                            heartbeat_interval_ms: self.core.settings.heartbeat_interval.as_millis() as u32,
+                            heartbeat_interval_ms: self.core.settings.heartbeat_interval.as_millis()
+                                as u32,
                         })),
                     };
                     let _ = tx.try_send(Ok(hello));
@@ -146,12 +204,26 @@ impl Owner {
                 }
                 self.core.disconnect(&agent, session, now);
             }
-            Command::FromAgent { agent, session, event } => match event {
-                AgentEvent::Heartbeat { free, running } => self.core.heartbeat(&agent, session, &free, &running, now),
-                AgentEvent::OfferReply { task, answer } => self.core.offer_reply(&agent, session, &task, answer, now),
-                AgentEvent::Progress { task, event } => self.core.progress(&agent, session, &task, event, now),
-                AgentEvent::Predictions { task, rows } => self.core.predictions(&agent, session, &task, rows, now),
-                AgentEvent::Result { task, outcome } => self.core.result(&agent, session, &task, outcome, now),
+            Command::FromAgent {
+                agent,
+                session,
+                event,
+            } => match event {
+                AgentEvent::Heartbeat { free, running } => {
+                    self.core.heartbeat(&agent, session, &free, &running, now)
+                }
+                AgentEvent::OfferReply { task, answer } => {
+                    self.core.offer_reply(&agent, session, &task, answer, now)
+                }
+                AgentEvent::Progress { task, event } => {
+                    self.core.progress(&agent, session, &task, event, now)
+                }
+                AgentEvent::Predictions { task, rows } => {
+                    self.core.predictions(&agent, session, &task, rows, now)
+                }
+                AgentEvent::Result { task, outcome } => {
+                    self.core.result(&agent, session, &task, outcome, now)
+                }
             },
             Command::Status { experiment, reply } => {
                 let _ = reply.send(view::status(&self.core, experiment.as_ref()));
@@ -161,7 +233,11 @@ impl Owner {
                     None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
                     Some(e) => {
                         let snapshot = view::snapshot_events(e);
-                        let rx = self.watchers.entry(experiment).or_insert_with(|| broadcast::channel(1024).0).subscribe();
+                        let rx = self
+                            .watchers
+                            .entry(experiment)
+                            .or_insert_with(|| broadcast::channel(1024).0)
+                            .subscribe();
                         Ok((snapshot, rx))
                     }
                 };
@@ -170,7 +246,10 @@ impl Owner {
             Command::Results { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {
                     None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
-                    Some(e) => Ok((e.plan.output_dir.clone(), e.state != core::ExperimentState::Running)),
+                    Some(e) => Ok((
+                        e.plan.output_dir.clone(),
+                        e.state != core::ExperimentState::Running,
+                    )),
                 };
                 let _ = reply.send(res);
             }
@@ -186,9 +265,15 @@ impl Owner {
                 for op in fx.io {
                     let r = match op {
                         Io::SavePlan(p) => journal.save_plan(&p).map_err(|e| e.to_string()),
-                        Io::SaveState(id, s) => journal.save_state(&id, &s).map_err(|e| e.to_string()),
-                        Io::AppendPredictions(id, t, rows) => journal.append_predictions(&id, &t, &rows).map_err(|e| e.to_string()),
-                        Io::WriteOutputs(input) => crate::outputs::write_outputs(&input).map_err(|e| e.to_string()),
+                        Io::SaveState(id, s) => {
+                            journal.save_state(&id, &s).map_err(|e| e.to_string())
+                        }
+                        Io::AppendPredictions(id, t, rows) => journal
+                            .append_predictions(&id, &t, &rows)
+                            .map_err(|e| e.to_string()),
+                        Io::WriteOutputs(input) => {
+                            crate::outputs::write_outputs(&input).map_err(|e| e.to_string())
+                        }
                     };
                     if let Err(e) = r {
                         tracing::error!(error = %e, "journal/output write failed");
@@ -201,7 +286,9 @@ impl Owner {
             }
         }
         for (agent, session, msg) in fx.to_agents {
-            let Some((s, tx)) = self.agents.get(&agent) else { continue };
+            let Some((s, tx)) = self.agents.get(&agent) else {
+                continue;
+            };
             if *s != session {
                 continue;
             }
@@ -219,7 +306,9 @@ impl Owner {
             }
         }
         for n in fx.notices {
-            let Some(ev) = view::notice_event(&self.core, &n) else { continue };
+            let Some(ev) = view::notice_event(&self.core, &n) else {
+                continue;
+            };
             if let Some(w) = self.watchers.get(&ev_experiment(&n)) {
                 let _ = w.send(ev);
             }
@@ -229,6 +318,8 @@ impl Owner {
 
 fn ev_experiment(n: &core::Notice) -> ExperimentId {
     match n {
-        core::Notice::Task(e, _) | core::Notice::Progress(e, _, _) | core::Notice::Finished(e, _) => e.clone(),
+        core::Notice::Task(e, _)
+        | core::Notice::Progress(e, _, _)
+        | core::Notice::Finished(e, _) => e.clone(),
     }
 }

@@ -1,7 +1,9 @@
 //! Placement: which ready task goes to which idle device. One task per device at a time, only
 //! where the reported free memory fits the estimate, an SLM's eval preferably on the agent that
 //! finetuned it, and a task no registered device could ever hold fails at once.
-use super::core::{Core, ExperimentState, Io, Notice, Placement, ToAgent, TaskRef, apply, final_state};
+use super::core::{
+    Core, ExperimentState, Io, Notice, Placement, TaskRef, ToAgent, apply, final_state,
+};
 use crate::experiment::TaskPayload;
 use crate::outcome::TaskOutput;
 use crate::outputs::{OutputsInput, TaskResultView};
@@ -11,14 +13,20 @@ use std::time::Instant;
 impl Core {
     /// Promotes, fails, places and finishes whatever can move now. Called after every event.
     pub fn schedule(&mut self, now: Instant) {
-        let largest = self.agents.values().flat_map(|a| a.devices.iter().map(|d| d.info.total_mib)).max();
+        let largest = self
+            .agents
+            .values()
+            .flat_map(|a| a.devices.iter().map(|d| d.info.total_mib))
+            .max();
         for ei in 0..self.experiments.len() {
             if self.experiments[ei].state != ExperimentState::Running {
                 continue;
             }
             let mut changed = self.promote(ei, largest);
             for ti in 0..self.experiments[ei].tasks.len() {
-                if self.experiments[ei].tasks[ti].state == TaskState::Ready && self.place(ei, ti, now) {
+                if self.experiments[ei].tasks[ti].state == TaskState::Ready
+                    && self.place(ei, ti, now)
+                {
                     changed = true;
                 }
             }
@@ -46,17 +54,35 @@ impl Core {
                 continue;
             }
             let event = if let Some(max) = largest.filter(|m| spec.estimate_mib > *m) {
-                let why = format!("task `{}` needs {} MiB, largest device has {} MiB", spec.id.0, spec.estimate_mib, max);
+                let why = format!(
+                    "task `{}` needs {} MiB, largest device has {} MiB",
+                    spec.id.0, spec.estimate_mib, max
+                );
                 Some((TaskEvent::Unplaceable, why))
             } else if *state == TaskState::Pending {
                 let dep_states: Vec<(&TaskId, &TaskState)> = spec
                     .depends_on
                     .iter()
-                    .map(|d| (d, e.plan.tasks.iter().position(|p| &p.spec.id == d).map(|i| &e.tasks[i].state)))
+                    .map(|d| {
+                        (
+                            d,
+                            e.plan
+                                .tasks
+                                .iter()
+                                .position(|p| &p.spec.id == d)
+                                .map(|i| &e.tasks[i].state),
+                        )
+                    })
                     .map(|(d, p)| (d, p.unwrap_or(&TaskState::Pending)))
                     .collect();
-                if let Some((d, _)) = dep_states.iter().find(|(_, p)| matches!(p, TaskState::Failed | TaskState::Cancelled)) {
-                    Some((TaskEvent::DependencyFailed, format!("dependency `{}` did not succeed", d.0)))
+                if let Some((d, _)) = dep_states
+                    .iter()
+                    .find(|(_, p)| matches!(p, TaskState::Failed | TaskState::Cancelled))
+                {
+                    Some((
+                        TaskEvent::DependencyFailed,
+                        format!("dependency `{}` did not succeed", d.0),
+                    ))
                 } else if dep_states.iter().all(|(_, p)| **p == TaskState::Succeeded) {
                     Some((TaskEvent::DependenciesMet, String::new()))
                 } else {
@@ -69,7 +95,10 @@ impl Core {
                 let t = &mut self.experiments[ei].tasks[ti];
                 t.detail = why;
                 apply(t, ev);
-                self.fx.notices.push(Notice::Task(exp_id.clone(), self.experiments[ei].plan.tasks[ti].spec.id.clone()));
+                self.fx.notices.push(Notice::Task(
+                    exp_id.clone(),
+                    self.experiments[ei].plan.tasks[ti].spec.id.clone(),
+                ));
                 changed = true;
             }
         }
@@ -92,7 +121,10 @@ impl Core {
         let mut best: Option<(bool, u64, AgentId, String, u64)> = None;
         for (aid, a) in &self.agents {
             for d in &a.devices {
-                if d.busy.is_some() || d.info.free_mib < spec.estimate_mib || t.declined.contains(&(aid.clone(), d.info.uuid.clone())) {
+                if d.busy.is_some()
+                    || d.info.free_mib < spec.estimate_mib
+                    || t.declined.contains(&(aid.clone(), d.info.uuid.clone()))
+                {
                     continue;
                 }
                 let preferred = trainer.as_ref() == Some(aid);
@@ -100,30 +132,68 @@ impl Core {
                 // devices for big tasks.
                 let better = match &best {
                     None => true,
-                    Some((bp, bfree, ..)) => (preferred && !bp) || (preferred == *bp && d.info.free_mib < *bfree),
+                    Some((bp, bfree, ..)) => {
+                        (preferred && !bp) || (preferred == *bp && d.info.free_mib < *bfree)
+                    }
                 };
                 if better {
-                    best = Some((preferred, d.info.free_mib, aid.clone(), d.info.uuid.clone(), a.session));
+                    best = Some((
+                        preferred,
+                        d.info.free_mib,
+                        aid.clone(),
+                        d.info.uuid.clone(),
+                        a.session,
+                    ));
                 }
             }
         }
-        let Some((_, _, agent, device_uuid, session)) = best else { return false };
+        let Some((_, _, agent, device_uuid, session)) = best else {
+            return false;
+        };
         let payload = self.offer_payload(ei, ti);
         let lease = self.settings.lease;
         let e = &mut self.experiments[ei];
         let spec = e.plan.tasks[ti].spec.clone();
         let t = &mut e.tasks[ti];
-        apply(t, TaskEvent::Offer { agent: agent.clone() });
+        apply(
+            t,
+            TaskEvent::Offer {
+                agent: agent.clone(),
+            },
+        );
         t.attempt += 1;
-        t.placed = Some(Placement { agent: agent.clone(), session, device_uuid: device_uuid.clone() });
+        t.placed = Some(Placement {
+            agent: agent.clone(),
+            session,
+            device_uuid: device_uuid.clone(),
+        });
         t.deadline = Some(now + lease);
-        let r = TaskRef { experiment: e.plan.id.clone(), task: spec.id.clone(), attempt: t.attempt };
-        if let Some(d) = self.agents.get_mut(&agent).and_then(|a| a.devices.iter_mut().find(|d| d.info.uuid == device_uuid)) {
+        let r = TaskRef {
+            experiment: e.plan.id.clone(),
+            task: spec.id.clone(),
+            attempt: t.attempt,
+        };
+        if let Some(d) = self
+            .agents
+            .get_mut(&agent)
+            .and_then(|a| a.devices.iter_mut().find(|d| d.info.uuid == device_uuid))
+        {
             d.busy = Some((r.experiment.clone(), r.task.clone()));
         }
         tracing::info!(task = %spec.id.0, agent = %agent.0, device = %device_uuid, attempt = r.attempt, "offering task");
-        self.fx.notices.push(Notice::Task(r.experiment.clone(), r.task.clone()));
-        self.fx.to_agents.push((agent, session, ToAgent::Offer { task: r, spec, device_uuid, payload: Box::new(payload) }));
+        self.fx
+            .notices
+            .push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.fx.to_agents.push((
+            agent,
+            session,
+            ToAgent::Offer {
+                task: r,
+                spec,
+                device_uuid,
+                payload: Box::new(payload),
+            },
+        ));
         true
     }
 
@@ -158,13 +228,28 @@ impl Core {
             .map(|(p, t)| {
                 // Rows in the payload's sample order, so outputs do not depend on arrival order.
                 let rows = match &p.payload {
-                    TaskPayload::Evaluate(ev) => ev.samples.iter().filter_map(|s| t.predictions.get(&s.id).cloned()).collect(),
+                    TaskPayload::Evaluate(ev) => ev
+                        .samples
+                        .iter()
+                        .filter_map(|s| t.predictions.get(&s.id).cloned())
+                        .collect(),
                     TaskPayload::Finetune(_) => Vec::new(),
                 };
-                TaskResultView { spec: p.spec.clone(), state: t.state.clone(), detail: t.detail.clone(), output: t.output.clone(), predictions: rows }
+                TaskResultView {
+                    spec: p.spec.clone(),
+                    state: t.state.clone(),
+                    detail: t.detail.clone(),
+                    output: t.output.clone(),
+                    predictions: rows,
+                }
             })
             .collect();
-        self.fx.io.push(Io::WriteOutputs(Box::new(OutputsInput { plan: e.plan.clone(), tasks })));
-        self.fx.notices.push(Notice::Finished(e.plan.id.clone(), state));
+        self.fx.io.push(Io::WriteOutputs(Box::new(OutputsInput {
+            plan: e.plan.clone(),
+            tasks,
+        })));
+        self.fx
+            .notices
+            .push(Notice::Finished(e.plan.id.clone(), state));
     }
 }

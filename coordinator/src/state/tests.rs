@@ -51,7 +51,15 @@ fn plan() -> ExperimentPlan {
         split_hash: String::new(),
         train_code_counts: Default::default(),
         result_keys: Default::default(),
-        tasks: vec![ft, eval(spec("eval:SLM_X", TaskKind::Evaluate, &["finetune:SLM_X"], 100))],
+        tasks: vec![
+            ft,
+            eval(spec(
+                "eval:SLM_X",
+                TaskKind::Evaluate,
+                &["finetune:SLM_X"],
+                100,
+            )),
+        ],
     }
 }
 
@@ -83,7 +91,11 @@ fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
 }
 
 fn settings() -> Settings {
-    Settings { heartbeat_interval: Duration::from_millis(100), lease: Duration::from_secs(1), max_attempts: 2 }
+    Settings {
+        heartbeat_interval: Duration::from_millis(100),
+        lease: Duration::from_secs(1),
+        max_attempts: 2,
+    }
 }
 
 #[test]
@@ -93,30 +105,80 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
     let s = core.register(reg("a", 1000), t0).unwrap();
     core.submit(plan(), t0);
     let fx = core.take_effects();
-    assert_eq!(offers(&fx), [("a".to_string(), "finetune:SLM_X".to_string(), 1)]);
-    let r = TaskRef { experiment: ExperimentId("e".into()), task: TaskId("finetune:SLM_X".into()), attempt: 1 };
+    assert_eq!(
+        offers(&fx),
+        [("a".to_string(), "finetune:SLM_X".to_string(), 1)]
+    );
+    let r = TaskRef {
+        experiment: ExperimentId("e".into()),
+        task: TaskId("finetune:SLM_X".into()),
+        attempt: 1,
+    };
     core.offer_reply(&AgentId("a".into()), s, &r, OfferAnswer::Accept, t0);
     // Heartbeats renew the lease...
-    core.heartbeat(&AgentId("a".into()), s, &[], std::slice::from_ref(&r), t0 + Duration::from_millis(900));
+    core.heartbeat(
+        &AgentId("a".into()),
+        s,
+        &[],
+        std::slice::from_ref(&r),
+        t0 + Duration::from_millis(900),
+    );
     core.tick(t0 + Duration::from_millis(1500));
-    assert!(matches!(core.experiments[0].tasks[0].state, TaskState::Running { .. }));
+    assert!(matches!(
+        core.experiments[0].tasks[0].state,
+        TaskState::Running { .. }
+    ));
     // ...silence does not: re-queued, the agent is told to stop, and it is offered again.
     core.take_effects();
     core.tick(t0 + Duration::from_millis(2000));
     let fx = core.take_effects();
-    assert!(fx.to_agents.iter().any(|(_, _, m)| matches!(m, ToAgent::Cancel { .. })));
-    assert_eq!(offers(&fx), [("a".to_string(), "finetune:SLM_X".to_string(), 2)]);
+    assert!(
+        fx.to_agents
+            .iter()
+            .any(|(_, _, m)| matches!(m, ToAgent::Cancel { .. }))
+    );
+    assert_eq!(
+        offers(&fx),
+        [("a".to_string(), "finetune:SLM_X".to_string(), 2)]
+    );
     // A late result of attempt 1 is ignored.
     let out = Outcome::Failed("late".into());
-    core.result(&AgentId("a".into()), s, &r, out, t0 + Duration::from_millis(2001));
-    assert_eq!(core.experiments[0].tasks[0].state, TaskState::Offered { agent: AgentId("a".into()) });
+    core.result(
+        &AgentId("a".into()),
+        s,
+        &r,
+        out,
+        t0 + Duration::from_millis(2001),
+    );
+    assert_eq!(
+        core.experiments[0].tasks[0].state,
+        TaskState::Offered {
+            agent: AgentId("a".into())
+        }
+    );
     // The second loss uses up the attempts: the task fails, its eval is cancelled.
     let r2 = TaskRef { attempt: 2, ..r };
-    core.offer_reply(&AgentId("a".into()), s, &r2, OfferAnswer::Accept, t0 + Duration::from_millis(2002));
-    core.result(&AgentId("a".into()), s, &r2, Outcome::Failed("out of memory".into()), t0 + Duration::from_millis(2003));
+    core.offer_reply(
+        &AgentId("a".into()),
+        s,
+        &r2,
+        OfferAnswer::Accept,
+        t0 + Duration::from_millis(2002),
+    );
+    core.result(
+        &AgentId("a".into()),
+        s,
+        &r2,
+        Outcome::Failed("out of memory".into()),
+        t0 + Duration::from_millis(2003),
+    );
     let e = &core.experiments[0];
     assert_eq!(e.tasks[0].state, TaskState::Failed);
-    assert!(e.tasks[0].detail.contains("out of memory"), "{}", e.tasks[0].detail);
+    assert!(
+        e.tasks[0].detail.contains("out of memory"),
+        "{}",
+        e.tasks[0].detail
+    );
     assert_eq!(e.tasks[1].state, TaskState::Cancelled);
     assert_eq!(e.state, ExperimentState::Failed);
 }
@@ -130,7 +192,11 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
     core.submit(plan(), t0);
     core.take_effects();
     let _sb = core.register(reg("b", 200), t0).unwrap();
-    let r = TaskRef { experiment: ExperimentId("e".into()), task: TaskId("finetune:SLM_X".into()), attempt: 1 };
+    let r = TaskRef {
+        experiment: ExperimentId("e".into()),
+        task: TaskId("finetune:SLM_X".into()),
+        attempt: 1,
+    };
     let a = AgentId("a".into());
     core.offer_reply(&a, sa, &r, OfferAnswer::Accept, t0);
     let tr = crate::outcome::TrainingOutcome {
@@ -149,9 +215,18 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         curve: vec![],
     };
     core.take_effects();
-    core.result(&a, sa, &r, Outcome::Done(crate::outcome::TaskOutput::Finetuned(tr)), t0);
+    core.result(
+        &a,
+        sa,
+        &r,
+        Outcome::Done(crate::outcome::TaskOutput::Finetuned(tr)),
+        t0,
+    );
     let fx = core.take_effects();
-    assert_eq!(offers(&fx), [("a".to_string(), "eval:SLM_X".to_string(), 1)]);
+    assert_eq!(
+        offers(&fx),
+        [("a".to_string(), "eval:SLM_X".to_string(), 1)]
+    );
     let payload = fx.to_agents.iter().find_map(|(_, _, m)| match m {
         ToAgent::Offer { payload, .. } => Some(payload.clone()),
         ToAgent::Cancel { .. } => None,

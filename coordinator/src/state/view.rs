@@ -1,19 +1,31 @@
 //! Wire views of the state: status replies, watcher events, messages to agents (edge code: the
 //! only part of the state module that builds `pb::*`).
-use super::core::{Core, CoreError, DeviceKind, ExperimentEntry, ExperimentState, Notice, TaskEntry, TaskRef, ToAgent};
+use super::core::{
+    Core, CoreError, DeviceKind, ExperimentEntry, ExperimentState, Notice, TaskEntry, TaskRef,
+    ToAgent,
+};
 use crate::experiment::{ExperimentId, TaskPayload};
 use proto::pb;
 use shared::task::TaskState;
 
 fn task_ref(r: &TaskRef) -> pb::TaskRef {
-    pb::TaskRef { experiment_id: r.experiment.0.clone(), task_id: r.task.0.clone(), attempt: r.attempt }
+    pb::TaskRef {
+        experiment_id: r.experiment.0.clone(),
+        task_id: r.task.0.clone(),
+        attempt: r.attempt,
+    }
 }
 
 /// The message an agent receives.
 pub fn to_agent_pb(msg: ToAgent) -> Result<pb::CoordinatorMessage, serde_json::Error> {
     use pb::coordinator_message::Msg;
     let msg = match msg {
-        ToAgent::Offer { task, spec, device_uuid, payload } => {
+        ToAgent::Offer {
+            task,
+            spec,
+            device_uuid,
+            payload,
+        } => {
             let payload_json = match payload.as_ref() {
                 TaskPayload::Evaluate(p) => serde_json::to_vec(p)?,
                 TaskPayload::Finetune(p) => serde_json::to_vec(p)?,
@@ -26,7 +38,10 @@ pub fn to_agent_pb(msg: ToAgent) -> Result<pb::CoordinatorMessage, serde_json::E
                 payload_json,
             })
         }
-        ToAgent::Cancel { task, reason } => Msg::Cancel(pb::CancelTask { task: Some(task_ref(&task)), reason }),
+        ToAgent::Cancel { task, reason } => Msg::Cancel(pb::CancelTask {
+            task: Some(task_ref(&task)),
+            reason,
+        }),
     };
     Ok(pb::CoordinatorMessage { msg: Some(msg) })
 }
@@ -62,7 +77,12 @@ fn task_status(e: &ExperimentEntry, i: usize) -> pb::TaskStatus {
     pb::TaskStatus {
         task_id: spec.id.0.clone(),
         state: state_kind(&t.state) as i32,
-        agent_id: t.placed.as_ref().map(|p| p.agent.0.clone()).or_else(|| t.ran_on.as_ref().map(|a| a.0.clone())).unwrap_or_default(),
+        agent_id: t
+            .placed
+            .as_ref()
+            .map(|p| p.agent.0.clone())
+            .or_else(|| t.ran_on.as_ref().map(|a| a.0.clone()))
+            .unwrap_or_default(),
         attempt: t.attempt,
         detail,
         predictions: t.predictions.len() as u64,
@@ -112,7 +132,10 @@ pub fn status(core: &Core, only: Option<&ExperimentId>) -> Result<pb::StatusRepl
                 .collect(),
         })
         .collect();
-    Ok(pb::StatusReply { experiments, agents })
+    Ok(pb::StatusReply {
+        experiments,
+        agents,
+    })
 }
 
 /// One event per task with its current state (a watcher's starting point), plus `finished` if so.
@@ -120,10 +143,16 @@ pub fn snapshot_events(e: &ExperimentEntry) -> Vec<pb::ExperimentEvent> {
     use pb::experiment_event::Event;
     let id = e.plan.id.0.clone();
     let mut out: Vec<_> = (0..e.tasks.len())
-        .map(|i| pb::ExperimentEvent { experiment_id: id.clone(), event: Some(Event::Task(task_status(e, i))) })
+        .map(|i| pb::ExperimentEvent {
+            experiment_id: id.clone(),
+            event: Some(Event::Task(task_status(e, i))),
+        })
         .collect();
     if e.state != ExperimentState::Running {
-        out.push(pb::ExperimentEvent { experiment_id: id, event: Some(Event::Finished(experiment_kind(e.state) as i32)) });
+        out.push(pb::ExperimentEvent {
+            experiment_id: id,
+            event: Some(Event::Finished(experiment_kind(e.state) as i32)),
+        });
     }
     out
 }
@@ -139,10 +168,23 @@ pub fn notice_event(core: &Core, n: &Notice) -> Option<pb::ExperimentEvent> {
         Notice::Progress(exp, task, ev) => {
             let e = core.experiment(exp)?;
             let i = e.plan.tasks.iter().position(|t| &t.spec.id == task)?;
-            let r = pb::TaskRef { experiment_id: exp.0.clone(), task_id: task.0.clone(), attempt: e.tasks[i].attempt };
-            (exp, Event::Progress(pb::TaskProgress { task: Some(r), event: Some(ev.into()) }))
+            let r = pb::TaskRef {
+                experiment_id: exp.0.clone(),
+                task_id: task.0.clone(),
+                attempt: e.tasks[i].attempt,
+            };
+            (
+                exp,
+                Event::Progress(pb::TaskProgress {
+                    task: Some(r),
+                    event: Some(ev.into()),
+                }),
+            )
         }
         Notice::Finished(exp, state) => (exp, Event::Finished(experiment_kind(*state) as i32)),
     };
-    Some(pb::ExperimentEvent { experiment_id: exp.0.clone(), event: Some(event) })
+    Some(pb::ExperimentEvent {
+        experiment_id: exp.0.clone(),
+        event: Some(event),
+    })
 }
