@@ -96,13 +96,19 @@ async fn run_demo_on(
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (_, state, events) = submit_and_wait(&url, None, LIMIT).await;
+    let (id, state, events) = submit_and_wait(&url, None, LIMIT).await;
     assert_eq!(state, succeeded(), "events: {events:?}");
     if agents > 1 {
-        let used: std::collections::BTreeSet<String> = task_events(&events)
-            .into_iter()
-            .filter(|t| t.state == pb::TaskStateKind::TaskStateRunning as i32)
-            .map(|t| t.agent_id)
+        // Who ran each task (the watch may start after tasks already left `running`).
+        let st = ctl
+            .status(pb::StatusRequest { experiment_id: id })
+            .await
+            .unwrap()
+            .into_inner();
+        let used: std::collections::BTreeSet<String> = st.experiments[0]
+            .tasks
+            .iter()
+            .map(|t| t.agent_id.clone())
             .collect();
         assert!(
             used.len() > 1,
