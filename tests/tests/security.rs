@@ -123,3 +123,61 @@ async fn unauthenticated_oversize_and_traversal_requests_are_rejected() {
     assert!(!dir.path().join("data/artifacts/e/file.bin").exists());
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_without_a_token() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let plan = demo_plan("h", &dir.path().join("out"), 1, 1);
+    let c = start_coordinator(
+        &dir.path().join("data"),
+        plan,
+        Token::new("t"),
+        stop.clone(),
+    )
+    .await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: "sizespec.v1.ControlService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "sizespec.v1.AgentService",
+        "sizespec.v1.ArtifactService",
+        "sizespec.v1.ControlService",
+    ] {
+        assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+    }
+    stop.cancel();
+}
