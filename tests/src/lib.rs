@@ -366,18 +366,29 @@ pub fn demo_plan(id: &str, out: &Path, eval_n: usize, estimate_mib: u64) -> Expe
     }
 }
 
-/// Starts a coordinator on 127.0.0.1:0.
+/// Starts a coordinator on 127.0.0.1:0 with [`fast_settings`].
 pub async fn start_coordinator(
     data_dir: &Path,
     plan: ExperimentPlan,
     token: Option<Token>,
     shutdown: CancellationToken,
 ) -> Running {
+    start_coordinator_with(data_dir, plan, token, fast_settings(), shutdown).await
+}
+
+/// Starts a coordinator on 127.0.0.1:0.
+pub async fn start_coordinator_with(
+    data_dir: &Path,
+    plan: ExperimentPlan,
+    token: Option<Token>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let mut opts = ServeOptions::new(data_dir.to_path_buf(), Arc::new(StaticPlanner(plan)));
-    opts.settings = fast_settings();
+    opts.settings = settings;
     opts.token = token;
     coordinator::server::start(listener, opts, shutdown)
         .await

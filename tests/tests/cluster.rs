@@ -1,4 +1,5 @@
 //! Coordinator + agents on loopback with the fake runner: placement, failures, restart, limits.
+use coordinator::state::core::Settings;
 use proto::pb;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -487,5 +488,92 @@ async fn an_adapter_trained_on_one_agent_is_downloaded_by_another_for_its_eval()
         reference,
         "the transferred adapter gives the same predictions"
     );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_agent_hands_its_task_back_without_using_up_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let stop = CancellationToken::new();
+    // One attempt only: a lost task would fail; a handed-back one must not.
+    let settings = Settings {
+        max_attempts: 1,
+        ..fast_settings()
+    };
+    let c = start_coordinator_with(
+        &dir.path().join("data"),
+        demo_plan("demo", &out, 12, 500),
+        None,
+        settings,
+        stop.clone(),
+    )
+    .await;
+    let url = format!("http://{}", c.addr);
+    let counts = Arc::new(RunCounts::default());
+    let leaving = start_agent(
+        &url,
+        "leaving",
+        1000,
+        runner(60, 2, &counts),
+        None,
+        dir.path(),
+    );
+    let mut ctl = control(&url, None).await;
+    let id = ctl
+        .submit(pb::SubmitRequest {
+            config_toml: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .experiment_id;
+    loop {
+        let st = ctl
+            .status(pb::StatusRequest {
+                experiment_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if st.experiments[0].tasks[0].predictions >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    leaving.stop();
+    let _stayer = start_agent(
+        &url,
+        "stayer",
+        1000,
+        runner(1, 4, &counts),
+        None,
+        dir.path(),
+    );
+    let mut stream = ctl
+        .watch(pb::WatchRequest {
+            experiment_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let state = tokio::time::timeout(LIMIT, async {
+        while let Some(ev) = stream.message().await.unwrap() {
+            if let Some(pb::experiment_event::Event::Finished(s)) = ev.event {
+                return s;
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    let st = ctl
+        .status(pb::StatusRequest { experiment_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state, succeeded(), "{:?}", st.experiments[0].tasks);
+    assert_eq!(st.experiments[0].tasks[0].agent_id, "stayer");
+    assert!(st.experiments[0].tasks[0].attempt >= 2);
     stop.cancel();
 }

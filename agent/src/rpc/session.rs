@@ -174,8 +174,14 @@ async fn session(
         c.cancel.cancel();
         let _ = c.done.await;
     }
+    // Close our side, then read until the coordinator closes its side: dropping the call early
+    // would reset the stream and lose the queued `cancelled` report.
     drop(out);
     drop(ctx);
+    if result.is_ok() {
+        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    }
     result
 }
 
