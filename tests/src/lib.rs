@@ -450,6 +450,22 @@ pub fn start_agent(
     token: Option<Token>,
     work: &Path,
 ) -> AgentHandle {
+    let conn = Connection {
+        url: url.into(),
+        token,
+        tls: None,
+    };
+    start_agent_on(conn, id, total_mib, runner, work)
+}
+
+/// [`start_agent`] with a full connection (TLS).
+pub fn start_agent_on(
+    connection: Connection,
+    id: &str,
+    total_mib: u64,
+    runner: Arc<dyn TaskRunner>,
+    work: &Path,
+) -> AgentHandle {
     let probe = FakeProbe::new(&format!("dev-{id}"), total_mib);
     let (free, at_offer) = (probe.free_mib.clone(), probe.at_offer_mib.clone());
     let shutdown = CancellationToken::new();
@@ -461,11 +477,7 @@ pub fn start_agent(
     let cfg = AgentConfig {
         agent_id: AgentId(id.into()),
         host: "localhost".into(),
-        connection: Connection {
-            url: url.into(),
-            token,
-            tls: None,
-        },
+        connection,
         work_dir: work.join(id),
     };
     let kill_switch = CancellationToken::new();
