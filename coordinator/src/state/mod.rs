@@ -5,6 +5,7 @@ pub mod core;
 mod sched;
 #[cfg(test)]
 mod tests;
+mod types;
 pub mod view;
 
 use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef};

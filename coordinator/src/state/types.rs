@@ -1,0 +1,130 @@
+//! The vocabulary of the state owner: settings, registrations, messages to agents, effects.
+use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
+use crate::journal::ExperimentJournal;
+use crate::outcome::TaskOutput;
+use shared::task::{AgentId, PredictionRow, ProgressEvent, TaskId};
+use std::time::Duration;
+
+/// Scheduling knobs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A running task whose agent sent nothing for this long is re-queued.
+    pub lease: Duration,
+    /// A task lost or failed this many times fails for good.
+    pub max_attempts: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_interval: Duration::from_secs(2),
+            lease: Duration::from_secs(20),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// CPU or a CUDA GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// A device as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub total_mib: u64,
+    pub free_mib: u64,
+    pub driver: String,
+}
+
+/// An agent's registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub agent: AgentId,
+    pub host: String,
+    pub version: String,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// Identifies one task attempt on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub experiment: ExperimentId,
+    pub task: TaskId,
+    pub attempt: u32,
+}
+
+/// What an agent reported at the end of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done(TaskOutput),
+    Failed(String),
+    Cancelled(String),
+}
+
+/// An agent's answer to an offer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OfferAnswer {
+    Accept,
+    /// With why, and the device's free memory as the agent re-read it.
+    Decline {
+        reason: String,
+        free_mib: u64,
+    },
+}
+
+/// A message for an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToAgent {
+    Offer {
+        task: TaskRef,
+        spec: shared::task::TaskSpec,
+        device_uuid: String,
+        payload: Box<TaskPayload>,
+    },
+    Cancel {
+        task: TaskRef,
+        reason: String,
+    },
+}
+
+/// A journal write, in order.
+#[derive(Debug, Clone)]
+pub enum Io {
+    SavePlan(Box<ExperimentPlan>),
+    SaveState(ExperimentId, ExperimentJournal),
+    AppendPredictions(ExperimentId, TaskId, Vec<PredictionRow>),
+    WriteOutputs(Box<crate::outputs::OutputsInput>),
+}
+
+/// Something watchers hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Task(ExperimentId, TaskId),
+    Progress(ExperimentId, TaskId, ProgressEvent),
+    Finished(ExperimentId, ExperimentState),
+}
+
+/// An experiment's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// Effects queued by handlers.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub to_agents: Vec<(AgentId, u64, ToAgent)>,
+    pub io: Vec<Io>,
+    pub notices: Vec<Notice>,
+}
