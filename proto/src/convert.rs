@@ -12,6 +12,12 @@ pub enum ConvertError {
     Missing(&'static str),
     #[error("`{field}` has unknown or unspecified value {value}")]
     BadEnum { field: &'static str, value: i32 },
+    #[error("`{field}` has {count} entries, over the limit of {max}")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 fn task_kind(v: i32) -> Result<TaskKind, ConvertError> {

@@ -47,7 +47,9 @@ impl ArtifactService for ArtifactSvc {
             }
             .into());
         }
-        let mut data = Vec::with_capacity(header.size as usize);
+        // Grow with what arrives rather than trusting the announced size up front.
+        let mut data =
+            Vec::with_capacity(header.size.min(ARTIFACT_CHUNK_BYTES as u64 * 16) as usize);
         while let Some(chunk) = inbound.message().await? {
             match chunk.part {
                 Some(Part::Data(bytes)) => {

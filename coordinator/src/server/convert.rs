@@ -130,6 +130,13 @@ pub fn agent_event(m: pb::AgentMessage) -> Result<Option<AgentEvent>, ConvertErr
                     .ok_or(ConvertError::Missing("progress.event"))?
                     .try_into()?,
             },
+            Msg::Predictions(b) if b.rows.len() > proto::limits::MAX_PREDICTION_BATCH => {
+                return Err(ConvertError::TooMany {
+                    field: "predictions.rows",
+                    count: b.rows.len(),
+                    max: proto::limits::MAX_PREDICTION_BATCH,
+                });
+            }
             Msg::Predictions(b) => AgentEvent::Predictions {
                 task: task_ref(b.task)?,
                 rows: b.rows.into_iter().map(Into::into).collect(),

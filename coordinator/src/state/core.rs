@@ -411,9 +411,28 @@ impl Core {
         now: Instant,
     ) {
         let max_attempts = self.settings.max_attempts;
-        let Some((ei, t)) = self.task_mut(r, agent, session) else {
+        let Some((ei, _)) = self.task_mut(r, agent, session) else {
             return;
         };
+        let e = &mut self.experiments[ei];
+        let Some(ti) = e.index(&r.task) else { return };
+        // An evaluation is done only when every sample's prediction arrived: a report of success
+        // with rows missing is treated as a failure, and the retry runs just the missing ones.
+        let missing = match &e.plan.tasks[ti].payload {
+            TaskPayload::Evaluate(p) => p
+                .samples
+                .iter()
+                .filter(|s| !e.tasks[ti].predictions.contains_key(&s.id))
+                .count(),
+            TaskPayload::Finetune(_) => 0,
+        };
+        let outcome = match outcome {
+            Outcome::Done(_) if missing > 0 => {
+                Outcome::Failed(format!("finished with {missing} predictions missing"))
+            }
+            o => o,
+        };
+        let t = &mut e.tasks[ti];
         if !matches!(t.state, TaskState::Running { .. }) {
             return;
         }

@@ -236,3 +236,83 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         other => panic!("expected an eval payload, got {other:?}"),
     }
 }
+
+#[test]
+fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
+    let t0 = Instant::now();
+    let mut core = Core::new(settings());
+    let mut p = plan();
+    let sample = |id: &str| shared::dataset::Record {
+        id: id.into(),
+        dialogue: "d".into(),
+        note: String::new(),
+        code: "J069".into(),
+        description: String::new(),
+    };
+    // Only the eval (no dependency), with two samples.
+    let mut eval = p.tasks.pop().unwrap();
+    eval.spec.depends_on.clear();
+    if let TaskPayload::Evaluate(ev) = &mut eval.payload {
+        ev.samples = vec![sample("s1"), sample("s2")];
+    }
+    p.tasks = vec![eval];
+    let a = AgentId("a".into());
+    let s = core.register(reg("a", 1000), t0).unwrap();
+    core.submit(p, t0);
+    core.take_effects();
+    let r = TaskRef {
+        experiment: ExperimentId("e".into()),
+        task: TaskId("eval:SLM_X".into()),
+        attempt: 1,
+    };
+    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0);
+    let row = PredictionRow {
+        sample_id: "s1".into(),
+        reference: "J069".into(),
+        raw_output: "J06.9".into(),
+        extracted: Some("J069".into()),
+        correct: true,
+        latency_ms: 1.0,
+        generated_tokens: 2,
+        prompt_tokens: 5,
+    };
+    // A duplicate and an unknown sample are not counted.
+    let stranger = PredictionRow {
+        sample_id: "nope".into(),
+        ..row.clone()
+    };
+    core.predictions(&a, s, &r, vec![row.clone(), row, stranger], t0);
+    assert_eq!(core.experiments[0].tasks[0].predictions.len(), 1);
+    core.take_effects();
+    let perf = crate::outcome::EvalPerformance {
+        load_s: 0.0,
+        eval_s: 1.0,
+        samples_per_s: 1.0,
+        tokens_per_s: 1.0,
+        peak_memory_mib: 1,
+        device_name: "cpu".into(),
+    };
+    core.result(
+        &a,
+        s,
+        &r,
+        Outcome::Done(crate::outcome::TaskOutput::Evaluated(perf)),
+        t0,
+    );
+    let fx = core.take_effects();
+    assert_ne!(core.experiments[0].tasks[0].state, TaskState::Succeeded);
+    let retry = fx.to_agents.iter().find_map(|(_, _, m)| match m {
+        ToAgent::Offer { task, payload, .. } => Some((task.attempt, payload.clone())),
+        ToAgent::Cancel { .. } => None,
+    });
+    match retry {
+        Some((2, p)) => match *p {
+            TaskPayload::Evaluate(ev) => assert_eq!(
+                ev.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+                ["s2"]
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("expected a second offer, got {other:?}"),
+    }
+}
