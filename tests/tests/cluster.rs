@@ -577,3 +577,66 @@ async fn a_gracefully_stopped_agent_hands_its_task_back_without_using_up_an_atte
     assert!(st.experiments[0].tasks[0].attempt >= 2);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reconnects_to_a_restarted_coordinator_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plan = demo_plan("again", &dir.path().join("out"), 4, 100);
+    let stop1 = CancellationToken::new();
+    let c1 = start_coordinator(&data, plan.clone(), None, stop1.clone()).await;
+    let addr = c1.addr;
+    let url = format!("http://{addr}");
+    let counts = Arc::new(RunCounts::default());
+    let _agent = start_agent(
+        &url,
+        "faithful",
+        1000,
+        runner(1, 2, &counts),
+        None,
+        dir.path(),
+    );
+    let wait_for_agent = |url: String| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let st = pb::control_service_client::ControlServiceClient::new(ch)
+                    .status(pb::StatusRequest::default())
+                    .await;
+                if st.is_ok_and(|s| {
+                    s.into_inner()
+                        .agents
+                        .iter()
+                        .any(|a| a.agent_id == "faithful")
+                }) {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent did not (re)register"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for_agent(url.clone()).await;
+    stop1.cancel();
+    let _ = c1.join.await;
+    // Same address, new process state: the agent's backoff loop finds it again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let mut opts = coordinator::server::ServeOptions::new(data, Arc::new(StaticPlanner(plan)));
+    opts.settings = fast_settings();
+    let stop2 = CancellationToken::new();
+    let _c2 = coordinator::server::start(listener, opts, stop2.clone())
+        .await
+        .unwrap();
+    wait_for_agent(url.clone()).await;
+    let (_, state, _) = submit_and_wait(&url, None, LIMIT).await;
+    assert_eq!(state, succeeded());
+    stop2.cancel();
+}
