@@ -55,6 +55,9 @@ pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub elapsed: Duration,
+    /// Time spent in the prompts' forward passes (each batch's first step); the rest of `elapsed`
+    /// is decoding.
+    pub prefill: Duration,
 }
 
 impl GenerationStats {
@@ -99,7 +102,9 @@ pub fn generate(
         ..Default::default()
     };
     for batch in length_buckets(prompts, cfg.batch_size) {
-        let done = generate_batch(model, prompts, &batch, stop_ids, cfg.max_new_tokens, cancel)?;
+        let (done, prefill) =
+            generate_batch(model, prompts, &batch, stop_ids, cfg.max_new_tokens, cancel)?;
+        stats.prefill += prefill;
         for g in &done {
             stats.prompt_tokens += g.prompt_tokens;
             stats.generated_tokens += g.generated.len();
@@ -127,7 +132,7 @@ fn generate_batch(
     stop_ids: &[u32],
     max_new_tokens: usize,
     cancel: &CancellationToken,
-) -> Result<Vec<Generation>> {
+) -> Result<(Vec<Generation>, Duration)> {
     let start = Instant::now();
     let dev = model.device();
     let width = batch.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
@@ -142,7 +147,7 @@ fn generate_batch(
         })
         .collect();
     if max_new_tokens == 0 {
-        return Ok(results);
+        return Ok((results, Duration::ZERO));
     }
     // Pad id 0: padded columns are masked out of every real query, so their token never matters.
     let mut ids = Vec::with_capacity(batch.len() * width);
@@ -157,10 +162,17 @@ fn generate_batch(
     let ctx = model.attn_ctx(&pads, 0, width)?;
     let mut cache = model.new_cache();
     let mut logits = model.forward_last(&ids, &ctx, Some(&mut cache))?;
+    // Reading the logits back waits for the device, so this is the prefill's real duration.
+    let mut first: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+    let prefill = start.elapsed();
     // `active[k]` = position in `results` of the k-th row still in the batch.
     let mut active: Vec<usize> = (0..batch.len()).collect();
     loop {
-        let next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        let next: Vec<u32> = if first.is_empty() {
+            logits.argmax(D::Minus1)?.to_vec1()?
+        } else {
+            std::mem::take(&mut first)
+        };
         let now = start.elapsed();
         let mut keep = Vec::with_capacity(active.len());
         for (k, &tok) in next.iter().enumerate() {
@@ -189,7 +201,7 @@ fn generate_batch(
         let ctx = model.attn_ctx(&pads, cache.len(), 1)?;
         logits = model.forward_last(&ids, &ctx, Some(&mut cache))?;
     }
-    Ok(results)
+    Ok((results, prefill))
 }
 
 #[cfg(test)]
