@@ -129,6 +129,9 @@ struct ServeArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, env = "SIZESPEC_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Also serve the live experiment page (plain HTTP, no token) on this address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
+    http_listen: Option<String>,
     #[command(flatten)]
     sched: SchedArgs,
 }
@@ -172,15 +175,19 @@ struct RunArgs {
     /// Cap the evaluated test samples (overrides `data.max_eval_samples`).
     #[arg(long)]
     max_eval_samples: Option<usize>,
-    /// Folder that replaces `{models}` in model names.
-    #[arg(long, env = "SIZESPEC_MODELS_DIR", default_value = "models")]
-    models_dir: PathBuf,
+    /// Folder that replaces `{models}` in model names (default: `$SIZESPEC_MODELS`, else
+    /// `~/.cache/sizespec/models`, where `scripts/fetch-smollm2.sh` puts the offline model).
+    #[arg(long, env = "SIZESPEC_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
     /// The agent binary (default: `agent` next to this executable).
     #[arg(long, env = "SIZESPEC_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
     /// Skip building the HTML/Markdown report at the end.
     #[arg(long)]
     no_report: bool,
+    /// Serve the live experiment page on this address while it runs, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
+    http_listen: Option<String>,
     #[command(flatten)]
     sched: SchedArgs,
 }
@@ -335,8 +342,29 @@ async fn serve(a: ServeArgs) -> Result<()> {
             key,
             client_ca: a.tls_client_ca.clone(),
         });
-    coordinator::server::serve(listener, opts, shutdown_on_signals()).await?;
+    let shutdown = shutdown_on_signals();
+    let running = coordinator::server::start(listener, opts, shutdown.clone()).await?;
+    if let Some(addr) = &a.http_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tokio::spawn(coordinator::server::live_http::serve_live(
+            l,
+            running.state.clone(),
+            shutdown.clone(),
+        ));
+    }
+    running.join.await??;
     Ok(())
+}
+
+/// Where `scripts/fetch-smollm2.sh` puts models: `$SIZESPEC_MODELS`, else `~/.cache/sizespec/models`.
+fn default_models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SIZESPEC_MODELS") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("sizespec").join("models")
 }
 
 async fn run(a: RunArgs) -> Result<()> {
@@ -360,7 +388,7 @@ async fn run(a: RunArgs) -> Result<()> {
         cfg.data.max_eval_samples = Some(n);
     }
     cfg.validate()?;
-    cfg.resolve_models_dir(&a.models_dir);
+    cfg.resolve_models_dir(&a.models_dir.clone().unwrap_or_else(default_models_dir));
     let agent_bin = a.agent_bin.unwrap_or_else(single_box::default_agent_bin);
     let devices = single_box::agent_devices(&cfg.device, &agent_bin).await?;
     let c = cfg.clone();
@@ -379,6 +407,7 @@ async fn run(a: RunArgs) -> Result<()> {
         data_dir: output.join(".sizespec"),
         display: display(),
         settings: a.sched.settings(),
+        http_listen: a.http_listen,
     };
     let state = single_box::run(plan, opts, shutdown_on_signals()).await?;
     println!("experiment: {}", state.as_str_name());

@@ -99,6 +99,8 @@ pub struct SingleBoxOptions {
     pub data_dir: PathBuf,
     pub display: Display,
     pub settings: Settings,
+    /// Serve the live page here while the experiment runs.
+    pub http_listen: Option<String>,
 }
 
 /// Planning happened before: `Submit` is never called in single-box mode.
@@ -132,6 +134,19 @@ pub async fn run(
     let stop = CancellationToken::new();
     let running = crate::server::start(listener, serve, stop.clone()).await?;
     let url = format!("http://{}", running.addr);
+    if let Some(addr) = &opts.http_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| SingleBoxError::Io {
+                path: PathBuf::from(addr),
+                source,
+            })?;
+        tokio::spawn(crate::server::live_http::serve_live(
+            l,
+            running.state.clone(),
+            stop.clone(),
+        ));
+    }
 
     let logs = opts.data_dir.join("agents");
     std::fs::create_dir_all(&logs).map_err(|source| SingleBoxError::Io {

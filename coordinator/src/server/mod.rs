@@ -3,6 +3,7 @@
 mod agent_svc;
 mod artifact_svc;
 mod control_svc;
+pub mod live_http;
 pub mod convert;
 
 pub use control_svc::Planner;

@@ -49,6 +49,8 @@ pub struct TaskEntry {
     pub output: Option<TaskOutput>,
     pub ran_on: Option<AgentId>,
     pub last_progress: Option<ProgressEvent>,
+    /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
+    pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
 }
 
 #[derive(Debug)]
@@ -355,6 +357,13 @@ impl Core {
             return;
         };
         t.deadline = Some(now + lease);
+        match &event {
+            ProgressEvent::TrainStep { step, loss, .. } => t.curve.push((*step, Some(*loss), None)),
+            ProgressEvent::Validation { step, loss, .. } => {
+                t.curve.push((*step, None, Some(*loss)))
+            }
+            _ => {}
+        }
         t.last_progress = Some(event.clone());
         self.fx.notices.push(Notice::Progress(
             r.experiment.clone(),
@@ -602,6 +611,7 @@ pub(super) fn new_task(
         output,
         ran_on,
         last_progress: None,
+        curve: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! to [`core::Core`] and carries out the effects (journal writes on the blocking pool, messages to
 //! agents, watcher events). Everything else talks to it through a [`StateHandle`].
 pub mod core;
+pub mod live;
 mod sched;
 #[cfg(test)]
 mod tests;
@@ -81,6 +82,10 @@ pub enum Command {
     Watch {
         experiment: ExperimentId,
         reply: oneshot::Sender<Result<WatchStart, CoreError>>,
+    },
+    /// The live page's snapshot and the followed experiment's output folder.
+    Live {
+        reply: oneshot::Sender<(crate::report::live::LiveState, Option<PathBuf>)>,
     },
     /// The output folder and whether the experiment has finished.
     Results {
@@ -243,6 +248,9 @@ impl Owner {
                     }
                 };
                 let _ = reply.send(res);
+            }
+            Command::Live { reply } => {
+                let _ = reply.send(live::live_state(&self.core, crate::results::now_rfc3339()));
             }
             Command::Results { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {
