@@ -182,7 +182,8 @@ struct RunArgs {
     /// The agent binary (default: `agent` next to this executable).
     #[arg(long, env = "SIZESPEC_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
-    /// Skip building the HTML/Markdown report at the end.
+    /// Do not retry building the HTML/Markdown report at the end if it was not written with the
+    /// outputs.
     #[arg(long)]
     no_report: bool,
     /// Serve the live experiment page on this address while it runs, e.g. 127.0.0.1:8080.
@@ -428,7 +429,11 @@ async fn run(a: RunArgs) -> Result<()> {
         }
         println!("results: {}", results.display());
     }
-    if !a.no_report {
+    // Written with the outputs when the experiment ended; rebuilt here only if that failed.
+    let report = output.join("report.html");
+    if report.is_file() {
+        println!("report: {}", report.display());
+    } else if !a.no_report {
         match coordinator::report::build(&output) {
             Ok(p) => println!("report: {}", p.html.display()),
             Err(e) => eprintln!("report not built: {e}"),

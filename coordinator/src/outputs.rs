@@ -1,6 +1,7 @@
 //! The experiment's output folder, written (atomically, file by file) when its last task ends:
 //! `results.json`, `predictions/<model key>.jsonl`, `training/<model key>.json`,
-//! `config.resolved.toml`, `train_code_counts.json` (the report's frequency breakdown).
+//! `config.resolved.toml`, `train_code_counts.json` (the report's frequency breakdown), then the
+//! report (`report.html`, `report.md`, `plots/`).
 use crate::experiment::ExperimentPlan;
 use crate::outcome::TaskOutput;
 use shared::fsutil::{write_atomic, write_json_atomic};
@@ -118,5 +119,11 @@ pub fn write_outputs(input: &OutputsInput) -> Result<(), OutputsError> {
             _ => {}
         }
     }
-    crate::results::write_results(input)
+    crate::results::write_results(input)?;
+    // The report is derived from the files just written; a report problem never loses results.
+    match crate::report::build(dir) {
+        Ok(p) => tracing::info!(report = %p.html.display(), "report written"),
+        Err(e) => tracing::warn!(error = %e, "report not built"),
+    }
+    Ok(())
 }

@@ -84,6 +84,14 @@ async fn the_live_page_follows_an_experiment() {
         "three train steps reported"
     );
 
+    assert_eq!(
+        st["phase"], "done",
+        "the report is written with the outputs"
+    );
+    assert_eq!(st["report"], "/report/report.html");
+    let (status, report) = get(http_addr, "/report/report.html").await;
+    assert_eq!(status, 200);
+    assert!(report.contains("<html"), "serves the report");
     let (status, page) = get(http_addr, "/").await;
     assert_eq!(status, 200);
     assert!(
