@@ -6,8 +6,10 @@
 //! from its saved input and back-propagating the incoming gradient `g` through it (as the gradient
 //! of the surrogate `sum(y · g)`, whose gradient is exactly the vector-Jacobian product). Only one
 //! layer's graph is alive at a time. The dropout stream is rewound to each layer's start so the
-//! recomputed forward draws the same masks as the first one.
+//! recomputed forward draws the same masks as the first one (on a GPU, by reseeding the device
+//! generator per layer).
 use candle_core::{D, DType, Tensor, Var};
+use rand::RngCore;
 
 use super::batch::Batch;
 use crate::error::Result;
@@ -103,10 +105,27 @@ fn recompute(
     let ctx = model.attn_ctx(&batch.pads, 0, batch.width)?;
     let n = model.num_layers();
     // Forward without keeping graphs: each layer's input and the dropout state it started from.
+    // On a GPU, dropout masks come from the device's generator, which cannot be rewound: reseed it
+    // per layer (from one draw of the host stream per step) so the recomputation replays the masks.
+    let device_seed = if model.device().is_cpu() {
+        None
+    } else {
+        let mut r = model.dropout_rng().snapshot();
+        let base = r.next_u64();
+        model.dropout_rng().restore(&r);
+        Some(base)
+    };
+    let seed_layer = |i: usize| -> candle_core::Result<()> {
+        match device_seed {
+            Some(base) => model.device().set_seed(base.wrapping_add(i as u64)),
+            None => Ok(()),
+        }
+    };
     let mut inputs = Vec::with_capacity(n + 1);
     let mut rng_states = Vec::with_capacity(n);
     inputs.push(model.embed(&batch.ids)?.detach());
     for i in 0..n {
+        seed_layer(i)?;
         rng_states.push(model.dropout_rng().snapshot());
         let y = model.layer_forward(i, &inputs[i], &ctx, None)?.detach();
         inputs.push(y);
@@ -142,6 +161,7 @@ fn recompute(
 
     for i in (0..n).rev() {
         model.dropout_rng().restore(&rng_states[i]);
+        seed_layer(i)?;
         let x = Var::from_tensor(&inputs[i])?;
         let y = model.layer_forward(i, x.as_tensor(), &ctx, None)?;
         let surrogate = (y * &g)?.sum_all()?;
