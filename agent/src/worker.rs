@@ -221,7 +221,8 @@ fn run_one(dev: &Device, spec: DeviceSpec, config: &WorkerConfig, env: Envelope)
         cancel,
         events,
     } = env;
-    let sink = jobs::Sink::new(events.clone(), cancel.clone());
+    // A child token: the job may cancel itself (consumer gone) without touching the caller's token.
+    let sink = jobs::Sink::new(events.clone(), cancel.child_token());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         jobs::run(*job, dev, spec, config, &sink)
     }));

@@ -238,3 +238,39 @@ fn cancellation_stops_training_between_steps() {
         other => panic!("expected a failure naming the file, got {other:?}"),
     }
 }
+
+#[test]
+fn a_job_whose_consumer_went_away_is_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    model_dir(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let worker = Worker::spawn(DeviceSpec::Cpu).unwrap();
+    let caller = CancellationToken::new();
+    let job = Job::Finetune {
+        task: task(TaskKind::Finetune, dir.path()),
+        payload: finetune_payload(500),
+        out_dir: out.path().to_path_buf(),
+    };
+    drop(worker.submit(job, caller.clone()));
+    // The next job runs only after the abandoned one stopped; 500 epochs would take minutes.
+    let started = std::time::Instant::now();
+    let bad = Job::Evaluate {
+        task: task(TaskKind::Evaluate, &dir.path().join("missing.gguf")),
+        payload: EvalPayload {
+            samples: codes::test(),
+            prompt: prompt(),
+            generation: GenerationConfig::default(),
+            adapter: None,
+        },
+        adapter_dir: None,
+    };
+    assert!(matches!(
+        drain(worker.submit(bad, CancellationToken::new()), |_| {}).last(),
+        Some(WorkerEvent::Failed(_))
+    ));
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the abandoned job kept running"
+    );
+    assert!(!caller.is_cancelled(), "the caller's token is left alone");
+}

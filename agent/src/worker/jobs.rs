@@ -88,9 +88,12 @@ impl Sink {
     }
 
     /// Sends an event, waiting while the consumer's buffer is full (this is the compute thread, not
-    /// a tokio worker, so blocking is fine). A consumer that went away is ignored.
+    /// a tokio worker, so blocking is fine). When the consumer went away nobody can use the job's
+    /// result: the job is cancelled (its own child token, never the caller's).
     fn send(&self, e: WorkerEvent) {
-        let _ = self.events.blocking_send(e);
+        if self.events.blocking_send(e).is_err() {
+            self.cancel.cancel();
+        }
     }
 
     fn progress(&self, e: ProgressEvent) {
