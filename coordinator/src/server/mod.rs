@@ -3,8 +3,8 @@
 mod agent_svc;
 mod artifact_svc;
 mod control_svc;
-pub mod live_http;
 pub mod convert;
+pub mod live_http;
 
 pub use control_svc::Planner;
 
