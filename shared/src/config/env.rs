@@ -171,6 +171,9 @@ mod tests {
         let mut known = TOP_LEVEL_KEYS.to_vec();
         fields.sort();
         known.sort();
-        assert_eq!(fields, known, "a field was added to ExperimentConfig: add it to TOP_LEVEL_KEYS");
+        assert_eq!(
+            fields, known,
+            "a field was added to ExperimentConfig: add it to TOP_LEVEL_KEYS"
+        );
     }
 }
