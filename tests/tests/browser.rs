@@ -1,0 +1,250 @@
+//! The live page in a real headless browser (Debian's `chromium`): its JavaScript renders the
+//! agents and tasks of a running experiment, and a later load shows the finished state and the
+//! link to the report, whose verdict the browser then loads too.
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tests::*;
+use tokio_util::sync::CancellationToken;
+
+/// `$CHROMIUM`, else `/usr/bin/chromium`; fails (never skips) when neither exists.
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.is_file(),
+        "the browser test needs Debian's chromium at {} (or set $CHROMIUM): \
+         run `apt-get install -y --no-install-recommends chromium`",
+        path.display()
+    );
+    path
+}
+
+/// Loads `url` in a fresh headless chromium and returns the DOM after its scripts ran.
+/// `--virtual-time-budget` lets timers run in virtual time; virtual time stands still while a
+/// fetch is in flight, so the page's first `/api/state` poll has rendered when the DOM is dumped.
+fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("chromium profile dir");
+    let mut child = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=4000", "--dump-dom", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    // Read the pipes on threads so a chatty chromium cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for chromium") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium did not finish loading {url} in 20 s: {}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let dom = out.join().expect("stdout thread").expect("chromium stdout");
+    let err = err.join().unwrap_or_default();
+    assert!(
+        status.success() && dom.contains("</html>"),
+        "chromium on {url} exited with {status}, stderr:\n{err}\nstdout:\n{dom}"
+    );
+    dom
+}
+
+async fn dump(url: String) -> String {
+    tokio::task::spawn_blocking(move || dump_dom(&url))
+        .await
+        .expect("chromium thread")
+}
+
+/// The live page's `/api/state` as JSON, fetched over a plain socket.
+async fn state(addr: std::net::SocketAddr) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /api/state HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let body = buf.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("/api/state: {e}: {buf}"))
+}
+
+fn assert_has(dom: &str, what: &str, why: &str) {
+    assert!(dom.contains(what), "{why}: no `{what}` in the DOM:\n{dom}");
+}
+
+fn assert_lacks(dom: &str, what: &str, why: &str) {
+    assert!(!dom.contains(what), "{why}: `{what}` in the DOM:\n{dom}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_renders_the_running_and_the_finished_experiment() {
+    // Fail at once, before any setup, when the browser is missing.
+    chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    // 3 evaluations of 30 samples at 100 ms each, one task at a time: ~10 s of running state,
+    // enough for chromium to start and poll while it lasts.
+    let c = start_coordinator(
+        &dir.path().join("data"),
+        demo_plan("browser", &dir.path().join("out"), 30, 100),
+        None,
+        stop.clone(),
+    )
+    .await;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    tokio::spawn(coordinator::server::live_http::serve_live(
+        http,
+        c.state.clone(),
+        stop.clone(),
+    ));
+    let page = format!("http://{http_addr}/");
+
+    let url = format!("http://{}", c.addr);
+    let runner = Arc::new(FakeRunner {
+        batch_delay: Duration::from_millis(100),
+        batch_size: 1,
+        counts: Arc::new(RunCounts::default()),
+    });
+    let _agent = start_agent(&url, "browser-agent", 1000, runner, None, dir.path());
+    let run = tokio::spawn({
+        let url = url.clone();
+        async move { submit_and_wait(&url, None, Duration::from_secs(60)).await }
+    });
+
+    // Wait until a task runs on the agent, so the first load has something running to show.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = state(http_addr).await;
+        let running = st["tasks"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["state"] == "running"));
+        if st["phase"] == "running" && running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no task started running: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let first = dump(page.clone()).await;
+    assert!(
+        !run.is_finished(),
+        "the experiment ended before the first page load finished; slow the fake runner down"
+    );
+    // The static page says `idle` / `no experiment`; these come only from the script's render.
+    assert_has(
+        &first,
+        r#"<span id="experiment">browser</span>"#,
+        "the script rendered the experiment's id",
+    );
+    assert_has(
+        &first,
+        r#"<span id="phase" class="phase running">running</span>"#,
+        "the phase is running",
+    );
+    assert_has(
+        &first,
+        "<td>browser-agent</td>",
+        "the agents table lists the agent",
+    );
+    assert_has(
+        &first,
+        "<td>fake device</td>",
+        "the agent's device is shown",
+    );
+    assert_has(
+        &first,
+        r#"<td class="state-running">running</td><td>browser-agent</td>"#,
+        "a task runs on the agent",
+    );
+    assert_has(
+        &first,
+        " / 30 samples</span>",
+        "the running evaluation shows its progress",
+    );
+    // Only the markup is checked: the script itself contains the link's words.
+    assert_has(
+        &first,
+        r#"<div id="report" class="report" hidden=""></div>"#,
+        "no report link while running",
+    );
+
+    let (_, finished, _) = run.await.expect("experiment task");
+    assert_eq!(
+        finished,
+        proto::pb::ExperimentStateKind::ExperimentStateSucceeded as i32
+    );
+    // The report is written with the outputs, just after `finished` is sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(http_addr).await["phase"] != "done" {
+        assert!(
+            Instant::now() < deadline,
+            "the live state never reached done"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let last = dump(page.clone()).await;
+    assert_has(
+        &last,
+        r#"<span id="phase" class="phase done">done</span>"#,
+        "the phase is done",
+    );
+    assert_has(
+        &last,
+        r#"<div id="report" class="report">Done: <a href="/report/report.html">open the report</a></div>"#,
+        "the finished page shows the report link, unhidden",
+    );
+    assert_eq!(
+        last.matches(r#"<td class="state-succeeded">succeeded</td>"#)
+            .count(),
+        4,
+        "every task succeeded:\n{last}"
+    );
+    assert_lacks(&last, r#"class="state-running""#, "nothing runs any more");
+    assert_ne!(first, last, "the page changed between the loads");
+
+    // Follow the page's link: the report the browser gets carries the verdict.
+    let report = dump(format!("http://{http_addr}/report/report.html")).await;
+    assert_has(&report, "<h2>Verdict</h2>", "the report has a verdict");
+    let verdicts = report
+        .split_once(r#"<ul class="verdicts">"#)
+        .and_then(|(_, rest)| rest.split_once("</ul>"))
+        .map_or("", |(list, _)| list);
+    assert!(
+        verdicts.contains("<li>"),
+        "the verdict lists its comparisons:\n{report}"
+    );
+    stop.cancel();
+}
