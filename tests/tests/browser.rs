@@ -99,6 +99,57 @@ async fn state(addr: std::net::SocketAddr) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("/api/state: {e}: {buf}"))
 }
 
+/// A one-request-per-connection proxy to the live server that answers the page's first
+/// `/api/state` poll at once (recording its body) and holds every later poll until `done`: a
+/// page load through it can end on the finished state only by polling again on its own.
+async fn gated_proxy(
+    listener: tokio::net::TcpListener,
+    upstream: std::net::SocketAddr,
+    done: tokio::sync::watch::Receiver<bool>,
+    first_state: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    while let Ok((mut client, _)) = listener.accept().await {
+        let (mut done, first_state, polls) = (done.clone(), first_state.clone(), polls.clone());
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let first_poll = path == "/api/state"
+                && polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            if path == "/api/state" && !first_poll {
+                let _ = done.wait_for(|d| *d).await;
+            }
+            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            let mut resp = Vec::new();
+            if up.write_all(req.as_bytes()).await.is_err()
+                || up.read_to_end(&mut resp).await.is_err()
+            {
+                return;
+            }
+            if first_poll {
+                let text = String::from_utf8_lossy(&resp);
+                let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                *first_state.lock().unwrap() = Some(body.to_string());
+            }
+            let _ = client.write_all(&resp).await;
+            let _ = client.shutdown().await;
+        });
+    }
+}
+
 fn assert_has(dom: &str, what: &str, why: &str) {
     assert!(dom.contains(what), "{why}: no `{what}` in the DOM:\n{dom}");
 }
@@ -200,6 +251,15 @@ async fn a_real_browser_renders_the_running_and_the_finished_experiment() {
         "no report link while running",
     );
 
+    // A second page load, started while the experiment runs: its first poll sees it running,
+    // its later polls are held until the report is written.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let first_state = Arc::new(std::sync::Mutex::new(None));
+    tokio::spawn(gated_proxy(proxy, http_addr, done_rx, first_state.clone()));
+    let followed = tokio::spawn(dump(format!("http://{proxy_addr}/")));
+
     let (_, finished, _) = run.await.expect("experiment task");
     assert_eq!(
         finished,
@@ -214,6 +274,31 @@ async fn a_real_browser_renders_the_running_and_the_finished_experiment() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    done_tx.send(true).unwrap();
+    let followed = followed.await.expect("second page load");
+    let seen_first: serde_json::Value = serde_json::from_str(
+        first_state
+            .lock()
+            .unwrap()
+            .as_deref()
+            .expect("the second load polled /api/state"),
+    )
+    .unwrap();
+    assert_eq!(
+        seen_first["phase"], "running",
+        "the second load's first poll saw the experiment running"
+    );
+    assert_has(
+        &followed,
+        r#"<span id="phase" class="phase done">done</span>"#,
+        "the page kept polling and rendered the finished state in the same load",
+    );
+    assert_has(
+        &followed,
+        r#"<a href="/report/report.html">open the report</a>"#,
+        "the same load shows the report link once done",
+    );
 
     let last = dump(page.clone()).await;
     assert_has(
