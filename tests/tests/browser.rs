@@ -1,6 +1,6 @@
 //! The live page in a real headless browser (Debian's `chromium`): its JavaScript renders the
-//! agents and tasks of a running experiment, and a later load shows the finished state and the
-//! link to the report, whose verdict the browser then loads too.
+//! agents and tasks of a running experiment, one page load keeps polling until it shows the
+//! finished state, and the report it links carries the verdict.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
