@@ -17,3 +17,5 @@ pub mod template;
 pub mod tokenizer;
 pub mod train;
 pub mod worker;
+
+pub mod alloc;

@@ -94,6 +94,7 @@ fn shutdown_on_signals() -> CancellationToken {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    agent::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG")

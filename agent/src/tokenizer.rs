@@ -223,6 +223,16 @@ impl ModelTokenizer {
             .map_err(|e| AgentError::Tokenizer(format!("decoding failed: {e}")))
     }
 
+    /// The tokenizer as `tokenizer.json` text (what `tokenizers` reads back).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| AgentError::BadFile {
+                path: "tokenizer.json".into(),
+                reason: format!("cannot serialise the tokenizer: {e}"),
+            })
+    }
+
     /// The ids generation stops on (EOS and end-of-turn tokens).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids

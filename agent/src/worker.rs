@@ -141,6 +141,7 @@ impl Worker {
 
     /// [`Worker::spawn`] with an explicit configuration.
     pub fn spawn_with(device: DeviceSpec, config: WorkerConfig) -> Result<Worker> {
+        crate::alloc::keep_freed_memory();
         let (tx, rx) = std_mpsc::channel::<Envelope>();
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<()>>();
         let handle = std::thread::Builder::new()

@@ -174,3 +174,32 @@ fn greedy_answer_dense_f32_and_close_to_quantized() {
     let argmax = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     assert_eq!(argmax(&a), argmax(&b));
 }
+
+#[test]
+fn exported_hf_tokenizer_matches_the_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    load::export::write_hf_tokenizer(&model_path(), dir.path()).unwrap();
+    let (gtok, gtemplate, _) = load::load_tokenizer(&source()).unwrap();
+    // The HF folder needs a config.json to be a model source; the tokenizer files alone are what
+    // is compared here.
+    let htok = agent::tokenizer::ModelTokenizer::from_files(
+        &dir.path().join("tokenizer.json"),
+        Some(&dir.path().join("tokenizer_config.json")),
+        &[],
+    )
+    .unwrap();
+    let cfg =
+        agent::tokenizer::TokenizerConfig::read(&dir.path().join("tokenizer_config.json")).unwrap();
+    let htemplate =
+        agent::template::ChatTemplate::new(cfg.chat_template.as_deref(), &htok).unwrap();
+    let prompt = gtemplate.render_prompt(&question()).unwrap();
+    assert_eq!(htemplate.render_prompt(&question()).unwrap(), prompt);
+    let text = format!("{prompt}The code is J45.909 — naïve café 2026!<|im_end|>");
+    let ids = gtok.encode(&text, SpecialTokens::Omit).unwrap();
+    assert_eq!(htok.encode(&text, SpecialTokens::Omit).unwrap(), ids);
+    assert_eq!(
+        (htok.bos_id(), htok.eos_id()),
+        (gtok.bos_id(), gtok.eos_id())
+    );
+    assert_eq!(htok.stop_ids(), gtok.stop_ids());
+}

@@ -103,7 +103,7 @@ need=()
 if want parity; then for s in "${SHAPE_LIST[@]}"; do need+=("$s" "$s-2l"); done; fi
 if want lora; then need+=("llama3b-2l" "qwen3b-2l"); fi
 if want bench; then need+=("llama3b" "llama8b"); fi
-if want quant; then need+=("llama8b"); fi
+if want quant; then need+=("llama8b" "llama8b-2l"); fi
 if want memtrace; then need+=("llama8b" "mistral7b" "llama3b" "qwen3b"); fi
 make_weights() {
   local name=$1 shape=${1%-2l} extra=()
@@ -185,6 +185,10 @@ fi
 if section quant 90; then
   run "ours quant llama8b" "$GPUCHECK" quant --device "$DEVICE" --dtype bf16 --model "$W/llama8b" --qtype "$QTYPE" \
     --cache-dir "$WORK/qcache" --json "$J/quant-llama8b.json"
+  # At full depth random weights are chaotic (any perturbation decorrelates the logits); two layers
+  # measure the 4-bit error itself.
+  run "ours quant llama8b-2l" "$GPUCHECK" quant --device "$DEVICE" --dtype bf16 --model "$W/llama8b-2l" --qtype "$QTYPE" \
+    --cache-dir "$WORK/qcache" --json "$J/quant-llama8b-2l.json"
 fi
 
 if section memtrace 120; then

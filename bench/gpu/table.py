@@ -169,11 +169,13 @@ def memtrace(data):
     r = data.get("memtrace")
     if not r:
         return None
-    rows = [[s["step"], s["kind"], os.path.basename(s["model"]), s["before_mib"], s["peak_mib"], s["after_mib"],
-             s["returned"], s["seconds"]] for s in r["steps"]]
+    rows = [[s["step"] if s["step"] else "0 (warm-up)", s["kind"], os.path.basename(s["model"]), s["before_mib"],
+             s["peak_mib"], s["after_mib"], s["returned"] if s["step"] else "–", s["seconds"]] for s in r["steps"]]
     text = f"### Memory trace, one process (returned = after within ±{fmt(r['tolerance_mib'])} MiB of before)\n\n"
     text += table(["step", "task", "model", "before MiB", "peak MiB", "after MiB", "returned", "s"], rows)
-    text += f"\n\nDrift over the whole run (after the last task − before the first): {fmt(r.get('drift_mib'))} MiB."
+    text += ("\n\nStep 0 runs the first task once more as a warm-up: what it leaves is the process's one-time CUDA "
+             "state (cuBLAS handles and workspace, kernel modules), not a model's memory.")
+    text += f"\n\nDrift over the six tasks (after the last − before step 1): {fmt(r.get('drift_mib'))} MiB."
     if not r.get("all_returned"):
         text += ("\n\nMemory did not return after every task: candle's CUDA allocator may keep freed memory; "
                  "the fallback is one process per task (single-box mode).")

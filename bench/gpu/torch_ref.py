@@ -44,6 +44,11 @@ SHAPES = {
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
                     tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=131072,
                     bos_token_id=128000, eos_token_id=[128001, 128008, 128009], head_dim=128),
+    # SmolLM2-135M-Instruct's shape (the end-to-end run gives it the real tokenizer: e2e.sh).
+    "smollm2": dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, rope_theta=100000.0,
+                    tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=8192,
+                    bos_token_id=1, eos_token_id=2, head_dim=64),
     "mistral7b": dict(model_type="mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=8, intermediate_size=14336, vocab_size=32768, rope_theta=1000000.0,
                       tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=32768,

@@ -32,7 +32,9 @@ pub fn load_records(cfg: &ExperimentConfig) -> Result<Vec<Record>, PrepareError>
         invalid_codes: cfg.data.invalid_codes,
     };
     let records = match &cfg.data.source {
-        DataSource::Embedded => shared::embedded::embedded_dataset(),
+        DataSource::Embedded { codes, per_code } => {
+            shared::embedded::embedded_subset(*codes, *per_code)
+        }
         DataSource::MedsynthCsv { path } | DataSource::Jsonl { path } => {
             let loaded = shared::dataset::load_path(path, &opts)?;
             tracing::info!(path = %path.display(), kept = loaded.records.len(), "dataset loaded");

@@ -196,12 +196,34 @@ fn default_medsynth_file() -> String {
     MEDSYNTH_FILE.into()
 }
 
+fn default_per_code() -> usize {
+    crate::embedded::DEFAULT_PER_CODE
+}
+
+impl DataSource {
+    /// The whole embedded dataset ([`crate::embedded::embedded_dataset`]).
+    pub fn embedded() -> Self {
+        DataSource::Embedded {
+            codes: None,
+            per_code: crate::embedded::DEFAULT_PER_CODE,
+        }
+    }
+}
+
 /// Where the examples come from (`[data.source]`, selected by `kind`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataSource {
     /// The dataset shipped inside the binary (generated from public-domain ICD-10-CM; offline).
-    Embedded,
+    Embedded {
+        /// Use only this many of its codes, picked one chapter at a time so they span as many
+        /// chapters as possible ([`crate::embedded::subset_codes`]); `None` = all of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        codes: Option<usize>,
+        /// Dialogues generated per code.
+        #[serde(default = "default_per_code")]
+        per_code: usize,
+    },
     /// A local copy of the MedSynth CSV (same columns as the hub file).
     MedsynthCsv { path: PathBuf },
     /// MedSynth downloaded from the hub (`HF_TOKEN` is used if the repository is gated).

@@ -262,6 +262,7 @@ fn train_rows(cli: &Cli, source: &ModelSource) -> anyhow::Result<Vec<Row>> {
 }
 
 fn main() -> anyhow::Result<()> {
+    agent::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let path = model_path(&cli);
     if !path.is_file() {

@@ -108,6 +108,15 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         seq: usize,
     },
+    /// Write a GGUF's tokenizer and chat template as `tokenizer.json` + `tokenizer_config.json`
+    /// into an HF folder (the end-to-end run on a GPU gives a random-weight SmolLM2-shaped model
+    /// the real tokenizer).
+    HfTokenizer {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The seed's six tasks on one device: used memory before, at peak, after drop.
     Memtrace {
         #[command(flatten)]
@@ -249,12 +258,21 @@ fn finish_quiet<R: Serialize>(
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    agent::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::HfTokenizer { gguf, out } => {
+            agent::load::export::write_hf_tokenizer(&gguf, &out)?;
+            println!(
+                "wrote {}/tokenizer.json and tokenizer_config.json",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Logits {
             dev,
             model,
@@ -406,6 +424,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let lines = report
                 .steps
                 .iter()
+                .filter(|s| s.step > 0)
                 .map(|s| {
                     serde_json::json!({"check": format!("step {} {:?}", s.step, s.kind), "pass": s.returned})
                 })

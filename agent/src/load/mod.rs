@@ -1,5 +1,6 @@
 //! Loading a model by name: a local HF folder, a `.gguf` file, or a hub id (through the local hub
 //! cache, downloading when online) — model, tokenizer and chat template together.
+pub mod export;
 pub mod gguf;
 pub mod hf;
 pub mod hub;

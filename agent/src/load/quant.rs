@@ -23,7 +23,8 @@ use crate::model::{
 
 const FORMAT_KEY: &str = "sizespec.quant_cache.version";
 const CONFIG_KEY: &str = "sizespec.config_json";
-const FORMAT_VERSION: u32 = 1;
+// 2: the head is stored dense (bitsandbytes keeps `lm_head` unquantised).
+const FORMAT_VERSION: u32 = 2;
 
 /// Whether a quantised load was served from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

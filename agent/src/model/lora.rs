@@ -234,7 +234,11 @@ impl LoraLinear {
         };
         let w = self.base.to_dense(DType::F32)?;
         let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
-        self.base = BaseWeight::Dense((w + delta)?.to_dtype(dtype)?);
+        // Detached: a weight computed from the adapter's `Var`s would carry their autograd graph,
+        // and so would every activation computed from it — including the KV cache, which then
+        // keeps every earlier step's activations alive (a 3B eval after a finetune grew to 61 GiB
+        // on the GPU, and the generate benchmark ran out of memory at every batch size).
+        self.base = BaseWeight::Dense((w + delta)?.to_dtype(dtype)?.detach());
         Ok(())
     }
 }

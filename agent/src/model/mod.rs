@@ -158,8 +158,14 @@ impl Model {
         }
         let norm = src.tensor("model.norm.weight", &[h], opts)?;
         // Some tied checkpoints still ship `lm_head.weight`; an untied one must.
+        // The head stays dense in a quantised model, as bitsandbytes keeps `lm_head` (its default
+        // skip list): 4-bit error in the last projection lands directly on the logits.
+        let head_opts = LoadOptions {
+            format: WeightFormat::Dense,
+            ..opts.clone()
+        };
         let head = if !cfg.tie_word_embeddings || src.contains("lm_head.weight") {
-            src.linear("lm_head.weight", cfg.vocab_size, h, opts)?
+            src.linear("lm_head.weight", cfg.vocab_size, h, &head_opts)?
         } else {
             embed.as_head()?
         };

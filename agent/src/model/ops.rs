@@ -46,7 +46,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, path: OpPath) -> Result<Tens
     }
 }
 
-/// Scaled dot-product attention with an additive f32 mask (`0` allowed, `-inf` masked), computed in f32.
+/// Scaled dot-product attention with an additive f32 mask (`0` allowed, `-inf` masked): products in
+/// the inputs' dtype, mask and softmax in f32.
 /// `q`: `[b, h, tq, d]`; `k`, `v`: `[b, kv, tk, d]` (GQA: `h` a multiple of `kv`); `mask`: `[b or 1, 1, tq, tk]`.
 pub fn attention(
     q: &Tensor,
@@ -107,15 +108,14 @@ fn attention_one(
     let (kv, total) = (k.dim(1)?, k.dim(2)?);
     let n_rep = h / kv;
     let scale = 1.0 / (d as f64).sqrt();
+    // As transformers' eager attention: both products in the model's dtype (bf16 on a GPU: tensor
+    // cores, f32 accumulation inside cuBLAS), the mask and softmax in f32. Products in f32 ran
+    // cuBLAS's f32 path, many times slower than bf16 tensor cores.
     // Grouped-query attention without copying K/V per query head: the query heads that share a KV
     // head are adjacent, so `[b, h, t, d]` is viewed as `[b, kv, n_rep * t, d]`.
-    let q = q
-        .to_dtype(DType::F32)?
-        .contiguous()?
-        .reshape((b, kv, n_rep * t, d))?;
-    let k = k.to_dtype(DType::F32)?;
-    let v = v.to_dtype(DType::F32)?.contiguous()?;
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let q = q.contiguous()?.reshape((b, kv, n_rep * t, d))?;
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    let mut scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
     if let Some(mask) = mask {
         // `[rows, 1, t, total]` applies to every query head of the group.
         let rows = mask.dim(0)?;
@@ -129,7 +129,7 @@ fn attention_one(
         OpPath::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
         OpPath::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
     };
-    probs.matmul(&v)?.reshape((b, h, t, d))?.to_dtype(dtype)
+    probs.to_dtype(dtype)?.matmul(&v)?.reshape((b, h, t, d))
 }
 
 /// SwiGLU: `silu(gate) * up` (candle's `silu` has a backward pass).

@@ -457,7 +457,14 @@ fn lora_starts_as_identity_then_merges_exactly() {
     );
     m.merge_lora().unwrap();
     assert!(m.lora_vars().is_empty());
-    assert_close(&m.forward(&x, &ctx, None).unwrap(), &with, "merged");
+    let merged = m.forward(&x, &ctx, None).unwrap();
+    assert_close(&merged, &with, "merged");
+    // Merged weights are plain tensors with no autograd graph back to the adapter's vars: else
+    // every activation, the KV cache included, would keep all earlier steps alive.
+    assert!(
+        !merged.track_op(),
+        "inference after a merge must not build an autograd graph"
+    );
     let err = m.set_lora("nope", &with).unwrap_err().to_string();
     assert!(err.contains("nope"), "{err}");
 }

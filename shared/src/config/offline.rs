@@ -15,6 +15,15 @@ pub const MODELS_DIR_PLACEHOLDER: &str = "${SIZESPEC_MODELS}";
 /// The file name of SmolLM2-135M-Instruct as shipped (Q4_1 GGUF, Apache-2.0).
 pub const SMOLLM2_GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// Codes of the embedded dataset the offline run uses ([`crate::embedded::subset_codes`]).
+pub const OFFLINE_CODES: usize = 16;
+/// Dialogues per code (16 × 40 = 640: 384 train, 64 validation, 192 test at 60/10/30).
+pub const OFFLINE_PER_CODE: usize = 40;
+/// Training examples of the finetune (10 per code on average).
+pub const OFFLINE_TRAIN_SAMPLES: usize = 160;
+/// Test dialogues every model answers.
+pub const OFFLINE_EVAL_SAMPLES: usize = 120;
+
 impl ExperimentConfig {
     /// A real but small experiment that needs no network and no GPU.
     ///
@@ -48,23 +57,31 @@ impl ExperimentConfig {
             device: DeviceSelection::Cpu,
             dtype: TrainDtype::F32,
             data: DataConfig {
-                max_eval_samples: Some(150),
-                max_train_samples: Some(300),
+                max_eval_samples: Some(OFFLINE_EVAL_SAMPLES),
+                max_train_samples: Some(OFFLINE_TRAIN_SAMPLES),
                 invalid_codes: InvalidCodePolicy::Keep,
-                source: DataSource::Embedded,
-                split: SplitConfig::default(),
+                source: DataSource::Embedded {
+                    codes: Some(OFFLINE_CODES),
+                    per_code: OFFLINE_PER_CODE,
+                },
+                split: SplitConfig {
+                    train: 0.6,
+                    validation: 0.1,
+                    test: 0.3,
+                    ..SplitConfig::default()
+                },
             },
             prompt: PromptConfig::default(),
             lora: LoraConfig {
                 r: 8,
                 alpha: 16.0,
                 dropout: 0.05,
-                target_modules: vec!["q_proj".into(), "v_proj".into()],
+                target_modules: super::ALL_PROJECTIONS.map(String::from).to_vec(),
             },
             training: TrainingConfig {
                 // A 135M model with a rank-8 adapter and only 150 steps needs a larger step than the
                 // 3B defaults to move at all.
-                learning_rate: 5e-4,
+                learning_rate: 1e-3,
                 epochs: 2,
                 early_stopping_patience: 0,
                 eval_every_steps: 0,

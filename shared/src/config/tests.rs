@@ -85,13 +85,28 @@ fn defaults_reproduce_design_models() {
 fn offline_default_is_small_valid_and_uses_smollm_in_both_roles() {
     let c = ExperimentConfig::offline_default();
     assert!(c.problems().is_empty(), "{:?}", c.problems());
-    assert_eq!(c.data.source, DataSource::Embedded);
-    assert_eq!(c.data.max_eval_samples, Some(150));
-    assert_eq!(c.data.max_train_samples, Some(300));
+    let DataSource::Embedded { codes, per_code } = c.data.source else {
+        panic!("the offline default must use the embedded dataset");
+    };
+    // The caps must fit the splits the subset actually yields, or the run silently shrinks.
+    let records = crate::embedded::embedded_subset(codes, per_code);
+    let split = crate::split::split(&records, &c.data.split).expect("splits");
+    let (eval, train) = (
+        c.data.max_eval_samples.expect("capped"),
+        c.data.max_train_samples.expect("capped"),
+    );
+    assert!(eval <= split.test.len(), "{eval} > {}", split.test.len());
+    assert!(
+        train <= split.train.len(),
+        "{train} > {}",
+        split.train.len()
+    );
+    assert!(!split.validation.is_empty());
+    // Every code of the subset is seen in training often enough to be learnable.
+    let n_codes = codes.expect("a subset");
+    assert!(train / n_codes >= 8, "{train} examples for {n_codes} codes");
     assert_eq!(c.generation.max_new_tokens, 12);
-    assert_eq!((c.lora.r, c.lora.alpha), (8, 16.0));
-    assert_eq!(c.lora.target_modules, ["q_proj", "v_proj"]);
-    assert_eq!(c.training.epochs, 2);
+    assert_eq!(c.lora.target_modules, crate::config::ALL_PROJECTIONS);
     assert_eq!(c.llm_models.len(), 1);
     assert_eq!(c.slm_models.len(), 1);
     for m in c.llm_models.iter().chain(&c.slm_models) {
@@ -426,4 +441,39 @@ fn env_can_switch_the_data_source_kind() {
             path: "/d/m.csv".into()
         }
     );
+}
+
+#[test]
+fn embedded_subset_is_configurable_and_checked() {
+    let c = ExperimentConfig::from_toml_str(
+        "[data.source]\nkind = \"embedded\"\ncodes = 12\nper_code = 30\n",
+        "f.toml",
+    )
+    .expect("parses");
+    assert_eq!(
+        c.data.source,
+        DataSource::Embedded {
+            codes: Some(12),
+            per_code: 30
+        }
+    );
+    // Leaving both out is the whole dataset.
+    let c = ExperimentConfig::from_toml_str("[data.source]\nkind = \"embedded\"\n", "f.toml")
+        .expect("parses");
+    assert_eq!(c.data.source, DataSource::embedded());
+    for (body, key) in [
+        ("codes = 1", "data.source.codes"),
+        ("codes = 500", "data.source.codes"),
+        ("per_code = 0", "data.source.per_code"),
+        ("per_code = 100000", "data.source.per_code"),
+    ] {
+        let err = ExperimentConfig::from_toml_str(
+            &format!("[data.source]\nkind = \"embedded\"\n{body}\n"),
+            "f.toml",
+        )
+        .expect_err(body)
+        .to_string();
+        // The error names the key and the file's line.
+        assert!(err.contains(key) && err.contains("line 3"), "{body}: {err}");
+    }
 }

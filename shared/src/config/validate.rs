@@ -112,6 +112,26 @@ impl ExperimentConfig {
                     out.push(Problem::new("data.source.file", "must not be empty"));
                 }
             }
+            DataSource::Embedded { codes, per_code } => {
+                let available = crate::embedded::embedded_summary().codes;
+                if let Some(n) = *codes
+                    && !(2..=available).contains(&n)
+                {
+                    out.push(Problem::new(
+                        "data.source.codes",
+                        format!("is {n}; the embedded dataset has {available} codes: pick 2 to {available}, or leave it out for all"),
+                    ));
+                }
+                if !(1..=crate::embedded::MAX_PER_CODE).contains(per_code) {
+                    out.push(Problem::new(
+                        "data.source.per_code",
+                        format!(
+                            "is {per_code}; it must be 1 to {}",
+                            crate::embedded::MAX_PER_CODE
+                        ),
+                    ));
+                }
+            }
             _ => {}
         }
         if let Err(e) = d.split.validate() {

@@ -50,7 +50,56 @@ pub fn embedded_dataset() -> Vec<Record> {
 /// `per_code` dialogues for each code, ids `embedded-1`, `embedded-2`, … Codes take turns (the
 /// first dialogue of every code, then the second, …) so any prefix covers the codes evenly.
 pub fn embedded_dataset_with(per_code: usize) -> Vec<Record> {
+    embedded_subset(None, per_code)
+}
+
+/// Largest `per_code` a config may ask for (the skeletons and cue lists give each code a few
+/// hundred distinct dialogues; past that, redraws would run out).
+pub const MAX_PER_CODE: usize = 200;
+
+/// The codes of a subset of `n`, in catalog order: one code from each chapter in turn (the
+/// chapter's first code, then every chapter's second, …), so a small subset spans as many
+/// chapters as it can. `n` past the catalog's size is all codes.
+pub fn subset_codes(n: usize) -> Vec<String> {
     let profiles = catalog::profiles();
+    let mut by_chapter: Vec<(u8, Vec<usize>)> = Vec::new();
+    for (i, p) in profiles.iter().enumerate() {
+        let ch = icd10::chapter(&p.code).map_or(0, |c| c.number);
+        match by_chapter.iter_mut().find(|(c, _)| *c == ch) {
+            Some((_, v)) => v.push(i),
+            None => by_chapter.push((ch, vec![i])),
+        }
+    }
+    let mut picked = Vec::with_capacity(n.min(profiles.len()));
+    for round in 0.. {
+        if picked.len() >= n.min(profiles.len()) {
+            break;
+        }
+        for (_, members) in &by_chapter {
+            if let Some(&i) = members.get(round)
+                && picked.len() < n
+            {
+                picked.push(i);
+            }
+        }
+    }
+    picked.sort_unstable();
+    picked
+        .into_iter()
+        .map(|i| profiles[i].code.clone())
+        .collect()
+}
+
+/// `per_code` dialogues for each of [`subset_codes`]`(codes)` (all codes when `None`), generated
+/// as [`embedded_dataset_with`] does. The full set (`None`, [`DEFAULT_PER_CODE`]) is
+/// [`embedded_dataset`].
+pub fn embedded_subset(codes: Option<usize>, per_code: usize) -> Vec<Record> {
+    let all = catalog::profiles();
+    let keep: Option<HashSet<String>> = codes.map(|n| subset_codes(n).into_iter().collect());
+    let profiles: Vec<&catalog::Profile> = all
+        .iter()
+        .filter(|p| keep.as_ref().is_none_or(|k| k.contains(&p.code)))
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(per_code * profiles.len());

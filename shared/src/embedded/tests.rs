@@ -223,3 +223,44 @@ fn catalog_rows_are_checked() {
         Err(CatalogError::Header(_))
     ));
 }
+
+#[test]
+fn subsets_span_chapters_and_keep_the_full_set() {
+    let s = embedded_summary();
+    // A subset no larger than the chapter count takes one code per chapter.
+    for n in [2, 8, 16, s.chapters] {
+        let codes = subset_codes(n);
+        assert_eq!(codes.len(), n);
+        let chapters: HashSet<u8> = codes
+            .iter()
+            .map(|c| icd10::chapter(c).expect("a chapter").number)
+            .collect();
+        assert_eq!(chapters.len(), n, "{codes:?}");
+    }
+    // Past that, chapters repeat but codes do not; the whole catalog is every code.
+    let more = subset_codes(s.chapters + 5);
+    assert_eq!(more.iter().collect::<HashSet<_>>().len(), s.chapters + 5);
+    assert_eq!(subset_codes(s.codes).len(), s.codes);
+    assert_eq!(subset_codes(10_000).len(), s.codes);
+    // Subsets nest: a larger one keeps the smaller one's codes.
+    let small: HashSet<String> = subset_codes(8).into_iter().collect();
+    assert!(small.iter().all(|c| subset_codes(16).contains(c)));
+    // `None` is the full default set, byte for byte.
+    assert_eq!(embedded_subset(None, DEFAULT_PER_CODE), embedded_dataset());
+}
+
+#[test]
+fn a_subset_has_its_codes_evenly_and_no_repeats() {
+    let d = embedded_subset(Some(16), 40);
+    assert_eq!(d.len(), 16 * 40);
+    let groups = by_code(&d);
+    assert_eq!(
+        groups.keys().map(|c| c.to_string()).collect::<Vec<_>>(),
+        subset_codes(16)
+    );
+    assert!(groups.values().all(|g| g.len() == 40));
+    let dialogues: HashSet<&str> = d.iter().map(|r| r.dialogue.as_str()).collect();
+    assert_eq!(dialogues.len(), d.len(), "repeated dialogues");
+    let ids: Vec<String> = (1..=d.len()).map(|n| format!("embedded-{n}")).collect();
+    assert_eq!(d.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), ids);
+}
