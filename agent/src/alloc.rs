@@ -37,6 +37,8 @@ pub fn purge_delay() -> i64 {
     // SAFETY: reads one option (initialising it from the environment on first use).
     #[allow(unsafe_code)]
     let v = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+    // `c_long` is i64 here but i32 on other targets.
+    #[allow(clippy::useless_conversion)]
     i64::from(v)
 }
 

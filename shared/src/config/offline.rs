@@ -3,7 +3,8 @@ use std::path::PathBuf;
 
 use super::{
     DataConfig, DataSource, DeviceSelection, EvaluationConfig, ExperimentConfig, GenerationConfig,
-    InvalidCodePolicy, LoraConfig, ModelEntry, PromptConfig, TrainDtype, TrainingConfig,
+    InvalidCodePolicy, LoraConfig, LrSchedule, ModelEntry, PromptConfig, TrainDtype,
+    TrainingConfig,
 };
 use crate::split::SplitConfig;
 
@@ -16,27 +17,28 @@ pub const MODELS_DIR_PLACEHOLDER: &str = "${SIZESPEC_MODELS}";
 pub const SMOLLM2_GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Codes of the embedded dataset the offline run uses ([`crate::embedded::subset_codes`]).
-pub const OFFLINE_CODES: usize = 16;
-/// Dialogues per code (16 × 40 = 640: 384 train, 64 validation, 192 test at 60/10/30).
+pub const OFFLINE_CODES: usize = 12;
+/// Dialogues per code (12 × 40 = 480: 288 train, 48 validation, 144 test at 60/10/30).
 pub const OFFLINE_PER_CODE: usize = 40;
-/// Training examples of the finetune (10 per code on average).
+/// Training examples of the finetune (~13 per code).
 pub const OFFLINE_TRAIN_SAMPLES: usize = 160;
 /// Test dialogues every model answers.
 pub const OFFLINE_EVAL_SAMPLES: usize = 120;
 
 impl ExperimentConfig {
-    /// A real but small experiment that needs no network and no GPU.
+    /// A real but small experiment that needs no network and no GPU: SmolLM2-135M zero-shot (the
+    /// LLM role, the GGUF as shipped) against the same model LoRA-finetuned (the SLM role), on
+    /// [`OFFLINE_CODES`] codes of the embedded dataset.
     ///
-    /// Sizing for 2 CPU cores (speeds from DATA.md, candle 0.11, prompts of ~150 tokens):
-    /// - finetune: 300 examples × 2 epochs = 600 sequences × 0.72 s (LoRA r8 on q,v, f32, batch 4)
-    ///   ≈ 430 s ≈ 7.2 min, 150 optimiser steps;
-    /// - validation at each epoch end: forward only, ≈ ⅓ of a training step (≈ 0.25 s a sequence),
-    ///   on the validation split (10% of the 1,584 embedded dialogues ≈ 158) ≈ 40 s an epoch, 80 s in all;
-    /// - evaluation, 3 tasks × 150 prompts (LLM zero-shot, SLM zero-shot, SLM + adapter):
-    ///   the GGUF converted to Q8_0 at load: 150 / 178 tok/s prefill ≈ 0.85 s + ≤ 12 tokens / 70 tok/s
-    ///   ≈ 0.17 s → ≈ 1.0 s a prompt → 150 s; the SLMs in f32: 150 / ~400 tok/s ≈ 0.4 s + 12 / 30 tok/s
-    ///   ≈ 0.4 s → ≈ 0.8 s a prompt → 2 × 120 s; ≈ 6.5 min in all;
-    /// - total ≈ 7.2 + 1.3 + 6.5 ≈ 15 min plus model loads (~1 s each).
+    /// Measured on 2 idle CPU cores (AMD EPYC, this config, 2026-11-26): zero-shot evaluation of 120
+    /// dialogues 63 s; finetune 160 examples × 2 epochs = 160 steps of 2 in 652 s (116 tokens/s,
+    /// peak 6.9 GB); evaluation with the adapter 61 s; 12m57s in all. Exact match 0% → 85%.
+    ///
+    /// Why these numbers: on the 66-code set, or with 80 steps of 4 and a cosine schedule, the model
+    /// learned the answer format and the set of codes (loss plateaus at ~ln(codes) / answer tokens)
+    /// but not which dialogue gets which code (0-22% exact). Breaking that plateau takes enough
+    /// updates at a high learning rate: 160 updates of 2 at a constant 2e-3 do it within the
+    /// budget (85%); 144 updates of 4 on 12 codes reached 100% in twice the time.
     ///
     /// `max_new_tokens = 12` fits the longest code with its dot (`T38.3X5A` is 8 characters, one token
     /// per digit) plus the end-of-turn token, with a little room for a stray word.
@@ -79,14 +81,14 @@ impl ExperimentConfig {
                 target_modules: super::ALL_PROJECTIONS.map(String::from).to_vec(),
             },
             training: TrainingConfig {
-                // A 135M model with a rank-8 adapter and only 150 steps needs a larger step than the
-                // 3B defaults to move at all.
-                learning_rate: 1e-3,
+                // Many small steps at a high, constant rate: see the sizing notes above.
+                learning_rate: 2e-3,
+                schedule: LrSchedule::Constant,
                 epochs: 2,
                 early_stopping_patience: 0,
                 eval_every_steps: 0,
                 max_length: 512,
-                batch_size: 4,
+                batch_size: 2,
                 gradient_accumulation_steps: 1,
                 ..TrainingConfig::default()
             },
@@ -94,7 +96,12 @@ impl ExperimentConfig {
                 max_new_tokens: 12,
                 batch_size: 8,
             },
-            evaluation: EvaluationConfig::default(),
+            evaluation: EvaluationConfig {
+                // The LLM role is the same model zero-shot: a second zero-shot run of the SLM
+                // would repeat it prediction for prediction.
+                include_slm_zero_shot: false,
+                ..EvaluationConfig::default()
+            },
             llm_models: vec![smollm("SmolLM2-135M-Instruct (Q4_1 GGUF), zero-shot")],
             slm_models: vec![smollm(
                 "SmolLM2-135M-Instruct, dequantised to f32, LoRA r8 on q,v",

