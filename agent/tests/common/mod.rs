@@ -135,9 +135,28 @@ impl Tiny {
         TensorMap::new(t, "tiny random weights")
     }
 
+    /// The model in f32 on [`test_device`].
     pub fn model(&self, seed: u64) -> Model {
-        Model::load(&self.weights(seed), &self.config(), &LoadOptions::cpu_f32())
-            .expect("tiny model loads")
+        let opts = LoadOptions {
+            device: test_device(),
+            ..LoadOptions::cpu_f32()
+        };
+        Model::load(&self.weights(seed), &self.config(), &opts).expect("tiny model loads")
+    }
+}
+
+/// The device the engine tests run on: the CPU, or `SIZESPEC_TEST_DEVICE=cuda:N` for a test binary
+/// built with `--features cuda` and run on a GPU machine (bench/gpu/README.md).
+pub fn test_device() -> Device {
+    match std::env::var("SIZESPEC_TEST_DEVICE") {
+        Ok(d) if d.starts_with("cuda:") => {
+            let n: usize = d["cuda:".len()..]
+                .parse()
+                .unwrap_or_else(|_| panic!("SIZESPEC_TEST_DEVICE={d}: expected cuda:N"));
+            Device::new_cuda(n).unwrap_or_else(|e| panic!("SIZESPEC_TEST_DEVICE={d}: {e}"))
+        }
+        Ok(d) if d != "cpu" => panic!("SIZESPEC_TEST_DEVICE={d}: expected cpu or cuda:N"),
+        _ => Device::Cpu,
     }
 }
 
