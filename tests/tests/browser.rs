@@ -88,15 +88,8 @@ async fn dump(url: String) -> String {
 
 /// The live page's `/api/state` as JSON, fetched over a plain socket.
 async fn state(addr: std::net::SocketAddr) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /api/state HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let body = buf.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("/api/state: {e}: {buf}"))
+    let (_, body) = http_get(addr, "/api/state").await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/state: {e}: {body}"))
 }
 
 /// A one-request-per-connection proxy to the live server that answers the page's first

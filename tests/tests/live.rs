@@ -3,30 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_page_follows_an_experiment() {
@@ -47,7 +24,7 @@ async fn the_live_page_follows_an_experiment() {
         stop.clone(),
     ));
 
-    let (status, body) = get(http_addr, "/api/state").await;
+    let (status, body) = http_get(http_addr, "/api/state").await;
     assert_eq!(status, 200);
     let idle: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(idle["phase"], "idle");
@@ -62,7 +39,7 @@ async fn the_live_page_follows_an_experiment() {
     let _agent = start_agent(&url, "live-agent", 1000, runner, None, dir.path());
     let (id, _, _) = submit_and_wait(&url, None, Duration::from_secs(60)).await;
 
-    let (status, body) = get(http_addr, "/api/state").await;
+    let (status, body) = http_get(http_addr, "/api/state").await;
     assert_eq!(status, 200);
     let st: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(st["experiment"], id.as_str());
@@ -89,16 +66,19 @@ async fn the_live_page_follows_an_experiment() {
         "the report is written with the outputs"
     );
     assert_eq!(st["report"], "/report/report.html");
-    let (status, report) = get(http_addr, "/report/report.html").await;
+    let (status, report) = http_get(http_addr, "/report/report.html").await;
     assert_eq!(status, 200);
     assert!(report.contains("<html"), "serves the report");
-    let (status, page) = get(http_addr, "/").await;
+    let (status, page) = http_get(http_addr, "/").await;
     assert_eq!(status, 200);
     assert!(
         page.contains("/api/state"),
         "the page polls the state endpoint"
     );
-    assert_eq!(get(http_addr, "/report/../results.json").await.0, 404);
-    assert_eq!(get(http_addr, "/report/config.resolved.toml").await.0, 404);
+    assert_eq!(http_get(http_addr, "/report/../results.json").await.0, 404);
+    assert_eq!(
+        http_get(http_addr, "/report/config.resolved.toml").await.0,
+        404
+    );
     stop.cancel();
 }
