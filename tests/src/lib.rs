@@ -626,3 +626,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Serves the live experiment page of `c` on a free loopback port until `stop`; returns its address.
+pub async fn serve_live_page(c: &Running, stop: &CancellationToken) -> std::net::SocketAddr {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    tokio::spawn(coordinator::server::live_http::serve_live(
+        http,
+        c.state.clone(),
+        stop.clone(),
+    ));
+    addr
+}

@@ -166,13 +166,7 @@ async fn a_real_browser_renders_the_running_and_the_finished_experiment() {
         stop.clone(),
     )
     .await;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    tokio::spawn(coordinator::server::live_http::serve_live(
-        http,
-        c.state.clone(),
-        stop.clone(),
-    ));
+    let http_addr = serve_live_page(&c, &stop).await;
     let page = format!("http://{http_addr}/");
 
     let url = format!("http://{}", c.addr);

@@ -16,13 +16,7 @@ async fn the_live_page_follows_an_experiment() {
         stop.clone(),
     )
     .await;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    tokio::spawn(coordinator::server::live_http::serve_live(
-        http,
-        c.state.clone(),
-        stop.clone(),
-    ));
+    let http_addr = serve_live_page(&c, &stop).await;
 
     let (status, body) = http_get(http_addr, "/api/state").await;
     assert_eq!(status, 200);
