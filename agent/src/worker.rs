@@ -39,7 +39,7 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Device> {
         Ok(match self {
             DeviceSpec::Cpu => Device::Cpu,
-            DeviceSpec::Cuda(i) => Device::new_cuda(i)?,
+            DeviceSpec::Cuda(i) => crate::gpu::open_cuda(i)?,
         })
     }
 }
@@ -239,7 +239,11 @@ fn run_one(dev: &Device, spec: DeviceSpec, config: &WorkerConfig, env: Envelope)
             WorkerEvent::Failed(format!("compute thread panicked: {msg}"))
         }
     };
-    // The model and every tensor of the job are dropped by now (they lived inside `jobs::run`).
+    // The model and every tensor of the job are dropped by now (they lived inside `jobs::run`):
+    // give the memory pool's cache back so the next task (or another process) sees it free.
+    if let Err(e) = crate::gpu::release_cached(dev) {
+        tracing::warn!("could not release cached device memory on {spec}: {e}");
+    }
     let _ = events.blocking_send(terminal);
 }
 

@@ -164,6 +164,8 @@ pub fn run(
         common.sync()?;
         let seconds = t0.elapsed().as_secs_f64();
         let peak = sampler.finish();
+        // What the worker does after each task: hand the pool's cached memory back.
+        crate::gpu::release_cached(&common.device)?;
         // Give asynchronous frees a moment to land before reading.
         std::thread::sleep(Duration::from_millis(300));
         let after = probe.used_mib()?;

@@ -93,7 +93,7 @@ impl DeviceArg {
     pub fn open(self) -> Result<Device> {
         Ok(match self {
             Self::Cpu => Device::Cpu,
-            Self::Cuda(i) => Device::new_cuda(i)?,
+            Self::Cuda(i) => crate::gpu::open_cuda(i)?,
         })
     }
 }

@@ -105,6 +105,10 @@ impl Trainer {
             self.backward,
         )?;
         self.opt.step(&grads, 1e-4)?;
+        crate::gpu::prof::lap(model.device(), "optimizer");
+        if let Some(r) = crate::gpu::prof::report() {
+            eprint!("{r}");
+        }
         Ok(sum * scale)
     }
 }

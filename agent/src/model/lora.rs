@@ -3,7 +3,6 @@
 //! `y = x·Wᵀ (+ bias) + scale · dropout(x)·Aᵀ·Bᵀ` with `A: [r, in]`, `B: [out, r]` (peft's layout),
 //! `scale = alpha / r`. The base weight is a plain `Tensor` (or a `QMatMul`), never a `Var`, so the
 //! optimiser never sees it. The LoRA pair is kept in f32 whatever the model's dtype.
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::QMatMul;
@@ -58,23 +57,19 @@ pub enum Mode {
 /// The seeded source of dropout masks, replayable from a saved state.
 ///
 /// On the CPU masks are drawn on the host from a ChaCha stream, so a run is bit-reproducible and
-/// [`DropoutRng::restore`] replays them exactly. On a GPU, drawing every mask on the host would
-/// cost a transfer per projection, so masks come from the device's generator instead; to keep
-/// replay working there, the device generator is reseeded from the ChaCha stream at the first mask
-/// after each [`DropoutRng::snapshot`] / [`DropoutRng::restore`] (layer-by-layer recomputation takes
-/// one snapshot per layer, so that is one reseed per layer and pass).
+/// [`DropoutRng::restore`] replays them exactly. On a GPU, drawing every mask on the host would cost
+/// a transfer per projection, so each mask is instead a hash of one seed drawn from the same stream
+/// and the element index ([`crate::gpu::dropout`]): no generator state lives on the device, and
+/// restoring the stream replays the masks there too (layer-by-layer recomputation relies on this).
 #[derive(Debug)]
 pub struct DropoutRng {
     rng: Mutex<ChaCha8Rng>,
-    /// The next device mask must first reseed the device generator from the stream.
-    reseed: AtomicBool,
 }
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
         Self {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
-            reseed: AtomicBool::new(true),
         }
     }
 
@@ -84,14 +79,12 @@ impl DropoutRng {
 
     /// The stream's full state, to replay the same masks later (layer-by-layer recomputation).
     pub fn snapshot(&self) -> ChaCha8Rng {
-        self.reseed.store(true, Ordering::SeqCst);
         self.lock().clone()
     }
 
     /// Rewind or advance the stream to a state from [`DropoutRng::snapshot`].
     pub fn restore(&self, state: &ChaCha8Rng) {
         *self.lock() = state.clone();
-        self.reseed.store(true, Ordering::SeqCst);
     }
 
     /// `(seed, word position)`: a compact, serialisable form of the state (checkpoints).
@@ -105,24 +98,17 @@ impl DropoutRng {
         let mut rng = ChaCha8Rng::from_seed(seed);
         rng.set_word_pos(word_pos);
         *self.lock() = rng;
-        self.reseed.store(true, Ordering::SeqCst);
     }
 
-    /// The seed a device mask must first give the device generator, if a reseed is due.
-    fn device_seed(&self) -> Option<u64> {
-        self.reseed
-            .swap(false, Ordering::SeqCst)
-            .then(|| self.lock().next_u64())
-    }
-
-    /// Inverted dropout: zero each element with probability `p`, scale the rest by `1 / (1 - p)`.
+    /// Inverted dropout in f32: zero each element with probability `p`, scale the rest by
+    /// `1 / (1 - p)`. Returns `x` as f32 when `p` is 0.
     pub fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
-            return Ok(x.clone());
+            return x.to_dtype(DType::F32);
         }
-        let keep = 1.0 - p;
-        let mask = match x.device() {
+        match x.device() {
             Device::Cpu => {
+                let keep = 1.0 - p;
                 let mut rng = self.lock();
                 let n = x.elem_count();
                 let v: Vec<f32> = (0..n)
@@ -134,17 +120,14 @@ impl DropoutRng {
                         }
                     })
                     .collect();
-                Tensor::from_vec(v, x.shape(), &Device::Cpu)?
+                let mask = Tensor::from_vec(v, x.shape(), &Device::Cpu)?;
+                x.to_dtype(DType::F32)?.mul(&mask)
             }
-            dev => {
-                if let Some(seed) = self.device_seed() {
-                    dev.set_seed(seed)?;
-                }
-                let u = Tensor::rand(0f32, 1f32, x.shape(), dev)?;
-                (u.lt(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?
+            _ => {
+                let seed = self.lock().next_u64();
+                crate::gpu::dropout::dropout(x, p, seed)
             }
-        };
-        x.mul(&mask.to_dtype(x.dtype())?)
+        }
     }
 }
 
@@ -188,10 +171,9 @@ impl LoraLinear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let xf = x.to_dtype(DType::F32)?;
             let xf = match mode {
-                Mode::Train => rng.apply(&xf, l.dropout)?,
-                Mode::Eval => xf,
+                Mode::Train => rng.apply(x, l.dropout)?,
+                Mode::Eval => x.to_dtype(DType::F32)?,
             };
             let h = xf.broadcast_matmul(&l.a.as_tensor().t()?)?;
             let d = (h.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
@@ -247,26 +229,52 @@ impl LoraLinear {
 mod tests {
     use super::*;
 
-    /// The device reseed schedule replays: after `restore` the same seed comes out as after the
-    /// matching `snapshot`, and no reseed happens between snapshots.
+    /// Restoring a snapshot replays the same masks (on the CPU: the same host draws).
     #[test]
-    fn device_reseed_follows_snapshot_and_restore() {
+    fn restore_replays_masks() {
         let r = DropoutRng::new(7);
-        let first = r.device_seed();
-        assert!(first.is_some(), "a fresh stream seeds the device once");
-        assert_eq!(r.device_seed(), None);
+        let x = Tensor::ones((4, 64), DType::F32, &Device::Cpu).unwrap();
         let state = r.snapshot();
-        let a = r.device_seed().expect("reseed after snapshot");
-        assert_eq!(r.device_seed(), None);
+        let a: Vec<f32> = r
+            .apply(&x, 0.3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = r
+            .apply(&x, 0.3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(a, b, "the stream moves on");
         r.restore(&state);
-        assert_eq!(r.device_seed(), Some(a), "replayed after restore");
+        let again: Vec<f32> = r
+            .apply(&x, 0.3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, again);
         let (seed, pos) = r.position();
-        let b = {
-            r.restore_position(seed, pos);
-            r.device_seed().unwrap()
-        };
+        let c: Vec<f32> = r
+            .apply(&x, 0.3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         r.restore_position(seed, pos);
-        assert_eq!(r.device_seed(), Some(b));
-        assert_ne!(a, b);
+        let c2: Vec<f32> = r
+            .apply(&x, 0.3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(c, c2);
     }
 }

@@ -382,9 +382,6 @@ impl Model {
             }
         }
         self.dropout = DropoutRng::new(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
-        if !matches!(self.device, Device::Cpu) {
-            self.device.set_seed(seed)?;
-        }
         Ok(())
     }
 

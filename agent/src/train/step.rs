@@ -6,10 +6,8 @@
 //! from its saved input and back-propagating the incoming gradient `g` through it (as the gradient
 //! of the surrogate `sum(y · g)`, whose gradient is exactly the vector-Jacobian product). Only one
 //! layer's graph is alive at a time. The dropout stream is rewound to each layer's start so the
-//! recomputed forward draws the same masks as the first one (on a GPU, by reseeding the device
-//! generator per layer).
+//! recomputed forward draws the same masks as the first one.
 use candle_core::{D, DType, Tensor, Var};
-use rand::RngCore;
 
 use super::batch::Batch;
 use crate::error::Result;
@@ -102,34 +100,22 @@ fn recompute(
     vars: &[Var],
     scale: f64,
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
+    use crate::gpu::prof::lap;
+    let dev = model.device();
+    crate::gpu::prof::start(dev);
     let ctx = model.attn_ctx(&batch.pads, 0, batch.width)?;
     let n = model.num_layers();
-    // Forward without keeping graphs: each layer's input and the dropout state it started from.
-    // On a GPU, dropout masks come from the device's generator, which cannot be rewound: reseed it
-    // per layer (from one draw of the host stream per step) so the recomputation replays the masks.
-    let device_seed = if model.device().is_cpu() {
-        None
-    } else {
-        let mut r = model.dropout_rng().snapshot();
-        let base = r.next_u64();
-        model.dropout_rng().restore(&r);
-        Some(base)
-    };
-    let seed_layer = |i: usize| -> candle_core::Result<()> {
-        match device_seed {
-            Some(base) => model.device().set_seed(base.wrapping_add(i as u64)),
-            None => Ok(()),
-        }
-    };
+    // Forward without keeping graphs: each layer's input and the dropout state it started from
+    // (on a GPU too: masks there are hashes of seeds drawn from the same host stream).
     let mut inputs = Vec::with_capacity(n + 1);
     let mut rng_states = Vec::with_capacity(n);
     inputs.push(model.embed(&batch.ids)?.detach());
     for i in 0..n {
-        seed_layer(i)?;
         rng_states.push(model.dropout_rng().snapshot());
         let y = model.layer_forward(i, &inputs[i], &ctx, None)?.detach();
         inputs.push(y);
     }
+    lap(dev, "forward (no graph)");
     let end_state = model.dropout_rng().snapshot();
 
     let mut out: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -158,15 +144,18 @@ fn recompute(
         .cloned()
         .unwrap_or(last.as_tensor().zeros_like()?);
     drop(grads);
+    lap(dev, "head + loss + backward");
 
     for i in (0..n).rev() {
         model.dropout_rng().restore(&rng_states[i]);
-        seed_layer(i)?;
         let x = Var::from_tensor(&inputs[i])?;
         let y = model.layer_forward(i, x.as_tensor(), &ctx, None)?;
         let surrogate = (y * &g)?.sum_all()?;
+        lap(dev, "layer recompute");
         let grads = surrogate.backward()?;
+        lap(dev, "layer backward");
         collect(&grads)?;
+        lap(dev, "collect grads");
         if i > 0 {
             g = grads
                 .get(x.as_tensor())

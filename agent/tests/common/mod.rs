@@ -153,7 +153,7 @@ pub fn test_device() -> Device {
             let n: usize = d["cuda:".len()..]
                 .parse()
                 .unwrap_or_else(|_| panic!("SIZESPEC_TEST_DEVICE={d}: expected cuda:N"));
-            Device::new_cuda(n).unwrap_or_else(|e| panic!("SIZESPEC_TEST_DEVICE={d}: {e}"))
+            agent::gpu::open_cuda(n).unwrap_or_else(|e| panic!("SIZESPEC_TEST_DEVICE={d}: {e}"))
         }
         Ok(d) if d != "cpu" => panic!("SIZESPEC_TEST_DEVICE={d}: expected cpu or cuda:N"),
         _ => Device::Cpu,
