@@ -22,12 +22,15 @@ cat "$BIN_DIR/COMMIT" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 T0=$(date +%s)
 say() { echo "[profile $(($(date +%s) - T0))s] $*"; }
+# (wait on the pids: a bare `wait` would also wait for the `tee` above, forever)
+pids=()
 for n in llama3b llama3b-2l; do
   [ -f "$W/$n/config.json" ] && continue
   extra=(); [[ $n == *-2l ]] && extra=(--layers 2)
   python3 "$HERE/torch_ref.py" weights --shape "${n%-2l}" --out "$W/$n" "${extra[@]}" > "$WORK/w-$n.log" 2>&1 &
+  pids+=($!)
 done
-wait
+for p in "${pids[@]}"; do wait "$p"; done
 say "weights ready"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if want torch; then
