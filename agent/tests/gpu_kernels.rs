@@ -81,3 +81,213 @@ fn dropout_forward_and_backward_match_the_definition() {
         }
     }
 }
+
+// ---- fused ops (GPU only) vs the basic-ops path on the CPU in f32 ---------------------------------
+
+use agent::gpu::fused;
+use agent::model::OpPath;
+use agent::model::ops;
+
+fn gpu() -> Option<Device> {
+    let dev = common::test_device();
+    if dev.is_cpu() {
+        eprintln!("skipped: the fused ops run on a GPU only (SIZESPEC_TEST_DEVICE=cuda:N)");
+        return None;
+    }
+    Some(dev)
+}
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Relative max error `max|a - b| / max|b|`.
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let a = values(a);
+    let b = values(b);
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+/// Runs `f` on CPU f32 inputs (reference, basic ops) and on the GPU in `dtype` (fused); compares
+/// the output and the gradients of `sum(out · w)` with respect to every input.
+fn check(
+    name: &str,
+    inputs: &[Tensor],
+    dtype: DType,
+    tol: f32,
+    f: impl Fn(&[Tensor], bool) -> Tensor,
+) {
+    let dev = gpu().unwrap();
+    let run = |dev: &Device, dt: DType, fused_path: bool| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts, fused_path);
+        let w = rand(out.dims(), 99)
+            .to_dtype(out.dtype())
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        let g = (out.to_dtype(DType::F32).unwrap() * w.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|v| {
+                g.get(v.as_tensor())
+                    .expect("gradient reaches every input")
+                    .clone()
+            })
+            .collect();
+        (out, grads)
+    };
+    let (want, want_g) = run(&Device::Cpu, DType::F32, false);
+    let (got, got_g) = run(&dev, dtype, true);
+    let e = rel(&got, &want);
+    assert!(e < tol, "{name} {dtype:?}: output rel. err {e}");
+    for (i, (a, b)) in got_g.iter().zip(&want_g).enumerate() {
+        let e = rel(a, b);
+        assert!(e < tol, "{name} {dtype:?}: grad of input {i} rel. err {e}");
+    }
+}
+
+const TOL: [(DType, f32); 2] = [(DType::F32, 1e-4), (DType::BF16, 5e-2)];
+
+#[test]
+fn fused_rms_norm_rope_swiglu_match_basic_ops() {
+    if gpu().is_none() {
+        return;
+    }
+    for (dt, tol) in TOL {
+        let w = rand(&[96], 3).affine(0.5, 1.0).unwrap();
+        check("rms_norm", &[rand(&[3, 5, 96], 1)], dt, tol, |t, fz| {
+            // The same call both sides: on the GPU it dispatches to the fused kernel.
+            let _ = fz;
+            let w = w
+                .to_dtype(t[0].dtype())
+                .unwrap()
+                .to_device(t[0].device())
+                .unwrap();
+            ops::rms_norm(&t[0], &w, 1e-5, OpPath::Differentiable).unwrap()
+        });
+        let cos = rand(&[2, 7, 32], 4);
+        let sin = rand(&[2, 7, 32], 5);
+        check("rope", &[rand(&[2, 3, 7, 64], 6)], dt, tol, |t, _| {
+            let dev = t[0].device();
+            let dt = t[0].dtype();
+            let c = cos.to_dtype(dt).unwrap().to_device(dev).unwrap();
+            let s = sin.to_dtype(dt).unwrap().to_device(dev).unwrap();
+            ops::rope(&t[0], &c, &s, OpPath::Differentiable).unwrap()
+        });
+        check(
+            "swiglu",
+            &[
+                rand(&[4, 300], 7).affine(4.0, 0.0).unwrap(),
+                rand(&[4, 300], 8),
+            ],
+            dt,
+            tol,
+            |t, _| ops::swiglu(&t[0], &t[1]).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn fused_cross_entropy_matches_basic_ops() {
+    if gpu().is_none() {
+        return;
+    }
+    let targets: Vec<u32> = vec![3, 999, 0, 517, 42];
+    for (dt, tol) in TOL {
+        check(
+            "cross_entropy",
+            &[rand(&[5, 1000], 11).affine(8.0, 0.0).unwrap()],
+            dt,
+            tol,
+            |t, _| {
+                let tg = Tensor::new(targets.as_slice(), t[0].device()).unwrap();
+                agent::train::step::cross_entropy_sum(&t[0], &tg)
+                    .unwrap()
+                    .reshape(1)
+                    .unwrap()
+            },
+        );
+    }
+}
+
+/// The visibility rule, written out: key `j` is visible from query column `c` when
+/// `(j <= c && j + win >= c && j >= pad) || j == c`.
+fn mask(pads: &[usize], offset: usize, tq: usize, window: Option<usize>) -> Tensor {
+    let tk = offset + tq;
+    let mut m = vec![f32::NEG_INFINITY; pads.len() * tq * tk];
+    for (r, &pad) in pads.iter().enumerate() {
+        for i in 0..tq {
+            let c = offset + i;
+            for j in 0..tk {
+                let near = window.is_none_or(|w| j + w >= c);
+                if (j <= c && near && j >= pad) || j == c {
+                    m[(r * tq + i) * tk + j] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(m, (pads.len(), 1, tq, tk), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn flash_attention_matches_the_score_matrix_path() {
+    if gpu().is_none() {
+        return;
+    }
+    // (d, pads, offset, tq, window): ragged sizes (not multiples of the 64 x 32 tiles), padding,
+    // GQA, a sliding window, and queries after cached columns (prefill in chunks).
+    let cases: [(usize, [usize; 2], usize, usize, Option<usize>); 5] = [
+        (64, [0, 0], 0, 70, None),
+        (128, [0, 9], 0, 70, None),
+        (128, [3, 40], 0, 97, Some(20)),
+        (64, [0, 5], 50, 20, None),
+        (128, [0, 0], 31, 33, Some(16)),
+    ];
+    for (d, pads, offset, tq, window) in cases {
+        let (b, h, kv) = (2, 4, 2);
+        let tk = offset + tq;
+        let m = mask(&pads, offset, tq, window);
+        for (dt, tol) in TOL {
+            let name =
+                format!("attention d={d} pads={pads:?} offset={offset} tq={tq} window={window:?}");
+            check(
+                &name,
+                &[
+                    rand(&[b, h, tq, d], 21).affine(2.0, 0.0).unwrap(),
+                    rand(&[b, kv, tk, d], 22),
+                    rand(&[b, kv, tk, d], 23),
+                ],
+                dt,
+                tol,
+                |t, fz| {
+                    if fz {
+                        fused::attention(&t[0], &t[1], &t[2], &pads, offset, window).unwrap()
+                    } else {
+                        ops::attention(&t[0], &t[1], &t[2], Some(&m), OpPath::Differentiable)
+                            .unwrap()
+                    }
+                },
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //! Environment switches, for A/B benchmarks only: `SIZESPEC_CUDA_EVENTS=1` keeps event tracking,
 //! `SIZESPEC_CUDA_POOL_RELEASE=1` keeps the driver's default (release at every sync).
 pub mod dropout;
+pub mod fused;
 #[cfg(feature = "cuda")]
 pub(crate) mod nvrtc;
 pub mod prof;

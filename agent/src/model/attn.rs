@@ -23,6 +23,8 @@ pub struct AttnCtx {
     pub(crate) sin: Tensor,
     /// Additive f32 mask `[b or 1, 1, t, offset + t]`; `None` when nothing is masked.
     pub(crate) mask: Option<Tensor>,
+    /// Sliding window (Mistral), for kernels that compute the mask themselves.
+    pub(crate) window: Option<usize>,
 }
 
 impl AttnCtx {
@@ -66,6 +68,7 @@ impl AttnCtx {
             cos,
             sin,
             mask,
+            window: sliding_window,
         })
     }
 

@@ -287,7 +287,16 @@ impl Model {
             Some(c) => c.append(k, v.contiguous()?)?,
             None => (k, v),
         };
-        let y = ops::attention(&q, &k, &v, ctx.mask.as_ref(), path)?;
+        let y = ops::attention_padded(
+            &q,
+            &k,
+            &v,
+            ctx.mask.as_ref(),
+            &ctx.pads,
+            ctx.offset,
+            ctx.window,
+            path,
+        )?;
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         let x = (x + layer.o_proj.forward(&y, mode, rng)?)?;
 
@@ -300,11 +309,13 @@ impl Model {
 
     /// Final norm and output head: `[b, t, hidden]` → f32 logits `[b, t, vocab]`.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.head_logits(x)?.to_dtype(DType::F32)?)
+    }
+
+    /// [`Model::head`] in the model's dtype (the fused cross-entropy reads bf16 logits directly).
+    pub fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
         let h = ops::rms_norm(x, &self.norm, self.cfg.rms_norm_eps, self.op_path())?;
-        Ok(self
-            .lm_head
-            .forward(&h, Mode::Eval, &self.dropout)?
-            .to_dtype(DType::F32)?)
+        Ok(self.lm_head.forward(&h, Mode::Eval, &self.dropout)?)
     }
 
     fn run_layers(

@@ -2,8 +2,11 @@
 //! so a fused CUDA kernel can replace one later without touching the model.
 //!
 //! Each takes an [`OpPath`]: candle's fused `rms_norm`, `rope` and `softmax_last_dim` have **no backward
-//! pass** (gradients silently stop there), so the trainable path is built from basic ops only.
+//! pass** (gradients silently stop there), so on the CPU the trainable path is built from basic ops
+//! only. On a CUDA device both paths use [`crate::gpu::fused`]'s kernels, which have a backward pass.
 use candle_core::{D, DType, Result, Tensor};
+
+use crate::gpu::fused;
 
 /// Which implementation of an op to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,6 +22,7 @@ pub enum OpPath {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, path: OpPath) -> Result<Tensor> {
     match path {
         OpPath::Fused if x.is_contiguous() => candle_nn::ops::rms_norm(x, weight, eps as f32),
+        OpPath::Differentiable if fused::supported(x) => fused::rms_norm(x, weight, eps),
         _ => {
             let dtype = x.dtype();
             let xf = x.to_dtype(DType::F32)?;
@@ -34,6 +38,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, path: OpPath) -> Result<T
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, path: OpPath) -> Result<Tensor> {
     match path {
         OpPath::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
+        OpPath::Differentiable if fused::supported(x) => fused::rope(x, cos, sin),
         OpPath::Differentiable => {
             let half = x.dim(D::Minus1)? / 2;
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
@@ -132,9 +137,36 @@ fn attention_one(
     probs.to_dtype(dtype)?.matmul(&v)?.reshape((b, h, t, d))
 }
 
-/// SwiGLU: `silu(gate) * up` (candle's `silu` has a backward pass).
+/// SwiGLU: `silu(gate) * up` (candle's `silu` has a backward pass; on a GPU one fused kernel).
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::supported(gate) {
+        return fused::swiglu(gate, up);
+    }
     gate.silu()? * up
+}
+
+/// Queries per call from which the flash kernel replaces the score-matrix path (decode steps, one
+/// query per row, stay on cuBLAS: their score matrix is tiny).
+pub const FLASH_MIN_QUERIES: usize = 16;
+
+/// Attention for a left-padded causal batch described by `(pads, offset, window)` — the rule
+/// [`crate::model::AttnCtx`]'s `mask` encodes: the flash kernel on a GPU (the mask is computed
+/// inside it), else [`attention`] with `mask`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_padded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    pads: &[usize],
+    offset: usize,
+    window: Option<usize>,
+    path: OpPath,
+) -> Result<Tensor> {
+    if q.dim(2)? >= FLASH_MIN_QUERIES && fused::flash_supported(q) {
+        return fused::attention(q, k, v, pads, offset, window);
+    }
+    attention(q, k, v, mask, path)
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ pub enum Backward {
 /// Sum over rows of `-log softmax(logits)[target]`, from ops that all have a backward pass
 /// (candle's fused softmax has none). `logits: [n, vocab]` f32, `targets: [n]` u32.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    if crate::gpu::fused::supported(logits) {
+        // One pass over the logits in their own dtype, one pass back (GPU).
+        return crate::gpu::fused::cross_entropy(logits, targets)?.sum_all();
+    }
     let logits = logits.to_dtype(DType::F32)?;
     // The max shift only keeps exp() finite; log-sum-exp's gradient does not depend on it.
     let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -43,7 +47,7 @@ fn label_logits(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor>
     let rows = hidden
         .reshape((b * t, h))?
         .index_select(&batch.positions, 0)?;
-    Ok(model.head(&rows.unsqueeze(0)?)?.squeeze(0)?)
+    Ok(model.head_logits(&rows.unsqueeze(0)?)?.squeeze(0)?)
 }
 
 /// The summed cross-entropy over the batch's labels (no gradients).

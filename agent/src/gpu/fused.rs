@@ -1,0 +1,666 @@
+//! Fused CUDA ops **with a backward pass** for the training path (candle's fused kernels have
+//! none): RMSNorm, RoPE, SwiGLU, attention (flash style: the score matrix never reaches memory)
+//! and the vocabulary cross-entropy. Each replaces a chain of 5-30 elementwise kernels, each a full
+//! pass over memory, with one or two (GPU.md: on an H100 a 3B LoRA step spent most of its time in
+//! those chains, not in matrix products).
+//!
+//! All take contiguous f32 or bf16 tensors on a CUDA device ([`supported`]); the model falls back to
+//! its basic-ops path elsewhere. Kernels: [`super::nvrtc`]. `SIZESPEC_FUSED=0` turns them all off and
+//! `SIZESPEC_FLASH=0` only the attention (for A/B benchmarks).
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+/// Whether the fused ops can run on `t` (CUDA build, CUDA tensor, f32 or bf16, not switched off).
+pub fn supported(t: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), DType::F32 | DType::BF16)
+        && !off("SIZESPEC_FUSED")
+}
+
+/// Whether the flash attention kernel may be used for these queries.
+pub fn flash_supported(q: &Tensor) -> bool {
+    supported(q) && !off("SIZESPEC_FLASH") && matches!(q.dims().last(), Some(64 | 128))
+}
+
+fn off(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "0")
+}
+
+/// Hands back a precomputed output on forward and `bwd(grad)` on backward: how an output computed
+/// without a graph (by a candle kernel that has no backward) is attached to its input.
+pub(crate) struct Attach {
+    out: Mutex<Option<Tensor>>,
+    #[allow(clippy::type_complexity)]
+    bwd: Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>,
+}
+
+impl Attach {
+    pub(crate) fn apply(
+        x: &Tensor,
+        y: Tensor,
+        bwd: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Result<Tensor> {
+        if !x.track_op() {
+            return Ok(y);
+        }
+        x.apply_op1(Attach {
+            out: Mutex::new(Some(y)),
+            bwd: Box::new(bwd),
+        })
+    }
+
+    fn take(&self) -> Result<Tensor> {
+        self.out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("attach: forward ran twice".into()))?
+            .contiguous()
+    }
+}
+
+impl CustomOp1 for Attach {
+    fn name(&self) -> &'static str {
+        "attach"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take()?;
+        let (st, l) = y.storage_and_layout();
+        match &*st {
+            candle_core::Storage::Cpu(s) => Ok((s.try_clone(l)?, y.shape().clone())),
+            _ => candle_core::bail!("attach: output is not on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _s: &candle_core::CudaStorage,
+        _l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take()?;
+        let (st, l) = y.storage_and_layout();
+        match &*st {
+            candle_core::Storage::Cuda(s) => Ok((s.try_clone(l)?, y.shape().clone())),
+            _ => candle_core::bail!("attach: output is not on the GPU"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        (self.bwd)(grad_res).map(Some)
+    }
+}
+
+/// RMSNorm `x · (mean(x²) + eps)^-½ · w` over the last dimension: candle's fused kernel forward,
+/// our kernel backward (input gradient only: the norm weight is frozen).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = candle_nn::ops::rms_norm(&x.detach(), w, eps as f32)?;
+    let (xd, w) = (x.detach(), w.clone());
+    Attach::apply(&x, y, move |g| imp::rms_bwd(&xd, &w, &g.contiguous()?, eps))
+}
+
+/// Rotary embedding, HF "rotate half" layout: candle's fused kernel both ways (the backward is the
+/// rotation by the opposite angle: `sin → -sin`). `x: [b, h, t, d]`, `cos`/`sin`: `[b, t, d/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = candle_nn::rotary_emb::rope(&x.detach(), cos, sin)?;
+    let (cos, neg_sin) = (cos.clone(), sin.neg()?);
+    Attach::apply(&x, y, move |g| {
+        candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &neg_sin)
+    })
+}
+
+pub use imp::{attention, cross_entropy, swiglu};
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use candle_core::{Result, Tensor};
+
+    fn no_cuda<T>() -> Result<T> {
+        candle_core::bail!("fused ops need a build with the `cuda` feature")
+    }
+    pub(super) fn rms_bwd(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub fn swiglu(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub fn cross_entropy(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub fn attention(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &[usize],
+        _: usize,
+        _: Option<usize>,
+    ) -> Result<Tensor> {
+        no_cuda()
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::*;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, sys,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaDevice, CudaStorage, CustomOp2, CustomOp3, Storage};
+    use std::sync::Arc;
+
+    use crate::gpu::nvrtc;
+
+    fn suffix(dt: DType) -> Result<&'static str> {
+        Ok(match dt {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            d => candle_core::bail!("fused op: dtype {d:?} not supported (f32 or bf16)"),
+        })
+    }
+
+    /// A contiguous CUDA tensor's storage guard and element range.
+    struct Raw<'a> {
+        st: candle_core::StorageRef<'a>,
+        range: std::ops::Range<usize>,
+    }
+
+    impl<'a> Raw<'a> {
+        fn of(t: &'a Tensor) -> Result<Self> {
+            let (st, l) = t.storage_and_layout();
+            let Some((a, b)) = l.contiguous_offsets() else {
+                candle_core::bail!("fused op: input is not contiguous");
+            };
+            if !matches!(&*st, Storage::Cuda(_)) {
+                candle_core::bail!("fused op: input is not on the GPU");
+            }
+            Ok(Self { st, range: a..b })
+        }
+
+        fn cuda(&self) -> &CudaStorage {
+            match &*self.st {
+                Storage::Cuda(s) => s,
+                _ => unreachable!("checked in Raw::of"),
+            }
+        }
+
+        fn view<T: CudaDType + DeviceRepr>(&self) -> Result<CudaView<'_, T>> {
+            Ok(self.cuda().as_cuda_slice::<T>()?.slice(self.range.clone()))
+        }
+    }
+
+    fn storage_of(s: &CudaStorage, l: &Layout) -> Result<std::ops::Range<usize>> {
+        let _ = s;
+        l.contiguous_offsets()
+            .map(|(a, b)| a..b)
+            .ok_or_else(|| candle_core::Error::Msg("fused op: input is not contiguous".into()))
+    }
+
+    /// Turns storage computed outside candle into a tensor (via a no-graph op on `like`).
+    struct Emit(Mutex<Option<(CudaStorage, Shape)>>);
+
+    impl CustomOp1 for Emit {
+        fn name(&self) -> &'static str {
+            "emit"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("emit: GPU only")
+        }
+        fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| candle_core::Error::Msg("emit: used twice".into()))
+        }
+    }
+
+    fn emit<T: CudaDType + DeviceRepr>(
+        like: &Tensor,
+        slice: CudaSlice<T>,
+        dev: &CudaDevice,
+        shape: &Shape,
+    ) -> Result<Tensor> {
+        let st = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+        like.apply_op1_no_bwd(&Emit(Mutex::new(Some((st, shape.clone())))))
+    }
+
+    fn alloc<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller's kernel writes all `n` elements before anything reads them.
+        #[allow(unsafe_code)]
+        unsafe {
+            dev.alloc::<T>(n)
+        }
+    }
+
+    fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    macro_rules! launch {
+        ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+            let func = nvrtc::function($dev, $name)?;
+            let stream = $dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
+            $( let __a = $arg; b.arg(__a); )+
+            // SAFETY: argument types and counts match the kernel's signature in nvrtc::SOURCE and
+            // every buffer holds the elements the kernel indexes (checked by the callers).
+            #[allow(unsafe_code)]
+            unsafe { b.launch($cfg) }.w()?;
+        }};
+    }
+
+    /// Dispatch on f32 / bf16: binds `$t` to the element type.
+    macro_rules! by_dtype {
+        ($dt:expr, $t:ident => $body:block) => {
+            match $dt {
+                DType::F32 => {
+                    type $t = f32;
+                    $body
+                }
+                DType::BF16 => {
+                    type $t = half::bf16;
+                    $body
+                }
+                d => candle_core::bail!("fused op: dtype {d:?} not supported (f32 or bf16)"),
+            }
+        };
+    }
+
+    pub(super) fn rms_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
+        let h = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / h;
+        let (rx, rw, rdy) = (Raw::of(x)?, Raw::of(w)?, Raw::of(dy)?);
+        let dev = rx.cuda().device().clone();
+        let name = format!("rms_bwd_{}", suffix(x.dtype())?);
+        let (h32, eps) = (h as i32, eps as f32);
+        by_dtype!(x.dtype(), T => {
+            let dx = alloc::<T>(&dev, x.elem_count())?;
+            launch!(&dev, &name, rows_cfg(rows, 256), &rx.view::<T>()?, &rw.view::<T>()?,
+                &rdy.view::<T>()?, &dx, &h32, &eps);
+            emit(x, dx, &dev, x.shape())
+        })
+    }
+
+    struct SwiGlu;
+
+    impl CustomOp2 for SwiGlu {
+        fn name(&self) -> &'static str {
+            "fused-swiglu"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("fused swiglu: GPU only")
+        }
+        fn cuda_fwd(
+            &self,
+            g: &CudaStorage,
+            gl: &Layout,
+            u: &CudaStorage,
+            ul: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (gr, ur) = (storage_of(g, gl)?, storage_of(u, ul)?);
+            let dev = g.device().clone();
+            let n = gl.shape().elem_count();
+            let name = format!("swiglu_fwd_{}", suffix(g.dtype())?);
+            let n64 = n as u64;
+            by_dtype!(g.dtype(), T => {
+                let y = alloc::<T>(&dev, n)?;
+                launch!(&dev, &name, nvrtc::elementwise(n),
+                    &g.as_cuda_slice::<T>()?.slice(gr), &u.as_cuda_slice::<T>()?.slice(ur), &y, &n64);
+                Ok((CudaStorage::wrap_cuda_slice(y, dev), gl.shape().clone()))
+            })
+        }
+        fn bwd(
+            &self,
+            g: &Tensor,
+            u: &Tensor,
+            _res: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let dy = dy.contiguous()?;
+            let (rg, ru, rdy) = (Raw::of(g)?, Raw::of(u)?, Raw::of(&dy)?);
+            let dev = rg.cuda().device().clone();
+            let n = g.elem_count();
+            let n64 = n as u64;
+            let name = format!("swiglu_bwd_{}", suffix(g.dtype())?);
+            by_dtype!(g.dtype(), T => {
+                let dg = alloc::<T>(&dev, n)?;
+                let du = alloc::<T>(&dev, n)?;
+                launch!(&dev, &name, nvrtc::elementwise(n), &rg.view::<T>()?, &ru.view::<T>()?,
+                    &rdy.view::<T>()?, &dg, &du, &n64);
+                Ok((Some(emit(g, dg, &dev, g.shape())?), Some(emit(u, du, &dev, u.shape())?)))
+            })
+        }
+    }
+
+    /// `silu(g) · u` in one pass (and one pass back).
+    pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        if g.shape() != u.shape() || g.dtype() != u.dtype() {
+            candle_core::bail!("fused swiglu: {:?} vs {:?}", g.shape(), u.shape());
+        }
+        g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
+    }
+
+    struct CrossEntropy;
+
+    impl CustomOp2 for CrossEntropy {
+        fn name(&self) -> &'static str {
+            "fused-cross-entropy"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("fused cross-entropy: GPU only")
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            t: &CudaStorage,
+            tl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (xr, tr) = (storage_of(x, xl)?, storage_of(t, tl)?);
+            let (n, v) = xl.shape().dims2()?;
+            let dev = x.device().clone();
+            let name = format!("ce_fwd_{}", suffix(x.dtype())?);
+            let v32 = v as i32;
+            let loss = alloc::<f32>(&dev, n)?;
+            let tv = t.as_cuda_slice::<u32>()?.slice(tr);
+            by_dtype!(x.dtype(), T => {
+                launch!(&dev, &name, rows_cfg(n, 1024), &x.as_cuda_slice::<T>()?.slice(xr), &tv, &loss, &v32);
+            });
+            Ok((CudaStorage::wrap_cuda_slice(loss, dev), Shape::from(n)))
+        }
+        fn bwd(
+            &self,
+            x: &Tensor,
+            t: &Tensor,
+            _res: &Tensor,
+            g: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
+            let (n, v) = x.dims2()?;
+            let (rx, rt, rg) = (Raw::of(x)?, Raw::of(t)?, Raw::of(&g)?);
+            let dev = rx.cuda().device().clone();
+            let name = format!("ce_bwd_{}", suffix(x.dtype())?);
+            let v32 = v as i32;
+            by_dtype!(x.dtype(), T => {
+                let dx = alloc::<T>(&dev, n * v)?;
+                launch!(&dev, &name, rows_cfg(n, 1024), &rx.view::<T>()?, &rt.view::<u32>()?,
+                    &rg.view::<f32>()?, &dx, &v32);
+                Ok((Some(emit(x, dx, &dev, x.shape())?), None))
+            })
+        }
+    }
+
+    /// Per-row `logsumexp(logits[r]) - logits[r, targets[r]]` (f32 `[n]`), reading the logits in
+    /// their own dtype: no f32 copy of a `[n, vocab]` matrix, one pass forward and one back.
+    pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+        logits.contiguous()?.apply_op2(&targets, CrossEntropy)
+    }
+
+    const BQ: usize = 64;
+    const BK: usize = 32;
+
+    fn smem_bytes(kernel: &str, d: usize) -> u32 {
+        let floats = match kernel {
+            "fwd" => d * (BQ + 1) + d * (BK + 1) + BK * d + BQ * (BK + 1),
+            "dq" => 2 * d * (BQ + 1) + 2 * d * (BK + 1) + BQ * (BK + 1) + 2 * BQ,
+            _ => 2 * d * (BQ + 1) + 2 * d * (BK + 1) + 2 * BQ * (BK + 1) + 2 * BQ,
+        };
+        (floats * 4) as u32
+    }
+
+    fn attn_func(
+        dev: &CudaDevice,
+        name: &str,
+        smem: u32,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
+        let f = nvrtc::function(dev, name)?;
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .w()?;
+        Ok(f)
+    }
+
+    struct Geometry {
+        b: usize,
+        h: usize,
+        kv: usize,
+        tq: usize,
+        tk: usize,
+        d: usize,
+    }
+
+    struct FlashAttn {
+        pads: Tensor,
+        offset: i32,
+        window: i32,
+        scale: f32,
+        lse: Arc<Mutex<Option<CudaSlice<f32>>>>,
+    }
+
+    impl FlashAttn {
+        fn geometry(ql: &Layout, kl: &Layout) -> Result<Geometry> {
+            let (b, h, tq, d) = ql.shape().dims4()?;
+            let (_, kv, tk, dk) = kl.shape().dims4()?;
+            if dk != d || h % kv != 0 {
+                candle_core::bail!("flash attention: q {:?}, k {:?}", ql.dims(), kl.dims());
+            }
+            Ok(Geometry {
+                b,
+                h,
+                kv,
+                tq,
+                tk,
+                d,
+            })
+        }
+    }
+
+    impl CustomOp3 for FlashAttn {
+        fn name(&self) -> &'static str {
+            "flash-attention"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("flash attention: GPU only")
+        }
+        fn cuda_fwd(
+            &self,
+            q: &CudaStorage,
+            ql: &Layout,
+            k: &CudaStorage,
+            kl: &Layout,
+            v: &CudaStorage,
+            vl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let g = Self::geometry(ql, kl)?;
+            let (qr, kr, vr) = (storage_of(q, ql)?, storage_of(k, kl)?, storage_of(v, vl)?);
+            let dev = q.device().clone();
+            let name = format!("attn_fwd_{}_{}", suffix(q.dtype())?, g.d);
+            let smem = smem_bytes("fwd", g.d);
+            let func = attn_func(&dev, &name, smem)?;
+            let cfg = LaunchConfig {
+                grid_dim: (g.tq.div_ceil(BQ) as u32, g.h as u32, g.b as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            let lse = alloc::<f32>(&dev, g.b * g.h * g.tq)?;
+            let rp = Raw::of(&self.pads)?;
+            let pads = rp.view::<u32>()?;
+            let ints = [
+                g.h as i32,
+                g.kv as i32,
+                g.tq as i32,
+                g.tk as i32,
+                self.offset,
+                self.window,
+            ];
+            let out = by_dtype!(q.dtype(), T => {
+                let o = alloc::<T>(&dev, g.b * g.h * g.tq * g.d)?;
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&func);
+                let qv_ = q.as_cuda_slice::<T>()?.slice(qr.clone());
+                b.arg(&qv_);
+                let kv_ = k.as_cuda_slice::<T>()?.slice(kr.clone());
+                let vv_ = v.as_cuda_slice::<T>()?.slice(vr.clone());
+                b.arg(&kv_).arg(&vv_).arg(&o).arg(&lse).arg(&pads);
+                for i in &ints {
+                    b.arg(i);
+                }
+                b.arg(&self.scale);
+                // SAFETY: shapes checked in `geometry`; the kernel's signature is attn_fwd_*.
+                #[allow(unsafe_code)]
+                unsafe { b.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(o, dev.clone())
+            });
+            *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(lse);
+            Ok((out, ql.shape().clone()))
+        }
+        fn bwd(
+            &self,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            o: &Tensor,
+            dout: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let dout = dout.contiguous()?;
+            let (rq, rk, rv, ro, rd) = (
+                Raw::of(q)?,
+                Raw::of(k)?,
+                Raw::of(v)?,
+                Raw::of(o)?,
+                Raw::of(&dout)?,
+            );
+            let g = Self::geometry(q.layout(), k.layout())?;
+            let dev = rq.cuda().device().clone();
+            let guard = self.lse.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(lse) = guard.as_ref() else {
+                candle_core::bail!("flash attention backward before its forward");
+            };
+            let rp = Raw::of(&self.pads)?;
+            let pads = rp.view::<u32>()?;
+            let ints = [
+                g.h as i32,
+                g.kv as i32,
+                g.tq as i32,
+                g.tk as i32,
+                self.offset,
+                self.window,
+            ];
+            let sfx = suffix(q.dtype())?;
+            by_dtype!(q.dtype(), T => {
+                let (qv, kv_, vv, ov, dv_) = (rq.view::<T>()?, rk.view::<T>()?, rv.view::<T>()?,
+                    ro.view::<T>()?, rd.view::<T>()?);
+                let dq = alloc::<T>(&dev, q.elem_count())?;
+                let dk = alloc::<T>(&dev, k.elem_count())?;
+                let dvv = alloc::<T>(&dev, v.elem_count())?;
+                let stream = dev.cuda_stream();
+                {
+                    let smem = smem_bytes("dq", g.d);
+                    let func = attn_func(&dev, &format!("attn_bwd_dq_{sfx}_{}", g.d), smem)?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (g.tq.div_ceil(BQ) as u32, g.h as u32, g.b as u32),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: smem,
+                    };
+                    let mut b = stream.launch_builder(&func);
+                    b.arg(&qv).arg(&kv_).arg(&vv).arg(&ov).arg(&dv_).arg(lse).arg(&dq).arg(&pads);
+                    for i in &ints {
+                        b.arg(i);
+                    }
+                    b.arg(&self.scale);
+                    // SAFETY: as the forward; dq has q's size.
+                    #[allow(unsafe_code)]
+                    unsafe { b.launch(cfg) }.w()?;
+                }
+                {
+                    let smem = smem_bytes("dkdv", g.d);
+                    let func = attn_func(&dev, &format!("attn_bwd_dkdv_{sfx}_{}", g.d), smem)?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (g.tk.div_ceil(BK) as u32, g.kv as u32, g.b as u32),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: smem,
+                    };
+                    let mut b = stream.launch_builder(&func);
+                    b.arg(&qv).arg(&kv_).arg(&vv).arg(&ov).arg(&dv_).arg(lse).arg(&dk).arg(&dvv).arg(&pads);
+                    for i in &ints {
+                        b.arg(i);
+                    }
+                    b.arg(&self.scale);
+                    // SAFETY: as the forward; dk, dv have k's and v's sizes.
+                    #[allow(unsafe_code)]
+                    unsafe { b.launch(cfg) }.w()?;
+                }
+                Ok((
+                    Some(emit(q, dq, &dev, q.shape())?),
+                    Some(emit(k, dk, &dev, k.shape())?),
+                    Some(emit(v, dvv, &dev, v.shape())?),
+                ))
+            })
+        }
+    }
+
+    /// Causal attention over a left-padded batch without materialising scores. `q: [b, h, tq, d]`,
+    /// `k`, `v`: `[b, kv, tk, d]` (GQA), `pads[r]` padding columns of row `r`, `offset` columns
+    /// before this call's first query (the KV cache), `window` Mistral's sliding window.
+    /// The visibility rule is [`crate::model::AttnCtx`]'s mask, computed in the kernel.
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pads: &[usize],
+        offset: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let d = q.dim(3)?;
+        let pads_t = Tensor::from_vec(
+            pads.iter().map(|&p| p as u32).collect::<Vec<u32>>(),
+            pads.len(),
+            q.device(),
+        )?;
+        let op = FlashAttn {
+            pads: pads_t,
+            offset: offset as i32,
+            window: window.unwrap_or(0) as i32,
+            scale: (1.0 / (d as f64).sqrt()) as f32,
+            lse: Arc::new(Mutex::new(None)),
+        };
+        q.contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    }
+}
