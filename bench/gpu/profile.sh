@@ -40,7 +40,7 @@ fi
 if want phases; then
   say "ours train, phases"
   SIZESPEC_PROFILE=1 "$G" bench --device cuda:0 --dtype bf16 --model "$W/llama3b" --shape llama3b --what train \
-    --ranks 16 --train-steps 3 --json "$OUT/ours-train.json"
+    --ranks 16 --train-steps 3 --backward "${BACKWARD:-recompute}" --json "$OUT/ours-train.json"
   cat "$OUT/ours-train.json"; echo
 fi
 if want ab; then
