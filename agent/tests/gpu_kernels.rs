@@ -3,7 +3,7 @@
 //! implementation against an independent reference instead, so it still fails when that breaks.
 mod common;
 
-use agent::gpu::dropout::{dropout, mix};
+use agent::gpu::dropout::{dropout, dropout_as, mix};
 use candle_core::{DType, Device, Tensor, Var};
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -55,6 +55,18 @@ fn dropout_forward_and_backward_match_the_definition() {
         assert!(
             worst < 1e-6,
             "{dtype:?} on {dev:?}: forward differs by {worst}"
+        );
+        // The same mask straight into bf16 (the GPU LoRA branch's form).
+        let yb = dropout_as(x.as_tensor(), 0.1, 42, DType::BF16).unwrap();
+        assert_eq!(yb.dtype(), DType::BF16);
+        let worst_b = values(&yb)
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() - 1e-2 * b.abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst_b <= 1e-6,
+            "{dtype:?} -> bf16 on {dev:?}: differs beyond bf16 rounding"
         );
         // d(sum(y · w))/dx = w · mask / keep, returned in x's dtype.
         let w = Tensor::from_vec(

@@ -17,14 +17,18 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// `(x ⊙ mask) / (1 - p)` as f32, the mask a function of `(seed, element index)`.
 pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    dropout_as(x, p, seed, DType::F32)
+}
+
+/// [`dropout`] with the result in `out` (f32 or bf16; the gradient returns in `x`'s dtype).
+pub fn dropout_as(x: &Tensor, p: f64, seed: u64, out: DType) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability {p} is not in [0, 1)");
     }
     if p == 0.0 {
-        return x.to_dtype(DType::F32);
+        return x.to_dtype(out);
     }
-    x.contiguous()?
-        .apply_op1(HashDropout::new(p, seed, DType::F32))
+    x.contiguous()?.apply_op1(HashDropout::new(p, seed, out))
 }
 
 /// A kernel argument of any element type (lets one launch closure take f32 or bf16 views).
@@ -134,6 +138,7 @@ impl CustomOp1 for HashDropout {
             (DType::F32, DType::F32) => "dropout_f32_f32",
             (DType::BF16, DType::F32) => "dropout_bf16_f32",
             (DType::F32, DType::BF16) => "dropout_f32_bf16",
+            (DType::BF16, DType::BF16) => "dropout_bf16_bf16",
             (a, b) => candle_core::bail!("hash-dropout on the GPU: {a:?} -> {b:?} not supported"),
         };
         let func = super::nvrtc::function(&dev, name)?;
@@ -164,8 +169,14 @@ impl CustomOp1 for HashDropout {
                 launch(&x, &y)?;
                 candle_core::CudaStorage::wrap_cuda_slice(y, dev)
             }
-            _ => {
+            (DType::F32, _) => {
                 let x = s.as_cuda_slice::<f32>()?.slice(start..end);
+                let y = dev.alloc_zeros::<half::bf16>(n)?;
+                launch(&x, &y)?;
+                candle_core::CudaStorage::wrap_cuda_slice(y, dev)
+            }
+            _ => {
+                let x = s.as_cuda_slice::<half::bf16>()?.slice(start..end);
                 let y = dev.alloc_zeros::<half::bf16>(n)?;
                 launch(&x, &y)?;
                 candle_core::CudaStorage::wrap_cuda_slice(y, dev)
@@ -180,9 +191,11 @@ impl CustomOp1 for HashDropout {
             d @ (DType::F32 | DType::BF16) => d,
             _ => DType::F32,
         };
-        let g = grad_res
-            .to_dtype(DType::F32)?
-            .contiguous()?
+        let g = match grad_res.dtype() {
+            DType::F32 | DType::BF16 => grad_res.contiguous()?,
+            _ => grad_res.to_dtype(DType::F32)?.contiguous()?,
+        };
+        let g = g
             .apply_op1(HashDropout::new(self.p, self.seed, out))?
             .to_dtype(arg.dtype())?;
         Ok(Some(g))

@@ -424,12 +424,14 @@ mod imp {
 
     const BQ: usize = 64;
     const BK: usize = 32;
+    /// The dk/dv kernel's query tile.
+    const BQ2: usize = 32;
 
     fn smem_bytes(kernel: &str, d: usize) -> u32 {
         let floats = match kernel {
             "fwd" => d * (BQ + 1) + d * (BK + 1) + BK * d + BQ * (BK + 1),
             "dq" => 2 * d * (BQ + 1) + 2 * d * (BK + 1) + BQ * (BK + 1) + 2 * BQ,
-            _ => 2 * d * (BQ + 1) + 2 * d * (BK + 1) + 2 * BQ * (BK + 1) + 2 * BQ,
+            _ => 2 * d * (BQ2 + 1) + 2 * d * (BK + 1) + 2 * BQ2 * (BK + 1) + 2 * BQ2,
         };
         (floats * 4) as u32
     }

@@ -55,6 +55,7 @@ DEV void dropout(const TI* x, TO* y, u64 n, u64 seed, unsigned threshold, float 
 extern "C" __global__ void dropout_f32_f32(const float* x, float* y, u64 n, u64 s, unsigned t, float c) { dropout(x, y, n, s, t, c); }
 extern "C" __global__ void dropout_bf16_f32(const bf16_t* x, float* y, u64 n, u64 s, unsigned t, float c) { dropout(x, y, n, s, t, c); }
 extern "C" __global__ void dropout_f32_bf16(const float* x, bf16_t* y, u64 n, u64 s, unsigned t, float c) { dropout(x, y, n, s, t, c); }
+extern "C" __global__ void dropout_bf16_bf16(const bf16_t* x, bf16_t* y, u64 n, u64 s, unsigned t, float c) { dropout(x, y, n, s, t, c); }
 
 // Sum / max over the block (blockDim.x a multiple of 32); every thread gets the result.
 DEV float block_sum(float v, float* sh) {
@@ -384,21 +385,24 @@ DEV void attn_bwd_dq(const T* q, const T* k, const T* v, const T* o, const T* do
     }
 }
 
-// dk, dv: per key block of one KV head, over every query head of its group and every query block.
-// dv = P^T dO; dk = scale dS^T q. Thread (jy = tid / 8 (key rows 2 jy, 2 jy + 1), tx) owns features tx + 8 c.
+// dk, dv: per key block of one KV head, over every query head of its group and every query block
+// (query tiles of 32 here: the smaller footprint lets two blocks share an SM).
+// dv = P^T dO; dk = scale dS^T q. Thread (ty = tid / 8, tx) owns key rows 2 ty, 2 ty + 1 and features
+// tx + 8 c; for the 32 x 32 score tile it owns query rows 2 ty, 2 ty + 1 and keys tx + 8 c.
+#define ABQ2 32
 template <typename T, int D>
 DEV void attn_bwd_dkdv(const T* q, const T* k, const T* v, const T* o, const T* dout, const float* lse,
                        T* dk, T* dv, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win,
                        float scale) {
     extern __shared__ float smem[];
-    float* Qt = smem;                      // [D][ABQ + 1] (scaled q)
-    float* Gt = Qt + D * (ABQ + 1);        // [D][ABQ + 1] dO
-    float* Kt = Gt + D * (ABQ + 1);        // [D][ABK + 1]
+    float* Qt = smem;                      // [D][ABQ2 + 1] (scaled q)
+    float* Gt = Qt + D * (ABQ2 + 1);       // [D][ABQ2 + 1] dO
+    float* Kt = Gt + D * (ABQ2 + 1);       // [D][ABK + 1]
     float* Vt = Kt + D * (ABK + 1);        // [D][ABK + 1]
-    float* Ps = Vt + D * (ABK + 1);        // [ABQ][ABK + 1] P
-    float* Ss = Ps + ABQ * (ABK + 1);      // [ABQ][ABK + 1] dS
-    float* Di = Ss + ABQ * (ABK + 1);      // [ABQ]
-    float* Ls = Di + ABQ;                  // [ABQ]
+    float* Ps = Vt + D * (ABK + 1);        // [ABQ2][ABK + 1] P
+    float* Ss = Ps + ABQ2 * (ABK + 1);     // [ABQ2][ABK + 1] dS
+    float* Di = Ss + ABQ2 * (ABK + 1);     // [ABQ2]
+    float* Ls = Di + ABQ2;                 // [ABQ2]
     const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;
     const int j0 = blockIdx.x * ABK, kvh = blockIdx.y, b = blockIdx.z, rep = H / KV;
     const int pad = pads[b];
@@ -414,59 +418,59 @@ DEV void attn_bwd_dkdv(const T* q, const T* k, const T* v, const T* o, const T* 
     for (int r = 0; r < 2; r++)
         #pragma unroll
         for (int c = 0; c < D / 8; c++) { ak[r][c] = 0.0f; av[r][c] = 0.0f; }
-    // Queries that can see a key of this block: column c >= j0 (causal), and c <= j_last + win.
+    // Queries that can see a key of this block: column c >= j0 (causal; the diagonal of a padded
+    // query is such a column too), and c <= j_last + win.
     const int j_last = min(TK, j0 + ABK) - 1;
     int qi_begin = max(0, j0 - off);
-    qi_begin = (qi_begin / ABQ) * ABQ;
+    qi_begin = (qi_begin / ABQ2) * ABQ2;
     int qi_end = TQ;
     if (win > 0) qi_end = min(TQ, j_last + win - off + 1);
     for (int hh = 0; hh < rep; hh++) {
         const int h = kvh * rep + hh;
         const u64 qbase = ((u64)(b * H + h) * TQ) * D;
-        // Padded queries (column < pad) see only themselves: make sure their blocks are visited.
-        int qb_start = qi_begin;
-        if (j0 < pad) qb_start = max(0, ((j0 - off) / ABQ) * ABQ);
-        for (int q0 = qb_start; q0 < qi_end; q0 += ABQ) {
+        for (int q0 = qi_begin; q0 < qi_end; q0 += ABQ2) {
             __syncthreads();
-            for (int e = tid; e < ABQ * D; e += ANT) {
+            for (int e = tid; e < ABQ2 * D; e += ANT) {
                 int i = e / D, d = e % D;
                 bool in = q0 + i < TQ;
-                Qt[d * (ABQ + 1) + i] = in ? ldf(q, qbase + (u64)(q0 + i) * D + d) * scale : 0.0f;
-                Gt[d * (ABQ + 1) + i] = in ? ldf(dout, qbase + (u64)(q0 + i) * D + d) : 0.0f;
+                Qt[d * (ABQ2 + 1) + i] = in ? ldf(q, qbase + (u64)(q0 + i) * D + d) * scale : 0.0f;
+                Gt[d * (ABQ2 + 1) + i] = in ? ldf(dout, qbase + (u64)(q0 + i) * D + d) : 0.0f;
             }
             {
-                int i = tid >> 1, half = tid & 1;
+                // Di: 4 threads per row.
+                int i = tid >> 2, part = tid & 3;
                 float sacc = 0.0f;
                 if (q0 + i < TQ)
-                    for (int d = half; d < D; d += 2)
+                    for (int d = part; d < D; d += 4)
                         sacc += ldf(dout, qbase + (u64)(q0 + i) * D + d) * ldf(o, qbase + (u64)(q0 + i) * D + d);
                 sacc += __shfl_xor_sync(0xffffffffu, sacc, 1);
-                if (half == 0) {
+                sacc += __shfl_xor_sync(0xffffffffu, sacc, 2);
+                if (part == 0) {
                     Di[i] = sacc;
                     Ls[i] = q0 + i < TQ ? lse[(u64)(b * H + h) * TQ + q0 + i] : 0.0f;
                 }
             }
             __syncthreads();
-            float s[4][4], dp[4][4];
+            float s[2][4], dp[2][4];
             #pragma unroll
-            for (int r = 0; r < 4; r++)
+            for (int r = 0; r < 2; r++)
                 #pragma unroll
                 for (int c = 0; c < 4; c++) { s[r][c] = 0.0f; dp[r][c] = 0.0f; }
             #pragma unroll 4
             for (int d = 0; d < D; d++) {
-                float a[4], g[4], kk[4], vv[4];
+                float a[2], g[2], kk[4], vv[4];
                 #pragma unroll
-                for (int r = 0; r < 4; r++) { a[r] = Qt[d * (ABQ + 1) + 4 * ty + r]; g[r] = Gt[d * (ABQ + 1) + 4 * ty + r]; }
+                for (int r = 0; r < 2; r++) { a[r] = Qt[d * (ABQ2 + 1) + 2 * ty + r]; g[r] = Gt[d * (ABQ2 + 1) + 2 * ty + r]; }
                 #pragma unroll
                 for (int c = 0; c < 4; c++) { kk[c] = Kt[d * (ABK + 1) + tx + 8 * c]; vv[c] = Vt[d * (ABK + 1) + tx + 8 * c]; }
                 #pragma unroll
-                for (int r = 0; r < 4; r++)
+                for (int r = 0; r < 2; r++)
                     #pragma unroll
                     for (int c = 0; c < 4; c++) { s[r][c] = fmaf(a[r], kk[c], s[r][c]); dp[r][c] = fmaf(g[r], vv[c], dp[r][c]); }
             }
             #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                int i = 4 * ty + r, cq = off + q0 + i;
+            for (int r = 0; r < 2; r++) {
+                int i = 2 * ty + r, cq = off + q0 + i;
                 #pragma unroll
                 for (int c = 0; c < 4; c++) {
                     int j = j0 + tx + 8 * c;
@@ -477,15 +481,15 @@ DEV void attn_bwd_dkdv(const T* q, const T* k, const T* v, const T* o, const T* 
                 }
             }
             __syncthreads();
-            // Key rows 2 ty, 2 ty + 1 (ty < 16): dv[j][f] += sum_i P[i][j] dO[i][f]; dk[j][f] += sum_i dS[i][j] q[i][f].
+            // dv[j][f] += sum_i P[i][j] dO[i][f]; dk[j][f] += sum_i dS[i][j] q[i][f].
             #pragma unroll 2
-            for (int i = 0; i < ABQ; i++) {
+            for (int i = 0; i < ABQ2; i++) {
                 float p[2], ds[2];
                 #pragma unroll
                 for (int r = 0; r < 2; r++) { p[r] = Ps[i * (ABK + 1) + 2 * ty + r]; ds[r] = Ss[i * (ABK + 1) + 2 * ty + r]; }
                 #pragma unroll
                 for (int c = 0; c < D / 8; c++) {
-                    float g = Gt[(tx + 8 * c) * (ABQ + 1) + i], qq = Qt[(tx + 8 * c) * (ABQ + 1) + i];
+                    float g = Gt[(tx + 8 * c) * (ABQ2 + 1) + i], qq = Qt[(tx + 8 * c) * (ABQ2 + 1) + i];
                     #pragma unroll
                     for (int r = 0; r < 2; r++) { av[r][c] = fmaf(p[r], g, av[r][c]); ak[r][c] = fmaf(ds[r], qq, ak[r][c]); }
                 }

@@ -100,6 +100,15 @@ impl DropoutRng {
         *self.lock() = rng;
     }
 
+    /// [`DropoutRng::apply`] with the result in `dtype` (f32 or bf16 on a GPU, fused with the cast).
+    pub fn apply_as(&self, x: &Tensor, p: f64, dtype: DType) -> Result<Tensor> {
+        if p <= 0.0 || x.device().is_cpu() {
+            return self.apply(x, p)?.to_dtype(dtype);
+        }
+        let seed = self.lock().next_u64();
+        crate::gpu::dropout::dropout_as(x, p, seed, dtype)
+    }
+
     /// Inverted dropout in f32: zero each element with probability `p`, scale the rest by
     /// `1 / (1 - p)`. Returns `x` as f32 when `p` is 0.
     pub fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
@@ -129,6 +138,16 @@ impl DropoutRng {
             }
         }
     }
+}
+
+/// `x·Wᵀ` for `x: [..., in]`, `w: [out, in]` as one 2-D product (no per-batch broadcast of `w`).
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let inner = dims[dims.len() - 1];
+    let rows = x.elem_count() / inner.max(1);
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = w.dim(0)?;
+    x.reshape((rows, inner))?.matmul(&w.t()?)?.reshape(shape)
 }
 
 /// A trainable low-rank update.
@@ -171,14 +190,31 @@ impl LoraLinear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let xf = match mode {
-                Mode::Train => rng.apply(x, l.dropout)?,
-                Mode::Eval => x.to_dtype(DType::F32)?,
-            };
-            let h = xf.broadcast_matmul(&l.a.as_tensor().t()?)?;
-            let d = (h.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
-            let dtype = y.dtype();
-            y = (y + d.to_dtype(dtype)?)?;
+            if x.device().is_cpu() {
+                let xf = match mode {
+                    Mode::Train => rng.apply(x, l.dropout)?,
+                    Mode::Eval => x.to_dtype(DType::F32)?,
+                };
+                let h = xf.broadcast_matmul(&l.a.as_tensor().t()?)?;
+                let d = (h.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
+                let dtype = y.dtype();
+                y = (y + d.to_dtype(dtype)?)?;
+            } else {
+                // On a GPU the branch runs in the activations' dtype with the f32 adapter weights
+                // cast per call (torch.autocast's mixed precision: bf16 products with f32
+                // accumulation inside cuBLAS, f32 master weights and gradients). `scale` is folded
+                // into the small `B`, and the `[tokens, out]` product is never materialised in f32:
+                // the f32 branch cost four full passes over every projection's output.
+                let dt = x.dtype();
+                let xd = match mode {
+                    Mode::Train => rng.apply_as(x, l.dropout, dt)?,
+                    Mode::Eval => x.clone(),
+                };
+                let a = l.a.as_tensor().to_dtype(dt)?;
+                let b = (l.b.as_tensor() * l.scale)?.to_dtype(dt)?;
+                let h = matmul_t(&xd, &a)?;
+                y = (y + matmul_t(&h, &b)?)?;
+            }
         }
         Ok(y)
     }
