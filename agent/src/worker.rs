@@ -258,6 +258,17 @@ pub fn memory_mib(device: &Device) -> u64 {
     }
 }
 
+/// Free device memory in bytes (`None` on the CPU or when the driver cannot say).
+pub fn memory_free_bytes(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64),
+        _ => None,
+    }
+}
+
 /// Peak memory, MiB: the process's peak resident set size on the CPU; current use on a GPU.
 pub fn peak_memory_mib(device: &Device) -> u64 {
     match device {

@@ -268,7 +268,8 @@ fn flash_attention_matches_the_score_matrix_path() {
     }
     // (d, pads, offset, tq, window): ragged sizes (not multiples of the 64 x 32 tiles), padding,
     // GQA, a sliding window, and queries after cached columns (prefill in chunks).
-    let cases: [(usize, [usize; 2], usize, usize, Option<usize>); 5] = [
+    type Case = (usize, [usize; 2], usize, usize, Option<usize>);
+    let cases: [Case; 5] = [
         (64, [0, 0], 0, 70, None),
         (128, [0, 9], 0, 70, None),
         (128, [3, 40], 0, 97, Some(20)),
@@ -301,5 +302,55 @@ fn flash_attention_matches_the_score_matrix_path() {
                 },
             );
         }
+    }
+}
+
+#[test]
+fn fused_adamw_and_norm_match_the_candle_ops_path() {
+    use agent::train::optim::{AdamW, AdamWParams, global_norm};
+    let Some(dev) = gpu() else {
+        return;
+    };
+    let p = AdamWParams {
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let shapes: [&[usize]; 3] = [&[16, 300], &[300, 16], &[7]];
+    let run = |dev: &Device| {
+        let vars: Vec<Var> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Var::from_tensor(&rand(s, i as u64).to_device(dev).unwrap()).unwrap())
+            .collect();
+        let mut opt = AdamW::new(vars.clone(), p).unwrap();
+        let mut norms = Vec::new();
+        for step in 0..3u64 {
+            let grads: Vec<Option<Tensor>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    // the last tensor gets no gradient in step 1 (it must stay unchanged)
+                    (step != 1 || i != 2)
+                        .then(|| rand(s, 100 + 10 * step + i as u64).to_device(dev).unwrap())
+                })
+                .collect();
+            norms.push(global_norm(&grads).unwrap());
+            opt.step_scaled(&grads, 0.05, 0.5).unwrap();
+        }
+        let out: Vec<Vec<f32>> = vars.iter().map(|v| values(v.as_tensor())).collect();
+        (out, norms)
+    };
+    let (want, want_n) = run(&Device::Cpu);
+    let (got, got_n) = run(&dev);
+    for (a, b) in got_n.iter().zip(&want_n) {
+        assert!((a - b).abs() < 1e-4 * b, "norm {a} vs {b}");
+    }
+    for (t, (a, b)) in got.iter().zip(&want).enumerate() {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "tensor {t}: fused AdamW differs by {worst}");
     }
 }

@@ -153,10 +153,23 @@ enum Cmd {
     },
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum BackwardArg {
-    Plain,
-    Recompute,
+/// `plain`, `recompute` (layer by layer) or `keep:N` (the last N layers keep their graph).
+#[derive(Debug, Clone, Copy)]
+struct BackwardArg(Backward);
+
+impl std::str::FromStr for BackwardArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(Self(match s {
+            "plain" => Backward::Plain,
+            "recompute" => Backward::RecomputeLayers,
+            _ => match s.strip_prefix("keep:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Backward::KeepLast(n),
+                _ => return Err(format!("`{s}`: expected plain, recompute or keep:N")),
+            },
+        }))
+    }
 }
 
 /// Workload sizes (defaults = torch_ref.py's).
@@ -191,10 +204,7 @@ struct SizeArgs {
 
 impl From<BackwardArg> for Backward {
     fn from(b: BackwardArg) -> Self {
-        match b {
-            BackwardArg::Plain => Backward::Plain,
-            BackwardArg::Recompute => Backward::RecomputeLayers,
-        }
+        b.0
     }
 }
 

@@ -144,6 +144,19 @@ mod imp {
     ) -> Result<Tensor> {
         no_cuda()
     }
+    pub fn sum_squares(_: &[&Tensor]) -> Result<f64> {
+        no_cuda()
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_multi(
+        _: &[&Tensor],
+        _: &[&Tensor],
+        _: &[&Tensor],
+        _: &[&Tensor],
+        _: [f32; 8],
+    ) -> Result<()> {
+        no_cuda()
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -637,6 +650,111 @@ mod imp {
         }
     }
 
+    /// Device address of a contiguous f32 CUDA tensor's first element.
+    fn f32_ptr(t: &Tensor) -> Result<u64> {
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        let (st, l) = t.storage_and_layout();
+        let Some((start, _)) = l.contiguous_offsets() else {
+            candle_core::bail!("multi-tensor op: tensor is not contiguous");
+        };
+        let Storage::Cuda(s) = &*st else {
+            candle_core::bail!("multi-tensor op: tensor is not on the GPU");
+        };
+        let stream = s.device().cuda_stream();
+        let (ptr, _sync) = s.as_cuda_slice::<f32>()?.device_ptr(&stream);
+        Ok(ptr + (start * 4) as u64)
+    }
+
+    fn multi_cfg(sizes: &[u64]) -> LaunchConfig {
+        let largest = sizes.iter().copied().max().unwrap_or(1) as usize;
+        LaunchConfig {
+            grid_dim: (
+                largest.div_ceil(256).clamp(1, 64) as u32,
+                sizes.len() as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// `Σ t²` over every tensor in one launch (f32, contiguous), read back as one number.
+    pub fn sum_squares(ts: &[&Tensor]) -> Result<f64> {
+        let Some(first) = ts.first() else {
+            return Ok(0.0);
+        };
+        let dev = first.device().as_cuda_device()?.clone();
+        let ptrs = ts
+            .iter()
+            .map(|t| f32_ptr(t))
+            .collect::<Result<Vec<u64>>>()?;
+        let sizes: Vec<u64> = ts.iter().map(|t| t.elem_count() as u64).collect();
+        let stream = dev.cuda_stream();
+        let ptrs_d = stream.clone_htod(&ptrs).w()?;
+        let sizes_d = stream.clone_htod(&sizes).w()?;
+        let out = dev.alloc_zeros::<f32>(1)?;
+        launch!(
+            &dev,
+            "sumsq_multi",
+            multi_cfg(&sizes),
+            &ptrs_d,
+            &sizes_d,
+            &out
+        );
+        let host = stream.clone_dtoh(&out).w()?;
+        Ok(f64::from(host[0]))
+    }
+
+    /// One AdamW update of every `(param, grad, m, v)` quadruple in one launch, in place.
+    /// `h = [lr, beta1, beta2, eps, weight_decay, bias-correction m, bias-correction v, grad scale]`.
+    pub fn adamw_multi(
+        params: &[&Tensor],
+        grads: &[&Tensor],
+        m: &[&Tensor],
+        v: &[&Tensor],
+        h: [f32; 8],
+    ) -> Result<()> {
+        let Some(first) = params.first() else {
+            return Ok(());
+        };
+        let dev = first.device().as_cuda_device()?.clone();
+        let mut table = Vec::with_capacity(4 * params.len());
+        let mut sizes = Vec::with_capacity(params.len());
+        for i in 0..params.len() {
+            let n = params[i].elem_count();
+            if [grads[i], m[i], v[i]].iter().any(|t| t.elem_count() != n) {
+                candle_core::bail!("adamw: tensor {i} has mismatched sizes");
+            }
+            table.extend([
+                f32_ptr(params[i])?,
+                f32_ptr(grads[i])?,
+                f32_ptr(m[i])?,
+                f32_ptr(v[i])?,
+            ]);
+            sizes.push(n as u64);
+        }
+        let stream = dev.cuda_stream();
+        let table_d = stream.clone_htod(&table).w()?;
+        let sizes_d = stream.clone_htod(&sizes).w()?;
+        let [lr, b1, b2, eps, wd, sm, sv, gs] = h;
+        launch!(
+            &dev,
+            "adamw_multi",
+            multi_cfg(&sizes),
+            &table_d,
+            &sizes_d,
+            &lr,
+            &b1,
+            &b2,
+            &eps,
+            &wd,
+            &sm,
+            &sv,
+            &gs
+        );
+        Ok(())
+    }
+
     /// Causal attention over a left-padded batch without materialising scores. `q: [b, h, tq, d]`,
     /// `k`, `v`: `[b, kv, tk, d]` (GQA), `pads[r]` padding columns of row `r`, `offset` columns
     /// before this call's first query (the KV cache), `window` Mistral's sliding window.
@@ -666,3 +784,56 @@ mod imp {
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
     }
 }
+
+/// The scalar whose backward hands `g` to `y` unchanged: `seed(y, g).backward()` computes the
+/// vector-Jacobian product `gᵀ·∂y/∂…` (layer recomputation's step) without the `sum(y ⊙ g)`
+/// surrogate's elementwise product and full reduction (its value is never read; it is 0).
+pub fn vjp_seed(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if y.shape() != g.shape() {
+        candle_core::bail!("vjp seed: y {:?}, g {:?}", y.shape(), g.shape());
+    }
+    y.apply_op1(Seed(g.clone()))
+}
+
+struct Seed(Tensor);
+
+impl CustomOp1 for Seed {
+    fn name(&self) -> &'static str {
+        "vjp-seed"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        _l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let dev = s.device().clone();
+        let z = dev.alloc_zeros::<f32>(1)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(z, dev),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, _grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+/// Whether [`adamw_multi`] / [`sum_squares`] can run: every tensor f32 on one CUDA device.
+pub fn multi_supported(ts: &[&Tensor]) -> bool {
+    cfg!(feature = "cuda")
+        && !off("SIZESPEC_FUSED")
+        && !ts.is_empty()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
+}
+
+pub use imp::{adamw_multi, sum_squares};

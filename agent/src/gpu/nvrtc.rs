@@ -160,6 +160,39 @@ extern "C" __global__ void ce_fwd_bf16(const bf16_t* x, const unsigned* t, float
 extern "C" __global__ void ce_bwd_f32(const float* x, const unsigned* t, const float* g, float* dx, int V) { ce_bwd(x, t, g, dx, V); }
 extern "C" __global__ void ce_bwd_bf16(const bf16_t* x, const unsigned* t, const float* g, bf16_t* dx, int V) { ce_bwd(x, t, g, dx, V); }
 
+// ---- Optimiser: one launch for every LoRA tensor ----------------------------------------------
+// table: per tensor four f32 pointers (param, grad, m, v); sizes: elements per tensor; blockIdx.y is
+// the tensor. The update is AdamW's, as optim.rs computes it with candle ops.
+extern "C" __global__ void adamw_multi(const u64* table, const u64* sizes, float lr, float b1, float b2,
+                                       float eps, float wd, float sm, float sv, float gscale) {
+    const int t = blockIdx.y;
+    const u64 n = sizes[t];
+    float* p = (float*)table[4 * t];
+    const float* g = (const float*)table[4 * t + 1];
+    float* m = (float*)table[4 * t + 2];
+    float* v = (float*)table[4 * t + 3];
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        float gi = g[i] * gscale;
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * (1.0f - lr * wd) - lr * ((mi * sm) / (sqrtf(vi * sv) + eps));
+    }
+}
+// Sum of squares of every tensor into out[0] (zeroed by the caller).
+extern "C" __global__ void sumsq_multi(const u64* ptrs, const u64* sizes, float* out) {
+    __shared__ float sh[32];
+    const int t = blockIdx.y;
+    const u64 n = sizes[t];
+    const float* g = (const float*)ptrs[t];
+    float acc = 0.0f;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        acc += g[i] * g[i];
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) atomicAdd(out, acc);
+}
+
 // ---- Attention (flash style: scores never leave the chip) ---------------------------------------
 // q [B, H, TQ, D], k/v [B, KV, TK, D], o like q, lse [B, H, TQ] (natural log, scaled scores).
 // Query row qi sits at column c = off + qi of the padded layout; key j is visible when

@@ -132,8 +132,9 @@ pub fn run(
         out.insert(
             "train_backward".into(),
             json!(match opts.backward {
-                Backward::Plain => "plain",
-                Backward::RecomputeLayers => "recompute",
+                Backward::Plain => "plain".to_string(),
+                Backward::RecomputeLayers => "recompute".to_string(),
+                Backward::KeepLast(n) => format!("keep:{n}"),
             }),
         );
         for &r in &s.ranks {

@@ -46,10 +46,12 @@ impl BackwardChoice {
     fn modes(self) -> Vec<(Backward, &'static str)> {
         let plain = (Backward::Plain, "plain");
         let recompute = (Backward::RecomputeLayers, "recompute");
+        // Last layer kept, the ones below recomputed: both halves of the hybrid path.
+        let keep1 = (Backward::KeepLast(1), "keep1");
         match self {
             Self::Plain => vec![plain],
             Self::Recompute => vec![recompute],
-            Self::Both => vec![plain, recompute],
+            Self::Both => vec![plain, recompute, keep1],
         }
     }
 }

@@ -102,7 +102,10 @@ impl DropoutRng {
 
     /// [`DropoutRng::apply`] with the result in `dtype` (f32 or bf16 on a GPU, fused with the cast).
     pub fn apply_as(&self, x: &Tensor, p: f64, dtype: DType) -> Result<Tensor> {
-        if p <= 0.0 || x.device().is_cpu() {
+        if p <= 0.0 {
+            return x.to_dtype(dtype);
+        }
+        if x.device().is_cpu() {
             return self.apply(x, p)?.to_dtype(dtype);
         }
         let seed = self.lock().next_u64();

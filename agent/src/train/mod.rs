@@ -342,9 +342,11 @@ pub fn train(
                     };
                 }
             }
-            optim::clip_global_norm(&mut grads, cfg.max_grad_norm)?;
+            // Clipping's factor goes into the update (one fused kernel on a GPU) rather than
+            // rescaling every gradient tensor first.
+            let norm = optim::global_norm(&grads)?;
             let lr = sched.lr(state.global_step);
-            opt.step(&grads, lr)?;
+            opt.step_scaled(&grads, lr, optim::clip_factor(norm, cfg.max_grad_norm))?;
             state.global_step += 1;
             state.trained_tokens += tokens as u64;
             let loss = sum / labels as f64;

@@ -6,6 +6,8 @@
 //! collects them from several backward passes rather than one `GradStore`.
 use candle_core::{DType, Tensor, Var};
 
+use crate::gpu::fused;
+
 /// AdamW hyper-parameters (betas and eps are torch's defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWParams {
@@ -61,6 +63,17 @@ impl AdamW {
     /// One update with learning rate `lr`. `grads[i]` is the gradient of parameter `i`
     /// (`None`: the parameter did not take part in the loss; it is left unchanged, as torch does).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> candle_core::Result<()> {
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// [`AdamW::step`] on `grad_scale ·` the gradients (global-norm clipping's factor, see
+    /// [`clip_factor`]). On a GPU one fused kernel updates every tensor in place.
+    pub fn step_scaled(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f64,
+    ) -> candle_core::Result<()> {
         if grads.len() != self.vars.len() {
             candle_core::bail!(
                 "AdamW: {} gradients for {} parameters",
@@ -77,9 +90,43 @@ impl AdamW {
         } = self.params;
         let scale_m = 1.0 / (1.0 - beta1.powi(self.t as i32));
         let scale_v = 1.0 / (1.0 - beta2.powi(self.t as i32));
+        let live: Vec<usize> = (0..grads.len()).filter(|&i| grads[i].is_some()).collect();
+        let grads_live: Vec<Tensor> = live
+            .iter()
+            .map(|&i| grads[i].as_ref().expect("live").contiguous())
+            .collect::<candle_core::Result<_>>()?;
+        let params: Vec<&Tensor> = live.iter().map(|&i| self.vars[i].as_tensor()).collect();
+        let gs: Vec<&Tensor> = grads_live.iter().collect();
+        let ms: Vec<&Tensor> = live.iter().map(|&i| &self.m[i]).collect();
+        let vs: Vec<&Tensor> = live.iter().map(|&i| &self.v[i]).collect();
+        let all: Vec<&Tensor> = params
+            .iter()
+            .chain(&gs)
+            .chain(&ms)
+            .chain(&vs)
+            .copied()
+            .collect();
+        if fused::multi_supported(&all) && params.iter().all(|p| p.is_contiguous()) {
+            let h = [
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                scale_m,
+                scale_v,
+                grad_scale,
+            ];
+            return fused::adamw_multi(&params, &gs, &ms, &vs, h.map(|x| x as f32));
+        }
         for (i, g) in grads.iter().enumerate() {
             let Some(g) = g else { continue };
             let g = g.to_dtype(DType::F32)?;
+            let g = if grad_scale != 1.0 {
+                (g * grad_scale)?
+            } else {
+                g
+            };
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let theta = self.vars[i].as_tensor().to_dtype(DType::F32)?;
@@ -132,6 +179,15 @@ impl AdamW {
 
 /// The global L2 norm of all gradients (computed in f32 on the device, one scalar read back).
 pub fn global_norm(grads: &[Option<Tensor>]) -> candle_core::Result<f64> {
+    let live: Vec<Tensor> = grads
+        .iter()
+        .flatten()
+        .map(|g| g.contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    let refs: Vec<&Tensor> = live.iter().collect();
+    if fused::multi_supported(&refs) {
+        return Ok(fused::sum_squares(&refs)?.sqrt());
+    }
     let mut total: Option<Tensor> = None;
     for g in grads.iter().flatten() {
         let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
@@ -148,14 +204,22 @@ pub fn global_norm(grads: &[Option<Tensor>]) -> candle_core::Result<f64> {
 
 /// Scales gradients so their global norm is at most `max_norm` (torch's `clip_grad_norm_`:
 /// factor `max_norm / (norm + 1e-6)` when it is below 1). Returns the norm before clipping.
+/// Global-norm clipping's factor for a gradient norm: `max_norm / (norm + 1e-6)` when that is below
+/// 1, else 1 (also when clipping is off, `max_norm <= 0`, or the norm is not finite).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm.is_finite() {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
+}
+
 pub fn clip_global_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> candle_core::Result<f64> {
     let norm = global_norm(grads)?;
-    if max_norm > 0.0 && norm.is_finite() {
-        let factor = max_norm / (norm + 1e-6);
-        if factor < 1.0 {
-            for g in grads.iter_mut().flatten() {
-                *g = (&*g * factor)?;
-            }
+    let factor = clip_factor(norm, max_norm);
+    if factor < 1.0 {
+        for g in grads.iter_mut().flatten() {
+            *g = (&*g * factor)?;
         }
     }
     Ok(norm)

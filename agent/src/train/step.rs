@@ -4,7 +4,7 @@
 //! Layer-by-layer recomputation (GPU.md): the forward keeps only each layer's input, without a
 //! graph; the backward walks the layers in reverse, recomputing one layer's forward with a graph
 //! from its saved input and back-propagating the incoming gradient `g` through it (as the gradient
-//! of the surrogate `sum(y · g)`, whose gradient is exactly the vector-Jacobian product). Only one
+//! of a scalar whose backward hands `g` to `y`: exactly the vector-Jacobian product). Only one
 //! layer's graph is alive at a time. The dropout stream is rewound to each layer's start so the
 //! recomputed forward draws the same masks as the first one.
 use candle_core::{D, DType, Tensor, Var};
@@ -21,6 +21,47 @@ pub enum Backward {
     Plain,
     /// Keep only layer inputs and recompute each layer's graph during the backward pass.
     RecomputeLayers,
+    /// The last `n` layers keep their graph from the forward pass (as [`Backward::Plain`]); the
+    /// layers below are recomputed (as [`Backward::RecomputeLayers`]). Trades memory, about one
+    /// layer's activations per kept layer, for the recomputation of those layers.
+    KeepLast(usize),
+}
+
+impl Backward {
+    /// Layers whose graph is kept from the forward pass, of `n`.
+    fn kept(self, n: usize) -> usize {
+        match self {
+            Backward::Plain => n,
+            Backward::RecomputeLayers => 0,
+            Backward::KeepLast(k) => k.min(n),
+        }
+    }
+}
+
+/// Estimated activation memory one layer's graph keeps for `tokens` tokens of a model with this
+/// hidden and intermediate size, in bytes (`dtype_bytes` per element). Calibrated on an H100 with
+/// the fused GPU ops (llama3b shape, 4,096 tokens: plain minus layer-by-layer peak over 28 layers,
+/// `bench/RESULTS.md`), plus a quarter for safety.
+pub fn layer_graph_bytes(
+    tokens: usize,
+    hidden: usize,
+    intermediate: usize,
+    dtype_bytes: usize,
+) -> u64 {
+    let per_token = 14 * hidden + 18 * intermediate;
+    (tokens * per_token * dtype_bytes) as u64 * 5 / 4
+}
+
+/// How many of `layers` can keep their graph ([`Backward::KeepLast`]) within `free_bytes` of device
+/// memory, after `reserve_bytes` (one recomputed layer, the head's logits and its gradient, slack).
+pub fn layers_that_fit(
+    layers: usize,
+    per_layer: u64,
+    free_bytes: u64,
+    reserve_bytes: u64,
+) -> usize {
+    let budget = free_bytes.saturating_sub(reserve_bytes);
+    ((budget / per_layer.max(1)) as usize).min(layers)
 }
 
 /// Sum over rows of `-log softmax(logits)[target]`, from ops that all have a backward pass
@@ -74,7 +115,7 @@ pub fn loss_and_grads(
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
     match backward {
         Backward::Plain => plain(model, batch, vars, scale),
-        Backward::RecomputeLayers => recompute(model, batch, vars, scale),
+        b => recompute(model, batch, vars, scale, b.kept(model.num_layers())),
     }
 }
 
@@ -98,11 +139,13 @@ fn plain(
     Ok((f64::from(sum.to_scalar::<f32>()?), out))
 }
 
+/// Layer-by-layer recomputation of the first `n - kept` layers; the last `kept` run with their graph.
 fn recompute(
     model: &Model,
     batch: &Batch,
     vars: &[Var],
     scale: f64,
+    kept: usize,
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
     use crate::gpu::prof::lap;
     let dev = model.device();
@@ -111,15 +154,23 @@ fn recompute(
     let n = model.num_layers();
     // Forward without keeping graphs: each layer's input and the dropout state it started from
     // (on a GPU too: masks there are hashes of seeds drawn from the same host stream).
-    let mut inputs = Vec::with_capacity(n + 1);
-    let mut rng_states = Vec::with_capacity(n);
+    let split = n - kept.min(n);
+    let mut inputs = Vec::with_capacity(split + 1);
+    let mut rng_states = Vec::with_capacity(split);
     inputs.push(model.embed(&batch.ids)?.detach());
-    for i in 0..n {
+    for i in 0..split {
         rng_states.push(model.dropout_rng().snapshot());
         let y = model.layer_forward(i, &inputs[i], &ctx, None)?.detach();
         inputs.push(y);
     }
     lap(dev, "forward (no graph)");
+    // The kept layers: one graph from the split point's input (a leaf) to the loss.
+    let top = Var::from_tensor(&inputs[split])?;
+    let mut x = top.as_tensor().clone();
+    for i in split..n {
+        x = model.layer_forward(i, &x, &ctx, None)?;
+    }
+    lap(dev, "forward (kept layers)");
     let end_state = model.dropout_rng().snapshot();
 
     let mut out: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -135,26 +186,26 @@ fn recompute(
         Ok(())
     };
 
-    // Head and loss, with the last hidden state as a leaf so its gradient can be read.
-    let last = Var::from_tensor(&inputs[n])?;
-    let sum = cross_entropy_sum(
-        &label_logits(model, last.as_tensor(), batch)?,
-        &batch.targets,
-    )?;
+    // Head and loss on top of the kept layers; the gradient reaching the split point's input
+    // seeds the recomputed layers below.
+    let sum = cross_entropy_sum(&label_logits(model, &x, batch)?, &batch.targets)?;
     let grads = (&sum * scale)?.backward()?;
+    // Drop the kept layers' graph before recomputing the others (`sum` and `x` hold it).
+    let sum = sum.detach();
+    drop(x);
     collect(&grads)?;
     let mut g = grads
-        .get(last.as_tensor())
+        .get(top.as_tensor())
         .cloned()
-        .unwrap_or(last.as_tensor().zeros_like()?);
+        .unwrap_or(top.as_tensor().zeros_like()?);
     drop(grads);
-    lap(dev, "head + loss + backward");
+    lap(dev, "head + loss + kept layers' backward");
 
-    for i in (0..n).rev() {
+    for i in (0..split).rev() {
         model.dropout_rng().restore(&rng_states[i]);
         let x = Var::from_tensor(&inputs[i])?;
         let y = model.layer_forward(i, x.as_tensor(), &ctx, None)?;
-        let surrogate = (y * &g)?.sum_all()?;
+        let surrogate = crate::gpu::fused::vjp_seed(&y, &g)?;
         lap(dev, "layer recompute");
         let grads = surrogate.backward()?;
         lap(dev, "layer backward");
@@ -170,4 +221,20 @@ fn recompute(
     // Leave the stream where a plain forward would have left it.
     model.dropout_rng().restore(&end_state);
     Ok((f64::from(sum.to_scalar::<f32>()?), out))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kept_layers_follow_free_memory() {
+        use super::{layer_graph_bytes, layers_that_fit};
+        let gib = 1u64 << 30;
+        // llama3b shape, 8 x 512 tokens, bf16: about 1.8 GiB a layer with the safety margin.
+        let per = layer_graph_bytes(4096, 3072, 8192, 2);
+        assert!(per > gib && per < 2 * gib, "{per}");
+        assert_eq!(layers_that_fit(28, per, 4 * gib, 8 * gib), 0);
+        assert_eq!(layers_that_fit(28, per, 500 * gib, 8 * gib), 28);
+        let some = layers_that_fit(28, per, 40 * gib, 8 * gib);
+        assert!(some > 10 && some < 28, "{some}");
+    }
 }

@@ -371,9 +371,10 @@ pub fn finetune(
     let val = builder.examples(&payload.validation)?;
     let opts = TrainOptions {
         backward: match model.device() {
-            // On a GPU memory is the limit; on the CPU the plain graph is faster.
+            // On the CPU the plain graph is faster; on a GPU keep as many layers' graphs as the
+            // free memory holds and recompute the rest.
             Device::Cpu => Backward::Plain,
-            _ => Backward::RecomputeLayers,
+            dev => gpu_backward(model, &payload.training, dev),
         },
         pad_id: tok.pad_id(),
         checkpoint_dir: Some(out_dir.join("checkpoint")),
@@ -416,4 +417,30 @@ pub fn finetune(
         peak_mem_mib: super::peak_memory_mib(model.device()),
         device_name: device_name(spec),
     })
+}
+
+/// The GPU's backward mode for this model and batch: [`Backward::KeepLast`] with as many layers as
+/// the device's free memory holds (estimate: [`crate::train::step::layer_graph_bytes`]), keeping a
+/// reserve for one recomputed layer, the logits and slack.
+fn gpu_backward(model: &Model, t: &shared::config::TrainingConfig, dev: &Device) -> Backward {
+    let cfg = model.config();
+    let tokens = t.batch_size.max(1) * t.max_length.min(cfg.max_position_embeddings.max(1));
+    let bytes = model.dtype().size_in_bytes();
+    let per = crate::train::step::layer_graph_bytes(
+        tokens,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        bytes,
+    );
+    let logits = (tokens * cfg.vocab_size * bytes * 3) as u64;
+    let reserve = 2 * per + logits + (2u64 << 30);
+    let free = crate::worker::memory_free_bytes(dev).unwrap_or(0);
+    let kept = crate::train::step::layers_that_fit(model.num_layers(), per, free, reserve);
+    tracing::info!(
+        "backward: keeping the graph of {kept} of {} layers ({:.1} GiB free, ~{:.2} GiB a layer)",
+        model.num_layers(),
+        free as f64 / f64::from(1u32 << 30),
+        per as f64 / f64::from(1u32 << 30)
+    );
+    Backward::KeepLast(kept)
 }
