@@ -84,9 +84,15 @@ enum Cmd {
         /// Label for the `shape` key (default: the folder name).
         #[arg(long)]
         shape: Option<String>,
-        /// Training gradient path: plain or recompute (layer by layer).
+        /// Training gradient path: plain, recompute (layer by layer), keep:N or auto.
         #[arg(long, default_value = "recompute")]
         backward: BackwardArg,
+        /// Load the model quantised (q4_0, q4_1, q4k or q8_0) through the cache in `--qcache`
+        /// (inference sections only).
+        #[arg(long)]
+        quant: Option<QType>,
+        #[arg(long, default_value = "/tmp/sizespec-quant-cache")]
+        qcache: PathBuf,
         #[command(flatten)]
         sizes: SizeArgs,
     },
@@ -153,7 +159,8 @@ enum Cmd {
     },
 }
 
-/// `plain`, `recompute` (layer by layer) or `keep:N` (the last N layers keep their graph).
+/// `plain`, `recompute` (layer by layer), `keep:N` (the last N layers keep their graph) or `auto`
+/// (what the worker picks from the free device memory).
 #[derive(Debug, Clone, Copy)]
 struct BackwardArg(Backward);
 
@@ -164,9 +171,11 @@ impl std::str::FromStr for BackwardArg {
         Ok(Self(match s {
             "plain" => Backward::Plain,
             "recompute" => Backward::RecomputeLayers,
+            // Resolved once the model is loaded (`KeepLast(usize::MAX)` marks it).
+            "auto" => Backward::KeepLast(usize::MAX),
             _ => match s.strip_prefix("keep:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Backward::KeepLast(n),
-                _ => return Err(format!("`{s}`: expected plain, recompute or keep:N")),
+                _ => return Err(format!("`{s}`: expected plain, recompute, keep:N or auto")),
             },
         }))
     }
@@ -337,6 +346,8 @@ fn main() -> anyhow::Result<ExitCode> {
             what,
             shape,
             backward,
+            quant,
+            qcache,
             sizes,
         } => {
             let common = Common::new(dev.device, dev.dtype)?;
@@ -355,6 +366,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     what,
                     shape,
                     backward: backward.into(),
+                    quant: quant.map(|q| (q.0, qcache)),
                     sizes: sizes.into(),
                 },
                 |partial| {

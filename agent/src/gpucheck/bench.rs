@@ -84,6 +84,8 @@ pub struct BenchOptions {
     /// Label for the `shape` key (`llama3b`, ...); defaults to the folder name.
     pub shape: Option<String>,
     pub backward: Backward,
+    /// Load quantised through this cache folder (inference sections only).
+    pub quant: Option<(candle_core::quantized::GgmlDType, PathBuf)>,
     pub sizes: Sizes,
 }
 
@@ -126,12 +128,37 @@ pub fn run(
         format: WeightFormat::Dense,
     };
     let s = &opts.sizes;
-    let mut model: Model = hf::load_model(&opts.model, &load)?;
+    let mut model: Model = match &opts.quant {
+        None => hf::load_model(&opts.model, &load)?,
+        Some((q, cache)) => {
+            if opts.what.contains(&What::Train) {
+                return Err(GpucheckError::Arg(
+                    "a quantised model cannot be trained (drop --quant or the train section)"
+                        .into(),
+                ));
+            }
+            out.insert("quant".into(), json!(format!("{q:?}").to_lowercase()));
+            std::fs::create_dir_all(cache).map_err(|source| GpucheckError::Io {
+                path: cache.clone(),
+                source,
+            })?;
+            super::quant::load_4bit(common, &opts.model, *q, cache)?.0
+        }
+    };
     common.sync()?;
+    // `auto`: what the worker would pick on this device, from its free memory now.
+    let backward = match opts.backward {
+        Backward::KeepLast(usize::MAX) => crate::train::step::auto_backward(
+            &model,
+            s.train_batch * s.train_seq,
+            crate::worker::memory_free_bytes(&common.device).unwrap_or(0),
+        ),
+        b => b,
+    };
     if opts.what.contains(&What::Train) {
         out.insert(
             "train_backward".into(),
-            json!(match opts.backward {
+            json!(match backward {
                 Backward::Plain => "plain".to_string(),
                 Backward::RecomputeLayers => "recompute".to_string(),
                 Backward::KeepLast(n) => format!("keep:{n}"),
@@ -141,7 +168,7 @@ pub fn run(
             let sampler = PeakSampler::start(probe.clone());
             let res = (|| -> Result<f64> {
                 let mut trainer =
-                    Trainer::new(&mut model, r, s.train_batch, s.train_seq, opts.backward)?;
+                    Trainer::new(&mut model, r, s.train_batch, s.train_seq, backward)?;
                 let t = timed_median(common, 1, s.train_steps, || {
                     trainer.step(&model).map(|_| ())
                 })?;

@@ -412,7 +412,7 @@ pub fn train(
             let (seed, pos) = model.dropout_rng().position();
             state.dropout_seed = seed;
             state.dropout_word_pos = pos;
-            let (opt_state, opt_steps) = opt.state();
+            let (opt_state, opt_steps) = opt.state()?;
             state.optimizer_steps = opt_steps;
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
             let adapter = checkpoint::adapter_of(&adapter_cfg, var_values(&model.lora_vars())?)?;

@@ -41,11 +41,13 @@ pub struct AdamW {
 impl AdamW {
     /// Zero moments for every parameter (f32 state whatever the parameter dtype).
     pub fn new(vars: Vec<Var>, params: AdamWParams) -> candle_core::Result<Self> {
-        let m = vars
-            .iter()
-            .map(|v| Tensor::zeros(v.shape(), DType::F32, v.device()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let v = m.clone();
+        // Two separate allocations: the fused GPU update writes the moments in place.
+        let zeros = || {
+            vars.iter()
+                .map(|v| Tensor::zeros(v.shape(), DType::F32, v.device()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let (m, v) = (zeros()?, zeros()?);
         Ok(Self {
             params,
             vars,
@@ -140,13 +142,14 @@ impl AdamW {
     }
 
     /// The moments, named `m.{i}` / `v.{i}`, plus the step count (for a checkpoint).
-    pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+    /// Copies, not views: the fused GPU update writes the moments in place.
+    pub fn state(&self) -> candle_core::Result<(Vec<(String, Tensor)>, u64)> {
         let mut out = Vec::with_capacity(2 * self.m.len());
         for (i, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
-            out.push((format!("m.{i}"), m.clone()));
-            out.push((format!("v.{i}"), v.clone()));
+            out.push((format!("m.{i}"), m.copy()?));
+            out.push((format!("v.{i}"), v.copy()?));
         }
-        (out, self.t)
+        Ok((out, self.t))
     }
 
     /// Restores moments saved by [`AdamW::state`]; shapes must match the parameters.
@@ -166,9 +169,11 @@ impl AdamW {
                         slot.dims()
                     ));
                 }
+                // A copy of its own: the fused GPU update writes the moments in place.
                 *slot = t
                     .to_dtype(DType::F32)
                     .and_then(|t| t.to_device(self.vars[i].device()))
+                    .and_then(|t| t.copy())
                     .map_err(|e| format!("optimizer state `{name}`: {e}"))?;
             }
         }
@@ -314,7 +319,7 @@ mod tests {
         let mut a = AdamW::new(vec![var.clone()], AdamWParams::default()).unwrap();
         a.step(&[Some(Tensor::new(&[0.5f32, -0.5], &dev).unwrap())], 0.01)
             .unwrap();
-        let (state, t) = a.state();
+        let (state, t) = a.state().unwrap();
         let mut b = AdamW::new(vec![var], AdamWParams::default()).unwrap();
         b.restore(
             |n| state.iter().find(|(k, _)| k == n).map(|(_, t)| t.clone()),

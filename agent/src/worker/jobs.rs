@@ -419,28 +419,12 @@ pub fn finetune(
     })
 }
 
-/// The GPU's backward mode for this model and batch: [`Backward::KeepLast`] with as many layers as
-/// the device's free memory holds (estimate: [`crate::train::step::layer_graph_bytes`]), keeping a
-/// reserve for one recomputed layer, the logits and slack.
+/// The GPU's backward mode for this model and batch ([`crate::train::step::auto_backward`] on the
+/// device's free memory).
 fn gpu_backward(model: &Model, t: &shared::config::TrainingConfig, dev: &Device) -> Backward {
-    let cfg = model.config();
-    let tokens = t.batch_size.max(1) * t.max_length.min(cfg.max_position_embeddings.max(1));
-    let bytes = model.dtype().size_in_bytes();
-    let per = crate::train::step::layer_graph_bytes(
-        tokens,
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        bytes,
-    );
-    let logits = (tokens * cfg.vocab_size * bytes * 3) as u64;
-    let reserve = 2 * per + logits + (2u64 << 30);
+    let tokens = t.batch_size.max(1)
+        * t.max_length
+            .min(model.config().max_position_embeddings.max(1));
     let free = crate::worker::memory_free_bytes(dev).unwrap_or(0);
-    let kept = crate::train::step::layers_that_fit(model.num_layers(), per, free, reserve);
-    tracing::info!(
-        "backward: keeping the graph of {kept} of {} layers ({:.1} GiB free, ~{:.2} GiB a layer)",
-        model.num_layers(),
-        free as f64 / f64::from(1u32 << 30),
-        per as f64 / f64::from(1u32 << 30)
-    );
-    Backward::KeepLast(kept)
+    crate::train::step::auto_backward(model, tokens, free)
 }
