@@ -40,15 +40,15 @@ impl Backward {
 
 /// Estimated activation memory one layer's graph keeps for `tokens` tokens of a model with this
 /// hidden and intermediate size, in bytes (`dtype_bytes` per element). Calibrated on an H100 with
-/// the fused GPU ops (llama3b shape, 4,096 tokens: plain minus layer-by-layer peak over 28 layers,
-/// `bench/RESULTS.md`), plus a quarter for safety.
+/// the fused GPU ops (llama3b shape, 4,096 tokens: plain minus layer-by-layer peak, 34.9 - 10.5 GiB
+/// over 28 layers = 0.87 GiB, `bench/RESULTS.md`), plus a quarter for safety.
 pub fn layer_graph_bytes(
     tokens: usize,
     hidden: usize,
     intermediate: usize,
     dtype_bytes: usize,
 ) -> u64 {
-    let per_token = 14 * hidden + 18 * intermediate;
+    let per_token = 8 * hidden + 11 * intermediate;
     (tokens * per_token * dtype_bytes) as u64 * 5 / 4
 }
 
