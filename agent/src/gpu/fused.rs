@@ -678,7 +678,7 @@ mod imp {
         }
     }
 
-    /// `Σ t²` over every tensor in one launch (f32, contiguous), read back as one number.
+    /// `Σ t²` over every tensor in one launch (f32, contiguous); deterministic (no atomics).
     pub fn sum_squares(ts: &[&Tensor]) -> Result<f64> {
         let Some(first) = ts.first() else {
             return Ok(0.0);
@@ -692,17 +692,12 @@ mod imp {
         let stream = dev.cuda_stream();
         let ptrs_d = stream.clone_htod(&ptrs).w()?;
         let sizes_d = stream.clone_htod(&sizes).w()?;
-        let out = dev.alloc_zeros::<f32>(1)?;
-        launch!(
-            &dev,
-            "sumsq_multi",
-            multi_cfg(&sizes),
-            &ptrs_d,
-            &sizes_d,
-            &out
-        );
+        let cfg = multi_cfg(&sizes);
+        let out = dev.alloc_zeros::<f32>((cfg.grid_dim.0 * cfg.grid_dim.1) as usize)?;
+        launch!(&dev, "sumsq_multi", cfg, &ptrs_d, &sizes_d, &out);
+        // Partials added on the host in a fixed order: bit-identical norms run to run.
         let host = stream.clone_dtoh(&out).w()?;
-        Ok(f64::from(host[0]))
+        Ok(host.iter().map(|&p| f64::from(p)).sum())
     }
 
     /// One AdamW update of every `(param, grad, m, v)` quadruple in one launch, in place.

@@ -180,7 +180,8 @@ extern "C" __global__ void adamw_multi(const u64* table, const u64* sizes, float
         p[i] = p[i] * (1.0f - lr * wd) - lr * ((mi * sm) / (sqrtf(vi * sv) + eps));
     }
 }
-// Sum of squares of every tensor into out[0] (zeroed by the caller).
+// Sum of squares: block (x, t) writes its partial sum of tensor t to out[t * gridDim.x + x]; the
+// host adds the partials in a fixed order, so the result is the same on every run (no atomics).
 extern "C" __global__ void sumsq_multi(const u64* ptrs, const u64* sizes, float* out) {
     __shared__ float sh[32];
     const int t = blockIdx.y;
@@ -190,7 +191,7 @@ extern "C" __global__ void sumsq_multi(const u64* ptrs, const u64* sizes, float*
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         acc += g[i] * g[i];
     acc = block_sum(acc, sh);
-    if (threadIdx.x == 0) atomicAdd(out, acc);
+    if (threadIdx.x == 0) out[(u64)t * gridDim.x + blockIdx.x] = acc;
 }
 
 // ---- Attention (flash style: scores never leave the chip) ---------------------------------------
