@@ -825,6 +825,7 @@ impl CustomOp1 for Seed {
 pub fn multi_supported(ts: &[&Tensor]) -> bool {
     cfg!(feature = "cuda")
         && !off("SIZESPEC_FUSED")
+        && !off("SIZESPEC_FUSED_ADAMW")
         && !ts.is_empty()
         && ts
             .iter()
