@@ -30,14 +30,15 @@ fn off(var: &str) -> bool {
 
 /// Hands back a precomputed output on forward and `bwd(grad)` on backward: how an output computed
 /// without a graph (by a candle kernel that has no backward) is attached to its input.
-pub(crate) struct Attach {
+pub struct Attach {
     out: Mutex<Option<Tensor>>,
     #[allow(clippy::type_complexity)]
     bwd: Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>,
 }
 
 impl Attach {
-    pub(crate) fn apply(
+    /// `y` (computed from `x` without a graph) as an op on `x` whose backward is `bwd(grad)`.
+    pub fn apply(
         x: &Tensor,
         y: Tensor,
         bwd: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,

@@ -2,26 +2,25 @@
 //!
 //! candle's matmul backward always computes the gradient of *both* operands, so every frozen base
 //! weight would get a full-size gradient nobody reads (about 40% of a LoRA backward on CPU, see
-//! GPU.md). Here the product is computed without a graph and re-attached to `x` through a custom op
-//! whose backward returns `grad·W` only.
-use std::sync::Mutex;
+//! GPU.md). Here the product is computed without a graph and re-attached to `x`
+//! ([`crate::gpu::fused::Attach`]) with a backward that returns `grad·W` only.
+use candle_core::{Result, Tensor};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use crate::gpu::fused::Attach;
 
 /// `x: [..., in]`, `w: [out, in]` → `[..., out]`; gradients flow to `x` only, never to `w`.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let y = plain_matmul(&x.detach(), w)?;
-    if !x.track_op() {
-        return Ok(y);
-    }
-    x.apply_op1(Reattach {
-        w: w.clone(),
-        out: Mutex::new(Some(y)),
+    let (w, shape) = (w.clone(), x.shape().clone());
+    Attach::apply(x, y, move |g| {
+        let out = w.dim(0)?;
+        let rows = g.elem_count() / out.max(1);
+        g.reshape((rows, out))?.matmul(&w)?.reshape(&shape)
     })
 }
 
-fn plain_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `x·Wᵀ` as one 2-D product over all leading dimensions (no per-batch broadcast of `w`).
+pub(crate) fn plain_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
     let rows = x.elem_count() / inner.max(1);
@@ -29,57 +28,6 @@ fn plain_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("rank >= 1") = out;
     x.reshape((rows, inner))?.matmul(&w.t()?)?.reshape(shape)
-}
-
-/// Hands back the precomputed product on forward and `grad·W` on backward.
-struct Reattach {
-    w: Tensor,
-    /// Taken on forward so the graph does not keep a second copy of the output alive.
-    out: Mutex<Option<Tensor>>,
-}
-
-impl Reattach {
-    fn take(&self) -> Result<Tensor> {
-        self.out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("frozen_matmul: forward ran twice".into()))
-    }
-}
-
-impl CustomOp1 for Reattach {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = self.take()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("frozen_matmul: output is not on the CPU"),
-        }
-    }
-
-    fn cuda_fwd(&self, _s: &CudaStorage, _l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let y = self.take()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("frozen_matmul: output is not on the GPU"),
-        }
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let out = self.w.dim(0)?;
-        let rows = grad_res.elem_count() / out.max(1);
-        let g = grad_res
-            .reshape((rows, out))?
-            .matmul(&self.w)?
-            .reshape(arg.shape())?;
-        Ok(Some(g))
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::frozen::frozen_matmul;
+use super::frozen::{frozen_matmul, plain_matmul};
 
 /// The frozen part of a projection.
 #[derive(Debug, Clone)]
@@ -143,16 +143,6 @@ impl DropoutRng {
     }
 }
 
-/// `x·Wᵀ` for `x: [..., in]`, `w: [out, in]` as one 2-D product (no per-batch broadcast of `w`).
-fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let inner = dims[dims.len() - 1];
-    let rows = x.elem_count() / inner.max(1);
-    let mut shape = dims.to_vec();
-    *shape.last_mut().expect("rank >= 1") = w.dim(0)?;
-    x.reshape((rows, inner))?.matmul(&w.t()?)?.reshape(shape)
-}
-
 /// A trainable low-rank update.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -215,8 +205,8 @@ impl LoraLinear {
                 };
                 let a = l.a.as_tensor().to_dtype(dt)?;
                 let b = (l.b.as_tensor() * l.scale)?.to_dtype(dt)?;
-                let h = matmul_t(&xd, &a)?;
-                y = (y + matmul_t(&h, &b)?)?;
+                let h = plain_matmul(&xd, &a)?;
+                y = (y + plain_matmul(&h, &b)?)?;
             }
         }
         Ok(y)
