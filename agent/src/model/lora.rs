@@ -263,47 +263,22 @@ mod tests {
     fn restore_replays_masks() {
         let r = DropoutRng::new(7);
         let x = Tensor::ones((4, 64), DType::F32, &Device::Cpu).unwrap();
+        let mask = || -> Vec<f32> {
+            r.apply(&x, 0.3)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
         let state = r.snapshot();
-        let a: Vec<f32> = r
-            .apply(&x, 0.3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = r
-            .apply(&x, 0.3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (a, b) = (mask(), mask());
         assert_ne!(a, b, "the stream moves on");
         r.restore(&state);
-        let again: Vec<f32> = r
-            .apply(&x, 0.3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(a, again);
+        assert_eq!(a, mask());
         let (seed, pos) = r.position();
-        let c: Vec<f32> = r
-            .apply(&x, 0.3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let c = mask();
         r.restore_position(seed, pos);
-        let c2: Vec<f32> = r
-            .apply(&x, 0.3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(c, c2);
+        assert_eq!(c, mask());
     }
 }
