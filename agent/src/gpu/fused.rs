@@ -24,8 +24,18 @@ pub fn flash_supported(q: &Tensor) -> bool {
     supported(q) && !off("SIZESPEC_FLASH") && matches!(q.dims().last(), Some(64 | 128))
 }
 
-fn off(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "0")
+/// Whether the A/B switch `var` is set to `0`. Read once per process: these checks sit on the
+/// per-op hot path, and an environment lookup takes a lock and allocates.
+fn off(var: &'static str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static SWITCHES: OnceLock<Mutex<HashMap<&'static str, bool>>> = OnceLock::new();
+    let mut map = SWITCHES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *map.entry(var)
+        .or_insert_with(|| std::env::var(var).is_ok_and(|v| v == "0"))
 }
 
 /// Hands back a precomputed output on forward and `bwd(grad)` on backward: how an output computed
@@ -211,8 +221,7 @@ mod imp {
         }
     }
 
-    fn storage_of(s: &CudaStorage, l: &Layout) -> Result<std::ops::Range<usize>> {
-        let _ = s;
+    fn range_of(l: &Layout) -> Result<std::ops::Range<usize>> {
         l.contiguous_offsets()
             .map(|(a, b)| a..b)
             .ok_or_else(|| candle_core::Error::Msg("fused op: input is not contiguous".into()))
@@ -330,7 +339,7 @@ mod imp {
             u: &CudaStorage,
             ul: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let (gr, ur) = (storage_of(g, gl)?, storage_of(u, ul)?);
+            let (gr, ur) = (range_of(gl)?, range_of(ul)?);
             let dev = g.device().clone();
             let n = gl.shape().elem_count();
             let name = format!("swiglu_fwd_{}", suffix(g.dtype())?);
@@ -395,7 +404,7 @@ mod imp {
             t: &CudaStorage,
             tl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let (xr, tr) = (storage_of(x, xl)?, storage_of(t, tl)?);
+            let (xr, tr) = (range_of(xl)?, range_of(tl)?);
             let (n, v) = xl.shape().dims2()?;
             let dev = x.device().clone();
             let name = format!("ce_fwd_{}", suffix(x.dtype())?);
@@ -524,7 +533,7 @@ mod imp {
             vl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             let g = Self::geometry(ql, kl)?;
-            let (qr, kr, vr) = (storage_of(q, ql)?, storage_of(k, kl)?, storage_of(v, vl)?);
+            let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let dev = q.device().clone();
             let name = format!("attn_fwd_{}_{}", suffix(q.dtype())?, g.d);
             let smem = smem_bytes("fwd", g.d);

@@ -41,12 +41,10 @@ pub fn open_cuda(ordinal: usize) -> Result<Device> {
             };
         }
         if !env_on("SIZESPEC_CUDA_POOL_RELEASE") {
-            let cu_dev = dev.cuda_stream().context().cu_device();
-            // SAFETY: the device handle comes from the live context; the attribute takes a u64.
+            let pool = default_pool(&dev)?;
+            // SAFETY: the pool belongs to the live device; the attribute takes a u64.
             #[allow(unsafe_code)]
             unsafe {
-                let pool = candle_core::cuda_backend::cudarc::driver::result::device::get_default_mem_pool(cu_dev)
-                    .map_err(candle_core::Error::wrap)?;
                 let mut keep = u64::MAX;
                 mem_pool::set_attribute(
                     pool,
@@ -70,16 +68,29 @@ pub fn release_cached(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = device {
         use candle_core::backend::BackendDevice;
-        use candle_core::cuda_backend::cudarc::driver::result::{device, mem_pool};
+        use candle_core::cuda_backend::cudarc::driver::result::mem_pool;
         dev.synchronize()?;
-        let cu_dev = dev.cuda_stream().context().cu_device();
+        let pool = default_pool(dev)?;
         // SAFETY: the pool belongs to this live device; trimming only releases unused memory.
         #[allow(unsafe_code)]
         unsafe {
-            let pool = device::get_default_mem_pool(cu_dev).map_err(candle_core::Error::wrap)?;
             mem_pool::trim_to(pool, 0).map_err(candle_core::Error::wrap)?;
         }
     }
     let _ = device;
     Ok(())
+}
+
+/// The device's default stream-ordered memory pool (the one candle's allocations come from).
+#[cfg(feature = "cuda")]
+fn default_pool(
+    dev: &candle_core::CudaDevice,
+) -> Result<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool> {
+    let cu_dev = dev.cuda_stream().context().cu_device();
+    // SAFETY: the device handle comes from the device's live context.
+    #[allow(unsafe_code)]
+    unsafe {
+        candle_core::cuda_backend::cudarc::driver::result::device::get_default_mem_pool(cu_dev)
+            .map_err(candle_core::Error::wrap)
+    }
 }
