@@ -269,12 +269,16 @@ fn flash_attention_matches_the_score_matrix_path() {
     // (d, pads, offset, tq, window): ragged sizes (not multiples of the 64 x 32 tiles), padding,
     // GQA, a sliding window, and queries after cached columns (prefill in chunks).
     type Case = (usize, [usize; 2], usize, usize, Option<usize>);
-    let cases: [Case; 5] = [
+    // The last two span several 64-key tiles, so whole tiles take the unmasked path of the
+    // tensor-core kernels (bf16) while the diagonal, padded and windowed ones are masked.
+    let cases: [Case; 7] = [
         (64, [0, 0], 0, 70, None),
         (128, [0, 9], 0, 70, None),
         (128, [3, 40], 0, 97, Some(20)),
         (64, [0, 5], 50, 20, None),
         (128, [0, 0], 31, 33, Some(16)),
+        (128, [0, 70], 0, 300, None),
+        (64, [5, 0], 0, 260, Some(100)),
     ];
     for (d, pads, offset, tq, window) in cases {
         let (b, h, kv) = (2, 4, 2);

@@ -508,6 +508,128 @@ mod imp {
         }
     }
 
+    /// Whether the tensor-core kernels (`attn_*_tc_*`) can run: bf16, a device of compute
+    /// capability 8.0 or newer, every operand starting on a 16-byte boundary (they load rows as
+    /// 16-byte vectors), not switched off (`SIZESPEC_FLASH_TC=0`).
+    fn tensor_cores(dev: &CudaDevice, dtype: DType, starts: &[usize]) -> bool {
+        dtype == DType::BF16
+            && !off("SIZESPEC_FLASH_TC")
+            && starts.iter().all(|s| s % 8 == 0)
+            && nvrtc::compute_capability(dev).is_ok_and(|(major, _)| major >= 8)
+    }
+
+    /// Shared memory of the tensor-core kernels (bf16 tiles `[rows][d + 8]`, see nvrtc.rs).
+    fn tc_smem_bytes(kernel: &str, d: usize) -> u32 {
+        let ld = d + 8;
+        let small = if d == 128 { 32 } else { 64 };
+        let bytes = match kernel {
+            "fwd" => 2 * 64 * ld * 2,
+            "dq" => 2 * small * ld * 2,
+            _ => (2 * 64 + 2 * small) * ld * 2 + 2 * small * 4,
+        };
+        bytes as u32
+    }
+
+    impl FlashAttn {
+        /// The backward on tensor cores: Di = rowsum(dO o) once, then dq and dk/dv.
+        fn bwd_tc(
+            &self,
+            g: &Geometry,
+            dev: &CudaDevice,
+            [q, k, v]: [&Tensor; 3],
+            [rq, rk, rv, ro, rd]: [&Raw<'_>; 5],
+            lse: &CudaSlice<f32>,
+            pads: &CudaView<'_, u32>,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            type T = half::bf16;
+            let (qv, kv_, vv, ov, dov) = (
+                rq.view::<T>()?,
+                rk.view::<T>()?,
+                rv.view::<T>()?,
+                ro.view::<T>()?,
+                rd.view::<T>()?,
+            );
+            let rows = g.b * g.h * g.tq;
+            let di = alloc::<f32>(dev, rows)?;
+            let (rows_i, d_i) = (rows as i32, g.d as i32);
+            let di_cfg = LaunchConfig {
+                grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(dev, "attn_di_bf16", di_cfg, &ov, &dov, &di, &rows_i, &d_i);
+            let dq = alloc::<T>(dev, g.b * g.h * g.tq * g.d)?;
+            let dk = alloc::<T>(dev, g.b * g.kv * g.tk * g.d)?;
+            let dv = alloc::<T>(dev, g.b * g.kv * g.tk * g.d)?;
+            let ints = [
+                g.h as i32,
+                g.kv as i32,
+                g.tq as i32,
+                g.tk as i32,
+                self.offset,
+                self.window,
+            ];
+            let stream = dev.cuda_stream();
+            {
+                let smem = tc_smem_bytes("dq", g.d);
+                let func = attn_func(dev, &format!("attn_dq_tc_{}", g.d), smem)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (g.tq.div_ceil(BQ) as u32, g.h as u32, g.b as u32),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = stream.launch_builder(&func);
+                b.arg(&qv)
+                    .arg(&kv_)
+                    .arg(&vv)
+                    .arg(&dov)
+                    .arg(lse)
+                    .arg(&di)
+                    .arg(&dq)
+                    .arg(pads);
+                for i in &ints {
+                    b.arg(i);
+                }
+                b.arg(&self.scale);
+                // SAFETY: shapes checked in `geometry`; dq has q's size, di one f32 per query row;
+                // the signature is attn_dq_tc_*'s.
+                #[allow(unsafe_code)]
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            {
+                let smem = tc_smem_bytes("dkdv", g.d);
+                let func = attn_func(dev, &format!("attn_dkdv_tc_{}", g.d), smem)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (g.tk.div_ceil(64) as u32, g.kv as u32, g.b as u32),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = stream.launch_builder(&func);
+                b.arg(&qv)
+                    .arg(&kv_)
+                    .arg(&vv)
+                    .arg(&dov)
+                    .arg(lse)
+                    .arg(&di)
+                    .arg(&dk)
+                    .arg(&dv)
+                    .arg(pads);
+                for i in &ints {
+                    b.arg(i);
+                }
+                b.arg(&self.scale);
+                // SAFETY: as above; dk, dv have k's and v's sizes.
+                #[allow(unsafe_code)]
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            Ok((
+                Some(emit(q, dq, dev, q.shape())?),
+                Some(emit(k, dk, dev, k.shape())?),
+                Some(emit(v, dv, dev, v.shape())?),
+            ))
+        }
+    }
+
     impl CustomOp3 for FlashAttn {
         fn name(&self) -> &'static str {
             "flash-attention"
@@ -535,8 +657,15 @@ mod imp {
             let g = Self::geometry(ql, kl)?;
             let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let dev = q.device().clone();
-            let name = format!("attn_fwd_{}_{}", suffix(q.dtype())?, g.d);
-            let smem = smem_bytes("fwd", g.d);
+            let tc = tensor_cores(&dev, q.dtype(), &[qr.start, kr.start, vr.start]);
+            let (name, smem) = if tc {
+                (format!("attn_fwd_tc_{}", g.d), tc_smem_bytes("fwd", g.d))
+            } else {
+                (
+                    format!("attn_fwd_{}_{}", suffix(q.dtype())?, g.d),
+                    smem_bytes("fwd", g.d),
+                )
+            };
             let func = attn_func(&dev, &name, smem)?;
             let cfg = LaunchConfig {
                 grid_dim: (g.tq.div_ceil(BQ) as u32, g.h as u32, g.b as u32),
@@ -608,6 +737,16 @@ mod imp {
                 self.window,
             ];
             let sfx = suffix(q.dtype())?;
+            let starts = [
+                rq.range.start,
+                rk.range.start,
+                rv.range.start,
+                ro.range.start,
+                rd.range.start,
+            ];
+            if tensor_cores(&dev, q.dtype(), &starts) {
+                return self.bwd_tc(&g, &dev, [q, k, v], [&rq, &rk, &rv, &ro, &rd], lse, &pads);
+            }
             by_dtype!(q.dtype(), T => {
                 let (qv, kv_, vv, ov, dv_) = (rq.view::<T>()?, rk.view::<T>()?, rv.view::<T>()?,
                     ro.view::<T>()?, rd.view::<T>()?);
