@@ -309,6 +309,53 @@ fn flash_attention_matches_the_score_matrix_path() {
     }
 }
 
+/// The one-op LoRA projection against `x·Wᵀ + dropout(x)·Aᵀ·Bᵀ` written with candle ops (the
+/// CPU's hash dropout is the same mask): output and the gradients of x, A and B, with and
+/// without dropout, over ragged sizes.
+#[test]
+fn fused_lora_projection_matches_basic_ops() {
+    if gpu().is_none() {
+        return;
+    }
+    for (p, seed) in [(0.0, 0u64), (0.1, 77)] {
+        for (dt, tol) in TOL {
+            let w = rand(&[40, 72], 31).affine(0.2, 0.0).unwrap();
+            check(
+                &format!("lora p={p}"),
+                &[
+                    rand(&[2, 13, 72], 32),
+                    rand(&[8, 72], 33),
+                    rand(&[40, 8], 34),
+                ],
+                dt,
+                tol,
+                |t, fz| {
+                    let w = w
+                        .to_dtype(t[0].dtype())
+                        .unwrap()
+                        .to_device(t[0].device())
+                        .unwrap();
+                    let x = t[0].reshape((26, 72)).unwrap();
+                    let y = if fz {
+                        let drop = fused::LoraDropout::new(p, seed);
+                        fused::lora_linear(&x, &w, &t[1], &t[2], drop).unwrap()
+                    } else {
+                        let xd = if p > 0.0 {
+                            dropout_as(&x, p, seed, x.dtype()).unwrap()
+                        } else {
+                            x.clone()
+                        };
+                        let base = x.matmul(&w.t().unwrap()).unwrap();
+                        let h = xd.matmul(&t[1].t().unwrap()).unwrap();
+                        (base + h.matmul(&t[2].t().unwrap()).unwrap()).unwrap()
+                    };
+                    y.reshape((2, 13, 40)).unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[test]
 fn fused_adamw_and_norm_match_the_candle_ops_path() {
     use agent::train::optim::{AdamW, AdamWParams, global_norm};

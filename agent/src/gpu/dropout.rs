@@ -66,13 +66,22 @@ struct HashDropout {
     out: DType,
 }
 
+/// The kernels' mask parameters for drop probability `p`: keep threshold (of 2^24), `1 / keep`.
+pub(crate) fn mask_params(p: f64) -> (u32, f32) {
+    let keep = 1.0 - p;
+    (
+        (keep * f64::from(1u32 << 24)).round() as u32,
+        (1.0 / keep) as f32,
+    )
+}
+
 impl HashDropout {
     fn new(p: f64, seed: u64, out: DType) -> Self {
-        let keep = 1.0 - p;
+        let (threshold, scale) = mask_params(p);
         Self {
             seed,
-            threshold: (keep * f64::from(1u32 << 24)).round() as u32,
-            scale: (1.0 / keep) as f32,
+            threshold,
+            scale,
             p,
             out,
         }

@@ -127,7 +127,40 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     })
 }
 
-pub use imp::{attention, cross_entropy, swiglu};
+pub use imp::{attention, cross_entropy, lora_linear, swiglu};
+
+/// The dropout of a LoRA input in [`lora_linear`]: the hash mask's seed, keep threshold (of
+/// 2^24) and `1 / keep` ([`crate::gpu::dropout`]'s definition).
+#[derive(Debug, Clone, Copy)]
+pub struct LoraDropout {
+    pub seed: u64,
+    pub threshold: u32,
+    pub scale: f32,
+}
+
+impl LoraDropout {
+    /// `None` when `p` is 0 (the LoRA input is `x` itself).
+    pub fn new(p: f64, seed: u64) -> Option<Self> {
+        (p > 0.0).then(|| {
+            let (threshold, scale) = crate::gpu::dropout::mask_params(p);
+            Self {
+                seed,
+                threshold,
+                scale,
+            }
+        })
+    }
+}
+
+/// Whether [`lora_linear`] can run: the fused ops' conditions, a dense frozen weight of `x`'s
+/// dtype on its device, not switched off (`SIZESPEC_FUSED_LORA=0`).
+pub fn lora_supported(x: &Tensor, w: &Tensor) -> bool {
+    supported(x)
+        && !off("SIZESPEC_FUSED_LORA")
+        && w.dtype() == x.dtype()
+        && w.device().same_device(x.device())
+        && w.rank() == 2
+}
 
 #[cfg(not(feature = "cuda"))]
 mod imp {
@@ -156,6 +189,15 @@ mod imp {
         no_cuda()
     }
     pub fn sum_squares(_: &[&Tensor]) -> Result<f64> {
+        no_cuda()
+    }
+    pub fn lora_linear(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<super::LoraDropout>,
+    ) -> Result<Tensor> {
         no_cuda()
     }
     #[allow(clippy::too_many_arguments)]
@@ -301,6 +343,9 @@ mod imp {
             }
         };
     }
+
+    mod lora;
+    pub use lora::lora_linear;
 
     pub(super) fn rms_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
         let h = x.dim(candle_core::D::Minus1)?;

@@ -57,6 +57,15 @@ extern "C" __global__ void dropout_bf16_f32(const bf16_t* x, float* y, u64 n, u6
 extern "C" __global__ void dropout_f32_bf16(const float* x, bf16_t* y, u64 n, u64 s, unsigned t, float c) { dropout(x, y, n, s, t, c); }
 extern "C" __global__ void dropout_bf16_bf16(const bf16_t* x, bf16_t* y, u64 n, u64 s, unsigned t, float c) { dropout(x, y, n, s, t, c); }
 
+// y += dropout(t): the LoRA op's input gradient, accumulated in place (mask as above).
+template <typename T>
+DEV void dropout_acc(const T* t, T* y, u64 n, u64 seed, unsigned threshold, float scale) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        if (kept(seed, i, threshold)) stf(y, i, ldf(y, i) + ldf(t, i) * scale);
+}
+extern "C" __global__ void dropout_acc_f32(const float* t, float* y, u64 n, u64 s, unsigned th, float c) { dropout_acc(t, y, n, s, th, c); }
+extern "C" __global__ void dropout_acc_bf16(const bf16_t* t, bf16_t* y, u64 n, u64 s, unsigned th, float c) { dropout_acc(t, y, n, s, th, c); }
+
 // Sum / max over the block (blockDim.x a multiple of 32); every thread gets the result.
 DEV float block_sum(float v, float* sh) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -100,6 +100,11 @@ impl DropoutRng {
         *self.lock() = rng;
     }
 
+    /// The next dropout seed of the GPU's stateless masks (what [`Self::apply_as`] draws).
+    pub fn next_seed(&self) -> u64 {
+        self.lock().next_u64()
+    }
+
     /// [`DropoutRng::apply`] with the result in `dtype` (f32 or bf16 on a GPU, fused with the cast).
     pub fn apply_as(&self, x: &Tensor, p: f64, dtype: DType) -> Result<Tensor> {
         if p <= 0.0 {
@@ -108,8 +113,7 @@ impl DropoutRng {
         if x.device().is_cpu() {
             return self.apply(x, p)?.to_dtype(dtype);
         }
-        let seed = self.lock().next_u64();
-        crate::gpu::dropout::dropout_as(x, p, seed, dtype)
+        crate::gpu::dropout::dropout_as(x, p, self.next_seed(), dtype)
     }
 
     /// Inverted dropout in f32: zero each element with probability `p`, scale the rest by
@@ -178,6 +182,11 @@ impl LoraLinear {
 
     /// `x: [..., in]` → `[..., out]`. Dropout on the LoRA input only in [`Mode::Train`].
     pub fn forward(&self, x: &Tensor, mode: Mode, rng: &DropoutRng) -> Result<Tensor> {
+        if let (Some(l), BaseWeight::Dense(w)) = (&self.lora, &self.base)
+            && crate::gpu::fused::lora_supported(x, w)
+        {
+            return self.forward_fused(x, w, l, mode, rng);
+        }
         let mut y = self.base.forward(x)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -210,6 +219,42 @@ impl LoraLinear {
             }
         }
         Ok(y)
+    }
+
+    /// The GPU path of [`Self::forward`] as one op ([`crate::gpu::fused::lora_linear`]): the LoRA
+    /// terms are accumulated into the frozen product by cuBLAS, forward and backward, with the
+    /// same mixed precision and dropout masks as the composed path.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        l: &LoraAdapter,
+        mode: Mode,
+        rng: &DropoutRng,
+    ) -> Result<Tensor> {
+        let dt = x.dtype();
+        let p = match mode {
+            Mode::Train => l.dropout,
+            Mode::Eval => 0.0,
+        };
+        // One seed per call, drawn as `DropoutRng::apply_as` draws it (replays stay aligned).
+        let drop = if p > 0.0 {
+            crate::gpu::fused::LoraDropout::new(p, rng.next_seed())
+        } else {
+            None
+        };
+        let a = l.a.as_tensor().to_dtype(dt)?;
+        let b = (l.b.as_tensor() * l.scale)?.to_dtype(dt)?;
+        let dims = x.dims();
+        let rows = x.elem_count() / self.in_dim.max(1);
+        let y = crate::gpu::fused::lora_linear(&x.reshape((rows, self.in_dim))?, w, &a, &b, drop)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = self.out_dim;
+        let y = y.reshape(shape)?;
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        })
     }
 
     /// Attach a fresh adapter: `A` kaiming-uniform (`a = sqrt(5)`, as peft/`nn.Linear` do: bound
