@@ -271,7 +271,7 @@ fn flash_attention_matches_the_score_matrix_path() {
     type Case = (usize, [usize; 2], usize, usize, Option<usize>);
     // The last two span several 64-key tiles, so whole tiles take the unmasked path of the
     // tensor-core kernels (bf16) while the diagonal, padded and windowed ones are masked.
-    let cases: [Case; 7] = [
+    let cases: [Case; 9] = [
         (64, [0, 0], 0, 70, None),
         (128, [0, 9], 0, 70, None),
         (128, [3, 40], 0, 97, Some(20)),
@@ -279,6 +279,9 @@ fn flash_attention_matches_the_score_matrix_path() {
         (128, [0, 0], 31, 33, Some(16)),
         (128, [0, 70], 0, 300, None),
         (64, [5, 0], 0, 260, Some(100)),
+        // Decode steps: one query per row after cached columns.
+        (128, [0, 7], 90, 1, None),
+        (64, [3, 0], 40, 1, Some(16)),
     ];
     for (d, pads, offset, tq, window) in cases {
         let (b, h, kv) = (2, 4, 2);

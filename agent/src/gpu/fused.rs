@@ -21,7 +21,27 @@ pub fn supported(t: &Tensor) -> bool {
 
 /// Whether the flash attention kernel may be used for these queries.
 pub fn flash_supported(q: &Tensor) -> bool {
-    supported(q) && !off("SIZESPEC_FLASH") && matches!(q.dims().last(), Some(64 | 128))
+    q.dims()
+        .last()
+        .is_some_and(|&d| flash_kernel_for(q.device(), q.dtype(), d))
+}
+
+/// Whether attention on `device` in `dtype` with heads of `head_dim` runs in the flash kernel
+/// (which computes the mask itself: [`crate::model::AttnCtx`] then builds none).
+pub fn flash_kernel_for(device: &candle_core::Device, dtype: DType, head_dim: usize) -> bool {
+    cfg!(feature = "cuda")
+        && device.is_cuda()
+        && matches!(dtype, DType::F32 | DType::BF16)
+        && !off("SIZESPEC_FUSED")
+        && !off("SIZESPEC_FLASH")
+        && matches!(head_dim, 64 | 128)
+}
+
+/// Left padding per row as the attention kernel reads it (`u32 [b]` on `device`): built once per
+/// batch step, not once per layer.
+pub fn pads_tensor(pads: &[usize], device: &candle_core::Device) -> Result<Tensor> {
+    let v: Vec<u32> = pads.iter().map(|&p| p as u32).collect();
+    Tensor::from_vec(v, pads.len(), device)
 }
 
 /// Whether the A/B switch `var` is set to `0`. Read once per process: these checks sit on the
@@ -127,7 +147,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     })
 }
 
-pub use imp::{attention, cross_entropy, lora_linear, swiglu};
+pub use imp::{attention, attention_with_pads, cross_entropy, lora_linear, swiglu};
 
 /// The dropout of a LoRA input in [`lora_linear`]: the hash mask's seed, keep threshold (of
 /// 2^24) and `1 / keep` ([`crate::gpu::dropout`]'s definition).
@@ -183,6 +203,16 @@ mod imp {
         _: &Tensor,
         _: &Tensor,
         _: &[usize],
+        _: usize,
+        _: Option<usize>,
+    ) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub fn attention_with_pads(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
         _: usize,
         _: Option<usize>,
     ) -> Result<Tensor> {
@@ -575,7 +605,84 @@ mod imp {
         bytes as u32
     }
 
+    /// Query heads per KV head the decode kernel takes (`DEC_MAXR` in nvrtc.rs).
+    const DECODE_MAX_GROUP: usize = 8;
+
     impl FlashAttn {
+        /// One query per row (a decode step): `attn_decode_*`, the keys split over enough blocks
+        /// to fill the GPU (about 512), then `attn_decode_combine_*` when there is more than one split.
+        fn decode(
+            &self,
+            g: &Geometry,
+            dev: &CudaDevice,
+            (q, qr): (&CudaStorage, std::ops::Range<usize>),
+            (k, kr): (&CudaStorage, std::ops::Range<usize>),
+            (v, vr): (&CudaStorage, std::ops::Range<usize>),
+            ql: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let splits = (512usize.div_ceil(g.b * g.kv)).clamp(1, g.tk.div_ceil(64).max(1));
+            let chunk = g.tk.div_ceil(splits);
+            let sfx = suffix(q.dtype())?;
+            let rows = g.b * g.h;
+            let lse = alloc::<f32>(dev, rows)?;
+            let part = alloc::<f32>(
+                dev,
+                if splits > 1 {
+                    rows * splits * (g.d + 2)
+                } else {
+                    1
+                },
+            )?;
+            let rp = Raw::of(&self.pads)?;
+            let pads = rp.view::<u32>()?;
+            let ints = [
+                g.h as i32,
+                g.kv as i32,
+                g.tk as i32,
+                self.offset,
+                self.window,
+            ];
+            let chunk_i = chunk as i32;
+            let cfg = LaunchConfig {
+                grid_dim: (splits as u32, g.kv as u32, g.b as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let out = by_dtype!(q.dtype(), T => {
+                let o = alloc::<T>(dev, rows * g.d)?;
+                let func = nvrtc::function(dev, &format!("attn_decode_{sfx}_{}", g.d))?;
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&func);
+                let (qv, kv_, vv) = (
+                    q.as_cuda_slice::<T>()?.slice(qr),
+                    k.as_cuda_slice::<T>()?.slice(kr),
+                    v.as_cuda_slice::<T>()?.slice(vr),
+                );
+                b.arg(&qv).arg(&kv_).arg(&vv).arg(&o).arg(&lse).arg(&part).arg(&pads);
+                for i in &ints {
+                    b.arg(i);
+                }
+                b.arg(&self.scale).arg(&chunk_i);
+                // SAFETY: shapes checked in `geometry` (tq = 1, h / kv <= DEC_MAXR); `part` holds
+                // (d + 2) floats per row, head and split when there are several splits.
+                #[allow(unsafe_code)]
+                unsafe { b.launch(cfg) }.w()?;
+                if splits > 1 {
+                    let (s_i, d_i) = (splits as i32, g.d as i32);
+                    let ccfg = LaunchConfig {
+                        grid_dim: (rows as u32, 1, 1),
+                        block_dim: (g.d as u32, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    launch!(dev, &format!("attn_decode_combine_{sfx}"), ccfg, &part, &o, &lse,
+                        &s_i, &d_i);
+                }
+                CudaStorage::wrap_cuda_slice(o, dev.clone())
+            });
+            *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(lse);
+            Ok((out, ql.shape().clone()))
+        }
+
         /// The backward on tensor cores: Di = rowsum(dO o) once, then dq and dk/dv.
         fn bwd_tc(
             &self,
@@ -702,6 +809,9 @@ mod imp {
             let g = Self::geometry(ql, kl)?;
             let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let dev = q.device().clone();
+            if g.tq == 1 && g.h / g.kv <= DECODE_MAX_GROUP && !off("SIZESPEC_FLASH_DECODE") {
+                return self.decode(&g, &dev, (q, qr), (k, kr), (v, vr), ql);
+            }
             let tc = tensor_cores(&dev, q.dtype(), &[qr.start, kr.start, vr.start]);
             let (name, smem) = if tc {
                 (format!("attn_fwd_tc_{}", g.d), tc_smem_bytes("fwd", g.d))
@@ -956,14 +1066,28 @@ mod imp {
         offset: usize,
         window: Option<usize>,
     ) -> Result<Tensor> {
+        attention_with_pads(q, k, v, &pads_tensor(pads, q.device())?, offset, window)
+    }
+
+    /// [`attention`] with the pads already on the device ([`pads_tensor`]).
+    pub fn attention_with_pads(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pads: &Tensor,
+        offset: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
         let d = q.dim(3)?;
-        let pads_t = Tensor::from_vec(
-            pads.iter().map(|&p| p as u32).collect::<Vec<u32>>(),
-            pads.len(),
-            q.device(),
-        )?;
+        if pads.dims() != [q.dim(0)?] || pads.dtype() != DType::U32 {
+            candle_core::bail!(
+                "flash attention: pads {:?} for q {:?}",
+                pads.dims(),
+                q.dims()
+            );
+        }
         let op = FlashAttn {
-            pads: pads_t,
+            pads: pads.clone(),
             offset: offset as i32,
             window: window.unwrap_or(0) as i32,
             scale: (1.0 / (d as f64).sqrt()) as f32,

@@ -967,6 +967,124 @@ extern "C" __global__ void attn_dkdv_tc_##D(const bf16_t* q, const bf16_t* k, co
 ATTN_TC(64)
 ATTN_TC(128)
 
+// ---- Decode step: one query per row (TQ = 1), split over the keys -------------------------------
+// Block (split s, KV head, row b); its 4 warps stream keys s * chunk .. (s + 1) * chunk, one key per
+// warp at a time (lane l holds features l + 32 i: each K / V row is read coalesced, once, for every
+// query head of the group), with an online softmax per head in registers. The warps' partials are
+// merged in shared memory; with one split the block writes o and lse, else (m, l, acc) go to
+// `part` and attn_decode_combine merges the splits. Memory-bound: K and V are read once per step.
+#define DEC_MAXR 8
+template <typename T, int D>
+DEV void attn_decode(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads,
+                     int H, int KV, int TK, int off, int win, float scale, int chunk) {
+    constexpr int E = D / 32;
+    __shared__ float qs[DEC_MAXR][D];
+    __shared__ float wm[4][DEC_MAXR], wl[4][DEC_MAXR];
+    __shared__ float wacc[4][DEC_MAXR][D];
+    const int s = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = H / KV, S = gridDim.x;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int pad = pads[b], c = off;
+    for (int e = threadIdx.x; e < rep * D; e += blockDim.x) {
+        int r = e / D, d = e % D;
+        qs[r][d] = ldf(q, (u64)(b * H + kvh * rep + r) * D + d) * scale;
+    }
+    __syncthreads();
+    float qr[DEC_MAXR][E], acc[DEC_MAXR][E], m[DEC_MAXR], l[DEC_MAXR];
+    #pragma unroll
+    for (int r = 0; r < DEC_MAXR; r++) {
+        m[r] = -INFINITY; l[r] = 0.0f;
+        #pragma unroll
+        for (int i = 0; i < E; i++) { qr[r][i] = r < rep ? qs[r][lane + 32 * i] : 0.0f; acc[r][i] = 0.0f; }
+    }
+    const u64 kb = ((u64)(b * KV + kvh) * TK) * D;
+    int j0 = max(s * chunk, min(pad, c));
+    if (win > 0) j0 = max(j0, c - win);
+    const int j1 = min(TK, (s + 1) * chunk);
+    #pragma unroll 2
+    for (int j = j0 + warp; j < j1; j += 4) {
+        float kx[E], vx[E];
+        #pragma unroll
+        for (int i = 0; i < E; i++) {
+            kx[i] = ldf(k, kb + (u64)j * D + lane + 32 * i);
+            vx[i] = ldf(v, kb + (u64)j * D + lane + 32 * i);
+        }
+        const bool vis = visible(c, j, pad, win);
+        #pragma unroll
+        for (int r = 0; r < DEC_MAXR; r++) {
+            if (r >= rep) break;
+            float d = 0.0f;
+            #pragma unroll
+            for (int i = 0; i < E; i++) d = fmaf(qr[r][i], kx[i], d);
+            #pragma unroll
+            for (int w = 16; w > 0; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
+            if (!vis) continue;
+            float mn = fmaxf(m[r], d);
+            float corr = __expf(m[r] - mn), p = __expf(d - mn);
+            l[r] = l[r] * corr + p;
+            #pragma unroll
+            for (int i = 0; i < E; i++) acc[r][i] = fmaf(p, vx[i], acc[r][i] * corr);
+            m[r] = mn;
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < DEC_MAXR; r++) {
+        if (r >= rep) break;
+        if (lane == 0) { wm[warp][r] = m[r]; wl[warp][r] = l[r]; }
+        #pragma unroll
+        for (int i = 0; i < E; i++) wacc[warp][r][lane + 32 * i] = acc[r][i];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < rep * D; e += blockDim.x) {
+        int r = e / D, d = e % D, h = kvh * rep + r;
+        float M = fmaxf(fmaxf(wm[0][r], wm[1][r]), fmaxf(wm[2][r], wm[3][r]));
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY) {
+            #pragma unroll
+            for (int w = 0; w < 4; w++) {
+                float f = __expf(wm[w][r] - M);
+                L += wl[w][r] * f;
+                A += wacc[w][r][d] * f;
+            }
+        }
+        const u64 row = (u64)(b * H + h);
+        if (S == 1) {
+            stf(o, row * D + d, L > 0.0f ? A / L : 0.0f);
+            if (d == 0) lse[row] = M + logf(L);
+        } else {
+            float* pp = part + (row * S + s) * (D + 2);
+            pp[d] = A;
+            if (d == 0) { pp[D] = M; pp[D + 1] = L; }
+        }
+    }
+}
+// Merge the splits of attn_decode: block = one (row, head), D threads.
+template <typename T>
+DEV void attn_decode_combine(const float* part, T* o, float* lse, int S, int D) {
+    const u64 row = blockIdx.x;
+    const int d = threadIdx.x;
+    const float* pp = part + row * S * (D + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < S; s++) M = fmaxf(M, pp[s * (D + 2) + D]);
+    float L = 0.0f, A = 0.0f;
+    if (M != -INFINITY)
+        for (int s = 0; s < S; s++) {
+            float f = __expf(pp[s * (D + 2) + D] - M);
+            L += pp[s * (D + 2) + D + 1] * f;
+            A += pp[s * (D + 2) + d] * f;
+        }
+    stf(o, row * D + d, L > 0.0f ? A / L : 0.0f);
+    if (d == 0) lse[row] = M + logf(L);
+}
+#define ATTN_DEC(T, TN, D) \
+extern "C" __global__ void attn_decode_##TN##_##D(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads, int H, int KV, int TK, int off, int win, float scale, int chunk) \
+    { attn_decode<T, D>(q, k, v, o, lse, part, pads, H, KV, TK, off, win, scale, chunk); }
+ATTN_DEC(float, f32, 64)
+ATTN_DEC(float, f32, 128)
+ATTN_DEC(bf16_t, bf16, 64)
+ATTN_DEC(bf16_t, bf16, 128)
+extern "C" __global__ void attn_decode_combine_f32(const float* part, float* o, float* lse, int S, int D) { attn_decode_combine(part, o, lse, S, D); }
+extern "C" __global__ void attn_decode_combine_bf16(const float* part, bf16_t* o, float* lse, int S, int D) { attn_decode_combine(part, o, lse, S, D); }
+
 #define ATTN(T, TN, D) \
 extern "C" __global__ void attn_fwd_##TN##_##D(const T* q, const T* k, const T* v, T* o, float* lse, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale) \
     { attn_fwd<T, D>(q, k, v, o, lse, pads, H, KV, TQ, TK, off, win, scale); } \

@@ -215,12 +215,13 @@ pub fn run(
         let mut best: Option<Value> = None;
         for &bs in &s.gen_batches {
             let r = common.time(|| generate_all(&model, &prompts, s.gen_new, bs));
-            let sps = match r {
-                Ok((_, t)) => s.gen_prompts as f64 / t,
-                Err(e) if is_out_of_memory(&e) => 0.0,
+            let (sps, prefill_s) = match r {
+                Ok((stats, t)) => (s.gen_prompts as f64 / t, stats.prefill.as_secs_f64()),
+                Err(e) if is_out_of_memory(&e) => (0.0, 0.0),
                 Err(e) => return Err(e),
             };
-            let row = json!({"batch": bs, "samples_per_s": sps});
+            // Where the time went: the prompts' forward passes vs the decode steps.
+            let row = json!({"batch": bs, "samples_per_s": sps, "prefill_s": prefill_s});
             let better = best
                 .as_ref()
                 .is_none_or(|b| sps > b["samples_per_s"].as_f64().unwrap_or(0.0));

@@ -21,8 +21,11 @@ pub struct AttnCtx {
     /// `[b, t, head_dim / 2]` in the model's dtype.
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
-    /// Additive f32 mask `[b or 1, 1, t, offset + t]`; `None` when nothing is masked.
+    /// Additive f32 mask `[b or 1, 1, t, offset + t]`; `None` when nothing is masked or when the
+    /// flash kernel computes the mask itself (`flash_pads` is then set).
     pub(crate) mask: Option<Tensor>,
+    /// `pads` on the device for the flash attention kernel (`u32 [b]`), when it runs.
+    pub(crate) flash_pads: Option<Tensor>,
     /// Sliding window (Mistral), for kernels that compute the mask themselves.
     pub(crate) window: Option<usize>,
 }
@@ -56,7 +59,13 @@ impl AttnCtx {
         let total = offset + seq_len;
         let any_pad = pads.iter().any(|&p| p > 0);
         let window_bites = sliding_window.is_some_and(|w| total > w + 1);
-        let mask = if !any_pad && seq_len == 1 && !window_bites {
+        let flash = crate::gpu::fused::flash_kernel_for(device, dtype, 2 * half);
+        let flash_pads = if flash {
+            Some(crate::gpu::fused::pads_tensor(pads, device)?)
+        } else {
+            None
+        };
+        let mask = if flash || (!any_pad && seq_len == 1 && !window_bites) {
             None
         } else {
             Some(build_mask(pads, offset, seq_len, sliding_window, device)?)
@@ -68,6 +77,7 @@ impl AttnCtx {
             cos,
             sin,
             mask,
+            flash_pads,
             window: sliding_window,
         })
     }

@@ -292,7 +292,7 @@ impl Model {
             &k,
             &v,
             ctx.mask.as_ref(),
-            &ctx.pads,
+            ctx.flash_pads.as_ref(),
             ctx.offset,
             ctx.window,
             path,

@@ -145,26 +145,26 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
-/// Queries per call from which the flash kernel replaces the score-matrix path (decode steps, one
-/// query per row, stay on cuBLAS: their score matrix is tiny).
-pub const FLASH_MIN_QUERIES: usize = 16;
-
 /// Attention for a left-padded causal batch described by `(pads, offset, window)` — the rule
-/// [`crate::model::AttnCtx`]'s `mask` encodes: the flash kernel on a GPU (the mask is computed
-/// inside it), else [`attention`] with `mask`.
+/// [`crate::model::AttnCtx`]'s `mask` encodes: the flash kernel on a GPU when `flash_pads` (the
+/// pads on the device) is given, for any number of queries (a decode step's one query per row
+/// included: one launch instead of the score-matrix chain, and no mask to build), the mask
+/// computed inside it; else [`attention`] with `mask`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_padded(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
-    pads: &[usize],
+    flash_pads: Option<&Tensor>,
     offset: usize,
     window: Option<usize>,
     path: OpPath,
 ) -> Result<Tensor> {
-    if q.dim(2)? >= FLASH_MIN_QUERIES && fused::flash_supported(q) {
-        return fused::attention(q, k, v, pads, offset, window);
+    if let Some(pads) = flash_pads
+        && fused::flash_supported(q)
+    {
+        return fused::attention_with_pads(q, k, v, pads, offset, window);
     }
     attention(q, k, v, mask, path)
 }
