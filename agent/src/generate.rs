@@ -160,7 +160,8 @@ fn generate_batch(
     }
     let ids = Tensor::from_vec(ids, (batch.len(), width), dev)?;
     let ctx = model.attn_ctx(&pads, 0, width)?;
-    let mut cache = model.new_cache();
+    // Every column this batch can reach, preallocated: decode steps write one column each.
+    let mut cache = model.new_cache_with_capacity(width + max_new_tokens);
     let mut logits = model.forward_last(&ids, &ctx, Some(&mut cache))?;
     // Reading the logits back waits for the device, so this is the prefill's real duration.
     let mut first: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;

@@ -312,6 +312,58 @@ fn flash_attention_matches_the_score_matrix_path() {
     }
 }
 
+/// A decode step reads a preallocated KV-cache buffer in place (a view of its first columns, as
+/// `LayerCache` hands it over): the same output as from contiguous keys and values.
+#[test]
+fn decode_attention_reads_a_cache_view_like_contiguous_keys() {
+    let Some(dev) = gpu() else {
+        return;
+    };
+    for dt in [DType::F32, DType::BF16] {
+        let (b, h, kv, d, len, cap) = (3, 8, 2, 128, 77, 120);
+        let on = |t: Tensor| t.to_dtype(dt).unwrap().to_device(&dev).unwrap();
+        let q = on(rand(&[b, h, 1, d], 41));
+        let kb = on(rand(&[b, kv, cap, d], 42));
+        let vb = on(rand(&[b, kv, cap, d], 43));
+        let (k, v) = (kb.narrow(2, 0, len).unwrap(), vb.narrow(2, 0, len).unwrap());
+        let pads = [0, 5, 30];
+        let got = fused::attention(&q, &k, &v, &pads, len - 1, None).unwrap();
+        let want = fused::attention(
+            &q,
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+            &pads,
+            len - 1,
+            None,
+        )
+        .unwrap();
+        assert_eq!(values(&got), values(&want), "{dt:?}");
+        let m = mask(&pads, len - 1, 1, None);
+        let reference = ops::attention(
+            &q.to_dtype(DType::F32)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap(),
+            &k.to_dtype(DType::F32)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap(),
+            &v.to_dtype(DType::F32)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap(),
+            Some(&m),
+            OpPath::Differentiable,
+        )
+        .unwrap();
+        let e = rel(&got, &reference);
+        assert!(
+            e < if dt == DType::BF16 { 2e-2 } else { 1e-4 },
+            "{dt:?}: rel. err {e}"
+        );
+    }
+}
+
 /// The one-op LoRA projection against `x·Wᵀ + dropout(x)·Aᵀ·Bᵀ` written with candle ops (the
 /// CPU's hash dropout is the same mask): output and the gradients of x, A and B, with and
 /// without dropout, over ragged sizes.

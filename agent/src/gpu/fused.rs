@@ -598,7 +598,7 @@ mod imp {
         let ld = d + 8;
         let small = if d == 128 { 32 } else { 64 };
         let bytes = match kernel {
-            "fwd" => 2 * 64 * ld * 2,
+            "fwd" => 2 * 2 * 64 * ld * 2,
             "dq" => 2 * small * ld * 2,
             _ => (2 * 64 + 2 * small) * ld * 2 + 2 * small * 4,
         };
@@ -607,6 +607,38 @@ mod imp {
 
     /// Query heads per KV head the decode kernel takes (`DEC_MAXR` in nvrtc.rs).
     const DECODE_MAX_GROUP: usize = 8;
+
+    /// Whether the decode kernel runs: one query per row, at most `DECODE_MAX_GROUP` query heads
+    /// per KV head, not switched off (`SIZESPEC_FLASH_DECODE=0`).
+    fn decode_kernel(tq: usize, h: usize, kv: usize) -> bool {
+        tq == 1 && kv > 0 && h / kv <= DECODE_MAX_GROUP && !off("SIZESPEC_FLASH_DECODE")
+    }
+
+    /// Whether `t` (`[b, kv, columns, d]`) is contiguous or a view of the first columns of a
+    /// contiguous `[b, kv, capacity, d]` KV-cache buffer: what the decode kernel reads in place.
+    pub(super) fn cache_layout(l: &Layout) -> bool {
+        let (dims, st) = (l.dims(), l.stride());
+        dims.len() == 4
+            && st[3] == 1
+            && st[2] == dims[3]
+            && st[1] % dims[3] == 0
+            && st[1] / dims[3] >= dims[2]
+            && (dims[0] == 1 || st[0] == dims[1] * st[1])
+    }
+
+    /// The element range and columns per (row, head) of a [`cache_layout`] tensor.
+    fn cache_rows(l: &Layout, g: &Geometry) -> Result<(std::ops::Range<usize>, usize)> {
+        if !cache_layout(l) {
+            candle_core::bail!(
+                "flash attention: k/v layout {:?} / {:?}",
+                l.dims(),
+                l.stride()
+            );
+        }
+        let tks = l.stride()[1] / g.d;
+        let start = l.start_offset();
+        Ok((start..start + g.b * g.kv * tks * g.d, tks))
+    }
 
     impl FlashAttn {
         /// One query per row (a decode step): `attn_decode_*`, the keys split over enough blocks
@@ -618,9 +650,10 @@ mod imp {
             (q, qr): (&CudaStorage, std::ops::Range<usize>),
             (k, kr): (&CudaStorage, std::ops::Range<usize>),
             (v, vr): (&CudaStorage, std::ops::Range<usize>),
+            tks: usize,
             ql: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let splits = (512usize.div_ceil(g.b * g.kv)).clamp(1, g.tk.div_ceil(64).max(1));
+            let splits = (1024usize.div_ceil(g.b * g.kv)).clamp(1, g.tk.div_ceil(32).max(1));
             let chunk = g.tk.div_ceil(splits);
             let sfx = suffix(q.dtype())?;
             let rows = g.b * g.h;
@@ -639,6 +672,7 @@ mod imp {
                 g.h as i32,
                 g.kv as i32,
                 g.tk as i32,
+                tks as i32,
                 self.offset,
                 self.window,
             ];
@@ -807,11 +841,16 @@ mod imp {
             vl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             let g = Self::geometry(ql, kl)?;
-            let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let dev = q.device().clone();
-            if g.tq == 1 && g.h / g.kv <= DECODE_MAX_GROUP && !off("SIZESPEC_FLASH_DECODE") {
-                return self.decode(&g, &dev, (q, qr), (k, kr), (v, vr), ql);
+            if decode_kernel(g.tq, g.h, g.kv) {
+                let (kr, tks) = cache_rows(kl, &g)?;
+                let (vr, vtks) = cache_rows(vl, &g)?;
+                if vtks != tks {
+                    candle_core::bail!("flash attention: k and v of different cache layouts");
+                }
+                return self.decode(&g, &dev, (q, range_of(ql)?), (k, kr), (v, vr), tks, ql);
             }
+            let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let tc = tensor_cores(&dev, q.dtype(), &[qr.start, kr.start, vr.start]);
             let (name, smem) = if tc {
                 (format!("attn_fwd_tc_{}", g.d), tc_smem_bytes("fwd", g.d))
@@ -1086,6 +1125,20 @@ mod imp {
                 q.dims()
             );
         }
+        // A decode step reads the KV cache in place (a view of its preallocated buffer).
+        let decode = decode_kernel(q.dim(2)?, q.dim(1)?, k.dim(1)?);
+        // Its rows are read as 8- or 16-byte vectors: the view must start on 4 elements.
+        let kv_in_place = |t: &Tensor| -> Result<Tensor> {
+            match (
+                decode,
+                cache_layout(t.layout()),
+                t.layout().start_offset() % 4 == 0,
+            ) {
+                (true, true, true) => Ok(t.clone()),
+                (true, _, _) => t.force_contiguous(),
+                _ => t.contiguous(),
+            }
+        };
         let op = FlashAttn {
             pads: pads.clone(),
             offset: offset as i32,
@@ -1094,7 +1147,7 @@ mod imp {
             lse: Arc::new(Mutex::new(None)),
         };
         q.contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+            .apply_op3(&kv_in_place(k)?, &kv_in_place(v)?, op)
     }
 }
 

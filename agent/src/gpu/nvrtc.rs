@@ -609,6 +609,22 @@ DEV void load_tile(bf16_t* s, const bf16_t* g, int r0, int nrows) {
         *(uint4*)(s + r * (D + 8) + c * 8) = v;
     }
 }
+// The same with cp.async (16 bytes a copy, zero-filled past the end): the copies run while the
+// block computes on the other buffer. Completed by cp_wait + __syncthreads.
+template <int D, int R>
+DEV void load_tile_async(bf16_t* s, const bf16_t* g, int r0, int nrows) {
+    constexpr int C = D / 8;
+    for (int e = threadIdx.x; e < R * C; e += 128) {
+        int r = e / C, c = e % C;
+        const bool in = r0 + r < nrows;
+        const bf16_t* src = g + (u64)(in ? r0 + r : 0) * D + c * 8;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                     :: "r"(saddr(s + r * (D + 8) + c * 8)), "l"(src), "r"(in ? 16 : 0) : "memory");
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+DEV void cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 // The C fragments of n-tiles 2 kk, 2 kk + 1 as the A fragment of the next product (k = their columns).
 DEV void c_to_a(unsigned* a, const float* c0, const float* c1) {
     a[0] = pack2(c0[0], c0[1]);
@@ -633,8 +649,9 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
 #if __CUDA_ARCH__ >= 800
     constexpr int KT = 64, LD = D + 8;
     extern __shared__ __align__(16) unsigned char tsm[];
-    bf16_t* Ks = (bf16_t*)tsm;
-    bf16_t* Vs = Ks + KT * LD;
+    // Two K / V buffers: tile i + 1 streams in (cp.async) while tile i is computed on.
+    bf16_t* Kbuf = (bf16_t*)tsm;
+    bf16_t* Vbuf = Kbuf + 2 * KT * LD;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * 64, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
     const int pad = pads[b];
@@ -658,10 +675,21 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
     const int c_first = off + q0, c_last = off + min(TQ, q0 + 64) - 1;
     int j_begin = 0;
     if (win > 0 && c_first - win > 0) j_begin = ((c_first - win) / KT) * KT;
-    for (int j0 = j_begin; j0 <= c_last && j0 < TK; j0 += KT) {
-        __syncthreads();
-        load_tile<D, KT>(Ks, kb, j0, TK);
-        load_tile<D, KT>(Vs, vb, j0, TK);
+    const int j_end = min(c_last + 1, TK);
+    if (j_begin < j_end) {
+        load_tile_async<D, KT>(Kbuf, kb, j_begin, TK);
+        load_tile_async<D, KT>(Vbuf, vb, j_begin, TK);
+    }
+    for (int j0 = j_begin, it = 0; j0 < j_end; j0 += KT, it++) {
+        bf16_t* Ks = Kbuf + (it & 1) * KT * LD;
+        bf16_t* Vs = Vbuf + (it & 1) * KT * LD;
+        if (j0 + KT < j_end) {
+            load_tile_async<D, KT>(Kbuf + ((it + 1) & 1) * KT * LD, kb, j0 + KT, TK);
+            load_tile_async<D, KT>(Vbuf + ((it + 1) & 1) * KT * LD, vb, j0 + KT, TK);
+            cp_wait<2>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
         float s[KT / 8][4];
         #pragma unroll
@@ -723,6 +751,7 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
                 mma_bf16(acc[n + 1], pa, bb[2], bb[3]);
             }
         }
+        __syncthreads();  // this buffer is the target of the next iteration's copies
     }
     l0 = quad_sum(l0);
     l1 = quad_sum(l1);
@@ -968,16 +997,32 @@ ATTN_TC(64)
 ATTN_TC(128)
 
 // ---- Decode step: one query per row (TQ = 1), split over the keys -------------------------------
-// Block (split s, KV head, row b); its 4 warps stream keys s * chunk .. (s + 1) * chunk, one key per
-// warp at a time (lane l holds features l + 32 i: each K / V row is read coalesced, once, for every
+// Block (split s, KV head, row b); its 4 warps stream keys s * chunk .. (s + 1) * chunk, four keys per
+// warp at a time (lane l holds features l E .. l E + E - 1, one vector load: each K / V row is read
+// coalesced, once, for every
 // query head of the group), with an online softmax per head in registers. The warps' partials are
 // merged in shared memory; with one split the block writes o and lse, else (m, l, acc) go to
 // `part` and attn_decode_combine merges the splits. Memory-bound: K and V are read once per step.
 #define DEC_MAXR 8
+// E consecutive elements as f32 in one vector load (E = 2 or 4; 4-byte / 8-byte aligned rows).
+template <int E> DEV void ldv(const float* p, float* o) {
+    if (E == 4) { float4 v = *(const float4*)p; o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w; }
+    else { float2 v = *(const float2*)p; o[0] = v.x; o[1] = v.y; }
+}
+template <int E> DEV void ldv(const bf16_t* p, float* o) {
+    if (E == 4) {
+        uint2 v = *(const uint2*)p;
+        o[0] = __uint_as_float(v.x << 16); o[1] = __uint_as_float(v.x & 0xffff0000u);
+        o[2] = __uint_as_float(v.y << 16); o[3] = __uint_as_float(v.y & 0xffff0000u);
+    } else {
+        unsigned v = *(const unsigned*)p;
+        o[0] = __uint_as_float(v << 16); o[1] = __uint_as_float(v & 0xffff0000u);
+    }
+}
 template <typename T, int D>
 DEV void attn_decode(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads,
-                     int H, int KV, int TK, int off, int win, float scale, int chunk) {
-    constexpr int E = D / 32;
+                     int H, int KV, int TK, int TKS, int off, int win, float scale, int chunk) {
+    constexpr int E = D / 32, U = 4;
     __shared__ float qs[DEC_MAXR][D];
     __shared__ float wm[4][DEC_MAXR], wl[4][DEC_MAXR];
     __shared__ float wacc[4][DEC_MAXR][D];
@@ -994,36 +1039,41 @@ DEV void attn_decode(const T* q, const T* k, const T* v, T* o, float* lse, float
     for (int r = 0; r < DEC_MAXR; r++) {
         m[r] = -INFINITY; l[r] = 0.0f;
         #pragma unroll
-        for (int i = 0; i < E; i++) { qr[r][i] = r < rep ? qs[r][lane + 32 * i] : 0.0f; acc[r][i] = 0.0f; }
+        for (int i = 0; i < E; i++) { qr[r][i] = r < rep ? qs[r][lane * E + i] : 0.0f; acc[r][i] = 0.0f; }
     }
-    const u64 kb = ((u64)(b * KV + kvh) * TK) * D;
+    const u64 kb = ((u64)(b * KV + kvh) * TKS) * D;  // TKS >= TK: the cache buffer's columns
     int j0 = max(s * chunk, min(pad, c));
     if (win > 0) j0 = max(j0, c - win);
     const int j1 = min(TK, (s + 1) * chunk);
-    #pragma unroll 2
-    for (int j = j0 + warp; j < j1; j += 4) {
-        float kx[E], vx[E];
+    // U keys per warp per iteration, all loads issued before any use (latency, not bandwidth,
+    // bounds a warp that waits on one row at a time).
+    for (int j = j0 + warp * U; j < j1; j += 4 * U) {
+        float kx[U][E], vx[U][E];
         #pragma unroll
-        for (int i = 0; i < E; i++) {
-            kx[i] = ldf(k, kb + (u64)j * D + lane + 32 * i);
-            vx[i] = ldf(v, kb + (u64)j * D + lane + 32 * i);
+        for (int u = 0; u < U; u++) {
+            const int jj = min(j + u, j1 - 1);
+            ldv<E>(k + kb + (u64)jj * D + lane * E, kx[u]);
+            ldv<E>(v + kb + (u64)jj * D + lane * E, vx[u]);
         }
-        const bool vis = visible(c, j, pad, win);
         #pragma unroll
-        for (int r = 0; r < DEC_MAXR; r++) {
-            if (r >= rep) break;
-            float d = 0.0f;
+        for (int u = 0; u < U; u++) {
+            const bool vis = j + u < j1 && visible(c, j + u, pad, win);
             #pragma unroll
-            for (int i = 0; i < E; i++) d = fmaf(qr[r][i], kx[i], d);
-            #pragma unroll
-            for (int w = 16; w > 0; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
-            if (!vis) continue;
-            float mn = fmaxf(m[r], d);
-            float corr = __expf(m[r] - mn), p = __expf(d - mn);
-            l[r] = l[r] * corr + p;
-            #pragma unroll
-            for (int i = 0; i < E; i++) acc[r][i] = fmaf(p, vx[i], acc[r][i] * corr);
-            m[r] = mn;
+            for (int r = 0; r < DEC_MAXR; r++) {
+                if (r >= rep) break;
+                float d = 0.0f;
+                #pragma unroll
+                for (int i = 0; i < E; i++) d = fmaf(qr[r][i], kx[u][i], d);
+                #pragma unroll
+                for (int w = 16; w > 0; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
+                if (!vis) continue;
+                float mn = fmaxf(m[r], d);
+                float corr = __expf(m[r] - mn), p = __expf(d - mn);
+                l[r] = l[r] * corr + p;
+                #pragma unroll
+                for (int i = 0; i < E; i++) acc[r][i] = fmaf(p, vx[u][i], acc[r][i] * corr);
+                m[r] = mn;
+            }
         }
     }
     #pragma unroll
@@ -1031,7 +1081,7 @@ DEV void attn_decode(const T* q, const T* k, const T* v, T* o, float* lse, float
         if (r >= rep) break;
         if (lane == 0) { wm[warp][r] = m[r]; wl[warp][r] = l[r]; }
         #pragma unroll
-        for (int i = 0; i < E; i++) wacc[warp][r][lane + 32 * i] = acc[r][i];
+        for (int i = 0; i < E; i++) wacc[warp][r][lane * E + i] = acc[r][i];
     }
     __syncthreads();
     for (int e = threadIdx.x; e < rep * D; e += blockDim.x) {
@@ -1076,8 +1126,8 @@ DEV void attn_decode_combine(const float* part, T* o, float* lse, int S, int D) 
     if (d == 0) lse[row] = M + logf(L);
 }
 #define ATTN_DEC(T, TN, D) \
-extern "C" __global__ void attn_decode_##TN##_##D(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads, int H, int KV, int TK, int off, int win, float scale, int chunk) \
-    { attn_decode<T, D>(q, k, v, o, lse, part, pads, H, KV, TK, off, win, scale, chunk); }
+extern "C" __global__ void attn_decode_##TN##_##D(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads, int H, int KV, int TK, int TKS, int off, int win, float scale, int chunk) \
+    { attn_decode<T, D>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk); }
 ATTN_DEC(float, f32, 64)
 ATTN_DEC(float, f32, 128)
 ATTN_DEC(bf16_t, bf16, 64)

@@ -39,7 +39,8 @@ pub fn prefill_and_decode(
 ) -> Result<Vec<candle_core::Tensor>> {
     let (b, t) = ids.dims2()?;
     let pads = vec![0; b];
-    let mut cache = model.new_cache();
+    // Preallocated, as generation runs it (decode steps read the buffer in place).
+    let mut cache = model.new_cache_with_capacity(t + next_ids.dim(1)?);
     let ctx = model.attn_ctx(&pads, 0, t)?;
     let mut out = vec![model.forward_last(ids, &ctx, Some(&mut cache))?];
     for s in 0..next_ids.dim(1)? {

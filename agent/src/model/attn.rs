@@ -126,15 +126,47 @@ fn build_mask(
 }
 
 /// One layer's cached keys and values, `[b, kv_heads, columns, head_dim]`.
+///
+/// With a capacity (on a GPU) the columns live in a preallocated `[b, kv_heads, capacity, head_dim]`
+/// buffer and each call writes only its own columns into it (`k`, `v` are views of the filled
+/// part); without one, or past it, the cache grows by concatenation — which copies the whole cache
+/// at every decode step (at batch 32 × 1,200 columns that copy was two thirds of a 3B decode step).
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
     pub k: Option<Tensor>,
     pub v: Option<Tensor>,
+    buf: Option<(Tensor, Tensor)>,
+    capacity: usize,
 }
 
 impl LayerCache {
     /// Append this call's keys/values and return the full ones.
     pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let len = self.len();
+        let t = k.dim(2)?;
+        if self.capacity > 0 && k.device().is_cuda() && len + t <= self.capacity {
+            if self.buf.is_none() {
+                let (b, kv, _, d) = k.dims4()?;
+                let shape = (b, kv, self.capacity, d);
+                let kb = Tensor::zeros(shape, k.dtype(), k.device())?;
+                let vb = Tensor::zeros(shape, v.dtype(), v.device())?;
+                if let (Some(pk), Some(pv)) = (&self.k, &self.v) {
+                    kb.slice_set(&pk.contiguous()?, 2, 0)?;
+                    vb.slice_set(&pv.contiguous()?, 2, 0)?;
+                }
+                self.buf = Some((kb, vb));
+            }
+            let (kb, vb) = self.buf.as_ref().expect("allocated above");
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
+            kb.slice_set(&k, 2, len)?;
+            vb.slice_set(&v, 2, len)?;
+            let (ck, cv) = (kb.narrow(2, 0, len + t)?, vb.narrow(2, 0, len + t)?);
+            self.k = Some(ck.clone());
+            self.v = Some(cv.clone());
+            // A first call gets its own contiguous keys back (what the prefill kernels read).
+            return Ok(if len == 0 { (k, v) } else { (ck, cv) });
+        }
+        self.buf = None;
         let (k, v) = match (&self.k, &self.v) {
             (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
             _ => (k, v),
@@ -162,8 +194,17 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// A cache whose layers preallocate `capacity` columns on a GPU (0: grow by concatenation).
+    pub fn with_capacity(num_layers: usize, capacity: usize) -> Self {
+        let layer = LayerCache {
+            capacity,
+            ..LayerCache::default()
+        };
         Self {
-            layers: vec![LayerCache::default(); num_layers],
+            layers: vec![layer; num_layers],
         }
     }
 
@@ -191,6 +232,8 @@ impl KvCache {
             if let (Some(k), Some(v)) = (&l.k, &l.v) {
                 l.k = Some(k.index_select(&idx, 0)?);
                 l.v = Some(v.index_select(&idx, 0)?);
+                // The buffer holds the old rows: the next append moves the kept ones into a new one.
+                l.buf = None;
             }
         }
         Ok(())

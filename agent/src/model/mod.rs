@@ -233,6 +233,11 @@ impl Model {
         KvCache::new(self.layers.len())
     }
 
+    /// A KV cache that preallocates `capacity` columns per layer on a GPU (see [`LayerCache`]).
+    pub fn new_cache_with_capacity(&self, capacity: usize) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), capacity)
+    }
+
     /// The attention context for a left-padded batch: `pads[r]` padding columns in row `r`,
     /// `offset` columns already cached, `seq_len` columns in this call.
     pub fn attn_ctx(&self, pads: &[usize], offset: usize, seq_len: usize) -> Result<AttnCtx> {
