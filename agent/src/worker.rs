@@ -251,7 +251,10 @@ fn run_one(dev: &Device, spec: DeviceSpec, config: &WorkerConfig, env: Envelope)
 pub fn memory_mib(device: &Device) -> u64 {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) => candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+        Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
             .map(|(free, total)| ((total - free) / (1024 * 1024)) as u64)
             .unwrap_or(0),
         _ => rss_mib("VmRSS:"),
@@ -262,7 +265,12 @@ pub fn memory_mib(device: &Device) -> u64 {
 pub fn memory_free_bytes(device: &Device) -> Option<u64> {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) => candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+        // Through the device's own context (bound to this thread first): the bare driver call
+        // answers for whatever context the calling thread happens to have current, or fails.
+        Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
             .ok()
             .map(|(free, _)| free as u64),
         _ => None,
