@@ -589,7 +589,7 @@ mod imp {
     fn tensor_cores(dev: &CudaDevice, dtype: DType, starts: &[usize]) -> bool {
         dtype == DType::BF16
             && !off("SIZESPEC_FLASH_TC")
-            && starts.iter().all(|s| s % 8 == 0)
+            && starts.iter().all(|s| s.is_multiple_of(8))
             && nvrtc::compute_capability(dev).is_ok_and(|(major, _)| major >= 8)
     }
 
@@ -621,7 +621,7 @@ mod imp {
         dims.len() == 4
             && st[3] == 1
             && st[2] == dims[3]
-            && st[1] % dims[3] == 0
+            && st[1].is_multiple_of(dims[3])
             && st[1] / dims[3] >= dims[2]
             && (dims[0] == 1 || st[0] == dims[1] * st[1])
     }
@@ -647,11 +647,9 @@ mod imp {
             &self,
             g: &Geometry,
             dev: &CudaDevice,
-            (q, qr): (&CudaStorage, std::ops::Range<usize>),
-            (k, kr): (&CudaStorage, std::ops::Range<usize>),
-            (v, vr): (&CudaStorage, std::ops::Range<usize>),
+            (q, qr, ql): (&CudaStorage, std::ops::Range<usize>, &Layout),
+            [(k, kr), (v, vr)]: [(&CudaStorage, std::ops::Range<usize>); 2],
             tks: usize,
-            ql: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             let splits = (1024usize.div_ceil(g.b * g.kv)).clamp(1, g.tk.div_ceil(32).max(1));
             let chunk = g.tk.div_ceil(splits);
@@ -848,7 +846,7 @@ mod imp {
                 if vtks != tks {
                     candle_core::bail!("flash attention: k and v of different cache layouts");
                 }
-                return self.decode(&g, &dev, (q, range_of(ql)?), (k, kr), (v, vr), tks, ql);
+                return self.decode(&g, &dev, (q, range_of(ql)?, ql), [(k, kr), (v, vr)], tks);
             }
             let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let tc = tensor_cores(&dev, q.dtype(), &[qr.start, kr.start, vr.start]);
@@ -1132,7 +1130,7 @@ mod imp {
             match (
                 decode,
                 cache_layout(t.layout()),
-                t.layout().start_offset() % 4 == 0,
+                t.layout().start_offset().is_multiple_of(4),
             ) {
                 (true, true, true) => Ok(t.clone()),
                 (true, _, _) => t.force_contiguous(),
