@@ -312,6 +312,56 @@ fn flash_attention_matches_the_score_matrix_path() {
     }
 }
 
+/// Attention on `[b, t, heads, d]` operands (the projections' layout: bf16 reads and writes it in
+/// place on tensor cores, f32 goes through transposes) against the score-matrix path, forward and
+/// backward.
+#[test]
+fn flash_attention_on_the_projection_layout_matches() {
+    let Some(dev) = gpu() else {
+        return;
+    };
+    type Case = (usize, [usize; 2], usize, Option<usize>);
+    let cases: [Case; 3] = [
+        (128, [0, 9], 150, None),
+        (64, [4, 0], 97, Some(30)),
+        (128, [2, 0], 64, Some(16)),
+    ];
+    for (d, pads, tq, window) in cases {
+        let (b, h, kv) = (2, 6, 2);
+        let m = mask(&pads, 0, tq, window);
+        let pads_t = fused::pads_tensor(&pads, &dev).unwrap();
+        for (dt, tol) in TOL {
+            check(
+                &format!("attention thd d={d} pads={pads:?} tq={tq} window={window:?}"),
+                &[
+                    rand(&[b, tq, h, d], 51).affine(2.0, 0.0).unwrap(),
+                    rand(&[b, tq, kv, d], 52),
+                    rand(&[b, tq, kv, d], 53),
+                ],
+                dt,
+                tol,
+                |t, fz| {
+                    if fz {
+                        fused::attention_thd(&t[0], &t[1], &t[2], &pads_t, 0, window).unwrap()
+                    } else {
+                        let tr = |x: &Tensor| x.transpose(1, 2).unwrap();
+                        ops::attention(
+                            &tr(&t[0]),
+                            &tr(&t[1]),
+                            &tr(&t[2]),
+                            Some(&m),
+                            OpPath::Differentiable,
+                        )
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                    }
+                },
+            );
+        }
+    }
+}
+
 /// A decode step reads a preallocated KV-cache buffer in place (a view of its first columns, as
 /// `LayerCache` hands it over): the same output as from contiguous keys and values.
 #[test]

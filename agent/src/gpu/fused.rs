@@ -147,7 +147,17 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     })
 }
 
-pub use imp::{attention, attention_with_pads, cross_entropy, lora_linear, swiglu};
+/// [`rope`] on `x: [b, t, h, d]` (candle's `rope_thd` kernel both ways).
+pub fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = candle_nn::rotary_emb::rope_thd(&x.detach(), cos, sin)?;
+    let (cos, neg_sin) = (cos.clone(), sin.neg()?);
+    Attach::apply(&x, y, move |g| {
+        candle_nn::rotary_emb::rope_thd(&g.contiguous()?, &cos, &neg_sin)
+    })
+}
+
+pub use imp::{attention, attention_thd, attention_with_pads, cross_entropy, lora_linear, swiglu};
 
 /// The dropout of a LoRA input in [`lora_linear`]: the hash mask's seed, keep threshold (of
 /// 2^24) and `1 / keep` ([`crate::gpu::dropout`]'s definition).
@@ -209,6 +219,16 @@ mod imp {
         no_cuda()
     }
     pub fn attention_with_pads(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: usize,
+        _: Option<usize>,
+    ) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub fn attention_thd(
         _: &Tensor,
         _: &Tensor,
         _: &Tensor,
@@ -555,6 +575,9 @@ mod imp {
         tq: usize,
         tk: usize,
         d: usize,
+        /// `[q head stride, q row stride, k head stride, k row stride]` in elements (the
+        /// tensor-core kernels' QHS, QRS, KHS, KRS).
+        strides: [i32; 4],
     }
 
     struct FlashAttn {
@@ -563,15 +586,31 @@ mod imp {
         window: i32,
         scale: f32,
         lse: Arc<Mutex<Option<CudaSlice<f32>>>>,
+        /// Operands in `[b, t, heads, d]` (the projections' layout; tensor-core kernels only)
+        /// instead of `[b, heads, t, d]`.
+        thd: bool,
     }
 
     impl FlashAttn {
-        fn geometry(ql: &Layout, kl: &Layout) -> Result<Geometry> {
-            let (b, h, tq, d) = ql.shape().dims4()?;
-            let (_, kv, tk, dk) = kl.shape().dims4()?;
-            if dk != d || h % kv != 0 {
+        fn geometry(&self, ql: &Layout, kl: &Layout) -> Result<Geometry> {
+            let (b, h, tq, d, kv, tk, dk) = if self.thd {
+                let (b, tq, h, d) = ql.shape().dims4()?;
+                let (_, tk, kv, dk) = kl.shape().dims4()?;
+                (b, h, tq, d, kv, tk, dk)
+            } else {
+                let (b, h, tq, d) = ql.shape().dims4()?;
+                let (_, kv, tk, dk) = kl.shape().dims4()?;
+                (b, h, tq, d, kv, tk, dk)
+            };
+            if dk != d || kv == 0 || h % kv != 0 {
                 candle_core::bail!("flash attention: q {:?}, k {:?}", ql.dims(), kl.dims());
             }
+            let strides = if self.thd {
+                [d, h * d, d, kv * d]
+            } else {
+                [tq * d, d, tk * d, d]
+            }
+            .map(|s| s as i32);
             Ok(Geometry {
                 b,
                 h,
@@ -579,6 +618,7 @@ mod imp {
                 tq,
                 tk,
                 d,
+                strides,
             })
         }
     }
@@ -741,7 +781,21 @@ mod imp {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(dev, "attn_di_bf16", di_cfg, &ov, &dov, &di, &rows_i, &d_i);
+            let (h_i, tq_i) = (g.h as i32, g.tq as i32);
+            launch!(
+                dev,
+                "attn_di_bf16",
+                di_cfg,
+                &ov,
+                &dov,
+                &di,
+                &rows_i,
+                &d_i,
+                &h_i,
+                &tq_i,
+                &g.strides[0],
+                &g.strides[1]
+            );
             let dq = alloc::<T>(dev, g.b * g.h * g.tq * g.d)?;
             let dk = alloc::<T>(dev, g.b * g.kv * g.tk * g.d)?;
             let dv = alloc::<T>(dev, g.b * g.kv * g.tk * g.d)?;
@@ -775,6 +829,9 @@ mod imp {
                     b.arg(i);
                 }
                 b.arg(&self.scale);
+                for st in &g.strides {
+                    b.arg(st);
+                }
                 // SAFETY: shapes checked in `geometry`; dq has q's size, di one f32 per query row;
                 // the signature is attn_dq_tc_*'s.
                 #[allow(unsafe_code)]
@@ -802,6 +859,9 @@ mod imp {
                     b.arg(i);
                 }
                 b.arg(&self.scale);
+                for st in &g.strides {
+                    b.arg(st);
+                }
                 // SAFETY: as above; dk, dv have k's and v's sizes.
                 #[allow(unsafe_code)]
                 unsafe { b.launch(cfg) }.w()?;
@@ -838,9 +898,9 @@ mod imp {
             v: &CudaStorage,
             vl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let g = Self::geometry(ql, kl)?;
+            let g = self.geometry(ql, kl)?;
             let dev = q.device().clone();
-            if decode_kernel(g.tq, g.h, g.kv) {
+            if !self.thd && decode_kernel(g.tq, g.h, g.kv) {
                 let (kr, tks) = cache_rows(kl, &g)?;
                 let (vr, vtks) = cache_rows(vl, &g)?;
                 if vtks != tks {
@@ -850,6 +910,11 @@ mod imp {
             }
             let (qr, kr, vr) = (range_of(ql)?, range_of(kl)?, range_of(vl)?);
             let tc = tensor_cores(&dev, q.dtype(), &[qr.start, kr.start, vr.start]);
+            if self.thd && !tc {
+                candle_core::bail!(
+                    "flash attention: [b, t, h, d] operands need the tensor-core kernels"
+                );
+            }
             let (name, smem) = if tc {
                 (format!("attn_fwd_tc_{}", g.d), tc_smem_bytes("fwd", g.d))
             } else {
@@ -888,6 +953,11 @@ mod imp {
                     b.arg(i);
                 }
                 b.arg(&self.scale);
+                if tc {
+                    for st in &g.strides {
+                        b.arg(st);
+                    }
+                }
                 // SAFETY: shapes checked in `geometry`; the kernel's signature is attn_fwd_*.
                 #[allow(unsafe_code)]
                 unsafe { b.launch(cfg) }.w()?;
@@ -912,7 +982,7 @@ mod imp {
                 Raw::of(o)?,
                 Raw::of(&dout)?,
             );
-            let g = Self::geometry(q.layout(), k.layout())?;
+            let g = self.geometry(q.layout(), k.layout())?;
             let dev = rq.cuda().device().clone();
             let guard = self.lse.lock().unwrap_or_else(|e| e.into_inner());
             let Some(lse) = guard.as_ref() else {
@@ -938,6 +1008,11 @@ mod imp {
             ];
             if tensor_cores(&dev, q.dtype(), &starts) {
                 return self.bwd_tc(&g, &dev, [q, k, v], [&rq, &rk, &rv, &ro, &rd], lse, &pads);
+            }
+            if self.thd {
+                candle_core::bail!(
+                    "flash attention: [b, t, h, d] operands need the tensor-core kernels"
+                );
             }
             by_dtype!(q.dtype(), T => {
                 let (qv, kv_, vv, ov, dv_) = (rq.view::<T>()?, rk.view::<T>()?, rv.view::<T>()?,
@@ -1143,9 +1218,49 @@ mod imp {
             window: window.unwrap_or(0) as i32,
             scale: (1.0 / (d as f64).sqrt()) as f32,
             lse: Arc::new(Mutex::new(None)),
+            thd: false,
         };
         q.contiguous()?
             .apply_op3(&kv_in_place(k)?, &kv_in_place(v)?, op)
+    }
+
+    /// [`attention_with_pads`] on `[b, t, heads, d]` operands (the projections' own layout), the
+    /// output `[b, t, h, d]`: the tensor-core kernels read and write that layout in place, so no
+    /// transposed copies are made around attention; elsewhere (f32, older GPUs, unaligned views)
+    /// it goes through transposes to the `[b, h, t, d]` kernels.
+    pub fn attention_thd(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pads: &Tensor,
+        offset: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let starts = [&q, &k, &v].map(|t| t.layout().start_offset());
+        let dev = q.device().as_cuda_device()?;
+        if !tensor_cores(dev, q.dtype(), &starts) {
+            let t = |x: &Tensor| x.transpose(1, 2);
+            let y = attention_with_pads(&t(&q)?, &t(&k)?, &t(&v)?, pads, offset, window)?;
+            return y.transpose(1, 2)?.contiguous();
+        }
+        let d = q.dim(3)?;
+        if pads.dims() != [q.dim(0)?] || pads.dtype() != DType::U32 {
+            candle_core::bail!(
+                "flash attention: pads {:?} for q {:?}",
+                pads.dims(),
+                q.dims()
+            );
+        }
+        let op = FlashAttn {
+            pads: pads.clone(),
+            offset: offset as i32,
+            window: window.unwrap_or(0) as i32,
+            scale: (1.0 / (d as f64).sqrt()) as f32,
+            lse: Arc::new(Mutex::new(None)),
+            thd: true,
+        };
+        q.apply_op3(&k, &v, op)
     }
 }
 

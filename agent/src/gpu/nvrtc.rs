@@ -556,7 +556,10 @@ DEV void attn_bwd_dkdv(const T* q, const T* k, const T* v, const T* o, const T* 
 // C fragment of one product is reused in registers as the A fragment of the next (P -> P V);
 // operands come from shared memory through ldmatrix (.trans where the product needs the
 // transpose). Tiles are stored [rows][D + 8] bf16: the 16-byte row skew makes ldmatrix
-// conflict-free. Same layouts, visibility rule and lse as the kernels above.
+// conflict-free. Same visibility rule and lse as the kernels above; the layout is given by strides:
+// row qi of head h of batch row b of q (o, dO, dq) starts at b H TQ D + h QHS + qi QRS, of k (v,
+// dk, dv) at b KV TK D + h KHS + j KRS: [B, H, T, D] is (QHS, QRS) = (TQ D, D), [B, T, H, D] is
+// (D, H D) — the projections' own layout, no transposes around attention.
 #if __CUDA_ARCH__ >= 800
 DEV unsigned ld32(const bf16_t* p) { return *(const unsigned*)p; }
 DEV unsigned pack2(float lo, float hi) {
@@ -598,26 +601,27 @@ template <int LD>
 DEV void frag_b_kn(unsigned* r, const bf16_t* s, int k0, int n0, int lane) {
     ldsm4t(r, saddr(s + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + n0 + (lane >> 4) * 8));
 }
-// Rows r0 .. r0 + R - 1 of a [nrows][D] matrix into a [R][D + 8] tile; rows past the end are 0.
+// Rows r0 .. r0 + R - 1 of a matrix of nrows rows of D (row stride rs) into a [R][D + 8] tile;
+// rows past the end are 0.
 template <int D, int R>
-DEV void load_tile(bf16_t* s, const bf16_t* g, int r0, int nrows) {
+DEV void load_tile(bf16_t* s, const bf16_t* g, int r0, int nrows, int rs) {
     constexpr int C = D / 8;
     for (int e = threadIdx.x; e < R * C; e += 128) {
         int r = e / C, c = e % C;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (r0 + r < nrows) v = *(const uint4*)(g + (u64)(r0 + r) * D + c * 8);
+        if (r0 + r < nrows) v = *(const uint4*)(g + (u64)(r0 + r) * rs + c * 8);
         *(uint4*)(s + r * (D + 8) + c * 8) = v;
     }
 }
 // The same with cp.async (16 bytes a copy, zero-filled past the end): the copies run while the
 // block computes on the other buffer. Completed by cp_wait + __syncthreads.
 template <int D, int R>
-DEV void load_tile_async(bf16_t* s, const bf16_t* g, int r0, int nrows) {
+DEV void load_tile_async(bf16_t* s, const bf16_t* g, int r0, int nrows, int rs) {
     constexpr int C = D / 8;
     for (int e = threadIdx.x; e < R * C; e += 128) {
         int r = e / C, c = e % C;
         const bool in = r0 + r < nrows;
-        const bf16_t* src = g + (u64)(in ? r0 + r : 0) * D + c * 8;
+        const bf16_t* src = g + (u64)(in ? r0 + r : 0) * rs + c * 8;
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
                      :: "r"(saddr(s + r * (D + 8) + c * 8)), "l"(src), "r"(in ? 16 : 0) : "memory");
     }
@@ -645,7 +649,8 @@ DEV float quad_sum(float v) {
 // Forward: block = 64 queries of one head (latest blocks first: they have the most keys).
 template <int D>
 DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse,
-                     const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale) {
+                     const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale,
+                     int QHS, int QRS, int KHS, int KRS) {
 #if __CUDA_ARCH__ >= 800
     constexpr int KT = 64, LD = D + 8;
     extern __shared__ __align__(16) unsigned char tsm[];
@@ -655,18 +660,19 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * 64, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
     const int pad = pads[b];
-    const bf16_t* qb = q + ((u64)(b * H + h) * TQ) * D;
-    const bf16_t* kb = k + ((u64)(b * KV + kvh) * TK) * D;
-    const bf16_t* vb = v + ((u64)(b * KV + kvh) * TK) * D;
+    const u64 qoff = (u64)b * H * TQ * D + (u64)h * QHS, koff = (u64)b * KV * TK * D + (u64)kvh * KHS;
+    const bf16_t* qb = q + qoff;
+    const bf16_t* kb = k + koff;
+    const bf16_t* vb = v + koff;
     const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
     unsigned qa[D / 16][4];
     #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         int c = kk * 16 + 2 * t;
-        qa[kk][0] = r0 < TQ ? ld32(qb + (u64)r0 * D + c) : 0u;
-        qa[kk][1] = r1 < TQ ? ld32(qb + (u64)r1 * D + c) : 0u;
-        qa[kk][2] = r0 < TQ ? ld32(qb + (u64)r0 * D + c + 8) : 0u;
-        qa[kk][3] = r1 < TQ ? ld32(qb + (u64)r1 * D + c + 8) : 0u;
+        qa[kk][0] = r0 < TQ ? ld32(qb + (u64)r0 * QRS + c) : 0u;
+        qa[kk][1] = r1 < TQ ? ld32(qb + (u64)r1 * QRS + c) : 0u;
+        qa[kk][2] = r0 < TQ ? ld32(qb + (u64)r0 * QRS + c + 8) : 0u;
+        qa[kk][3] = r1 < TQ ? ld32(qb + (u64)r1 * QRS + c + 8) : 0u;
     }
     float acc[D / 8][4];
     #pragma unroll
@@ -677,15 +683,15 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
     if (win > 0 && c_first - win > 0) j_begin = ((c_first - win) / KT) * KT;
     const int j_end = min(c_last + 1, TK);
     if (j_begin < j_end) {
-        load_tile_async<D, KT>(Kbuf, kb, j_begin, TK);
-        load_tile_async<D, KT>(Vbuf, vb, j_begin, TK);
+        load_tile_async<D, KT>(Kbuf, kb, j_begin, TK, KRS);
+        load_tile_async<D, KT>(Vbuf, vb, j_begin, TK, KRS);
     }
     for (int j0 = j_begin, it = 0; j0 < j_end; j0 += KT, it++) {
         bf16_t* Ks = Kbuf + (it & 1) * KT * LD;
         bf16_t* Vs = Vbuf + (it & 1) * KT * LD;
         if (j0 + KT < j_end) {
-            load_tile_async<D, KT>(Kbuf + ((it + 1) & 1) * KT * LD, kb, j0 + KT, TK);
-            load_tile_async<D, KT>(Vbuf + ((it + 1) & 1) * KT * LD, vb, j0 + KT, TK);
+            load_tile_async<D, KT>(Kbuf + ((it + 1) & 1) * KT * LD, kb, j0 + KT, TK, KRS);
+            load_tile_async<D, KT>(Vbuf + ((it + 1) & 1) * KT * LD, vb, j0 + KT, TK, KRS);
             cp_wait<2>();
         } else {
             cp_wait<0>();
@@ -756,12 +762,12 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
     l0 = quad_sum(l0);
     l1 = quad_sum(l1);
     const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    bf16_t* ob = o + ((u64)(b * H + h) * TQ) * D;
+    bf16_t* ob = o + qoff;
     #pragma unroll
     for (int n = 0; n < D / 8; n++) {
         int c = n * 8 + 2 * t;
-        if (r0 < TQ) *(unsigned*)(ob + (u64)r0 * D + c) = pack2(acc[n][0] * inv0, acc[n][1] * inv0);
-        if (r1 < TQ) *(unsigned*)(ob + (u64)r1 * D + c) = pack2(acc[n][2] * inv1, acc[n][3] * inv1);
+        if (r0 < TQ) *(unsigned*)(ob + (u64)r0 * QRS + c) = pack2(acc[n][0] * inv0, acc[n][1] * inv0);
+        if (r1 < TQ) *(unsigned*)(ob + (u64)r1 * QRS + c) = pack2(acc[n][2] * inv1, acc[n][3] * inv1);
     }
     if (t == 0) {
         if (r0 < TQ) lse[(u64)(b * H + h) * TQ + r0] = m0 + logf(l0);
@@ -770,11 +776,14 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
 #endif
 }
 
-// Di = rowsum(dO o) for every query row (f32 [B, H, TQ]), one warp per row.
-extern "C" __global__ void attn_di_bf16(const bf16_t* o, const bf16_t* dout, float* di, int rows, int D) {
+// Di = rowsum(dO o) for every query row (f32 [B, H, TQ]), one warp per row; o, dO in the layout
+// (QHS, QRS) of the tensor-core kernels.
+extern "C" __global__ void attn_di_bf16(const bf16_t* o, const bf16_t* dout, float* di, int rows, int D,
+                                        int H, int TQ, int QHS, int QRS) {
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const u64 base = (u64)row * D;
+    const int qi = row % TQ, h = (row / TQ) % H, b = row / (TQ * H);
+    const u64 base = (u64)b * H * TQ * D + (u64)h * QHS + (u64)qi * QRS;
     float s = 0.0f;
     for (int d = lane; d < D; d += 32) s += bf16_to_f32(o[base + d]) * bf16_to_f32(dout[base + d]);
     for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
@@ -786,7 +795,7 @@ extern "C" __global__ void attn_di_bf16(const bf16_t* o, const bf16_t* dout, flo
 template <int D>
 DEV void attn_dq_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                     const float* di, bf16_t* dq, const unsigned* pads, int H, int KV, int TQ, int TK, int off,
-                    int win, float scale) {
+                    int win, float scale, int QHS, int QRS, int KHS, int KRS) {
 #if __CUDA_ARCH__ >= 800
     constexpr int KT = D == 128 ? 32 : 64, LD = D + 8;
     extern __shared__ __align__(16) unsigned char tsm[];
@@ -795,22 +804,22 @@ DEV void attn_dq_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf1
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * 64, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
     const int pad = pads[b];
-    const u64 qoff = ((u64)(b * H + h) * TQ) * D;
-    const bf16_t* kb = k + ((u64)(b * KV + kvh) * TK) * D;
-    const bf16_t* vb = v + ((u64)(b * KV + kvh) * TK) * D;
+    const u64 qoff = (u64)b * H * TQ * D + (u64)h * QHS, koff = (u64)b * KV * TK * D + (u64)kvh * KHS;
+    const bf16_t* kb = k + koff;
+    const bf16_t* vb = v + koff;
     const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
     unsigned qa[D / 16][4], ga[D / 16][4];
     #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         int c = kk * 16 + 2 * t;
-        qa[kk][0] = r0 < TQ ? ld32(q + qoff + (u64)r0 * D + c) : 0u;
-        qa[kk][1] = r1 < TQ ? ld32(q + qoff + (u64)r1 * D + c) : 0u;
-        qa[kk][2] = r0 < TQ ? ld32(q + qoff + (u64)r0 * D + c + 8) : 0u;
-        qa[kk][3] = r1 < TQ ? ld32(q + qoff + (u64)r1 * D + c + 8) : 0u;
-        ga[kk][0] = r0 < TQ ? ld32(dout + qoff + (u64)r0 * D + c) : 0u;
-        ga[kk][1] = r1 < TQ ? ld32(dout + qoff + (u64)r1 * D + c) : 0u;
-        ga[kk][2] = r0 < TQ ? ld32(dout + qoff + (u64)r0 * D + c + 8) : 0u;
-        ga[kk][3] = r1 < TQ ? ld32(dout + qoff + (u64)r1 * D + c + 8) : 0u;
+        qa[kk][0] = r0 < TQ ? ld32(q + qoff + (u64)r0 * QRS + c) : 0u;
+        qa[kk][1] = r1 < TQ ? ld32(q + qoff + (u64)r1 * QRS + c) : 0u;
+        qa[kk][2] = r0 < TQ ? ld32(q + qoff + (u64)r0 * QRS + c + 8) : 0u;
+        qa[kk][3] = r1 < TQ ? ld32(q + qoff + (u64)r1 * QRS + c + 8) : 0u;
+        ga[kk][0] = r0 < TQ ? ld32(dout + qoff + (u64)r0 * QRS + c) : 0u;
+        ga[kk][1] = r1 < TQ ? ld32(dout + qoff + (u64)r1 * QRS + c) : 0u;
+        ga[kk][2] = r0 < TQ ? ld32(dout + qoff + (u64)r0 * QRS + c + 8) : 0u;
+        ga[kk][3] = r1 < TQ ? ld32(dout + qoff + (u64)r1 * QRS + c + 8) : 0u;
     }
     const u64 roff = (u64)(b * H + h) * TQ;
     const float ls0 = r0 < TQ ? lse[roff + r0] : 0.0f, ls1 = r1 < TQ ? lse[roff + r1] : 0.0f;
@@ -823,8 +832,8 @@ DEV void attn_dq_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf1
     if (win > 0 && c_first - win > 0) j_begin = ((c_first - win) / KT) * KT;
     for (int j0 = j_begin; j0 <= c_last && j0 < TK; j0 += KT) {
         __syncthreads();
-        load_tile<D, KT>(Ks, kb, j0, TK);
-        load_tile<D, KT>(Vs, vb, j0, TK);
+        load_tile<D, KT>(Ks, kb, j0, TK, KRS);
+        load_tile<D, KT>(Vs, vb, j0, TK, KRS);
         __syncthreads();
         float s[KT / 8][4], dp[KT / 8][4];
         #pragma unroll
@@ -869,8 +878,8 @@ DEV void attn_dq_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf1
     #pragma unroll
     for (int n = 0; n < D / 8; n++) {
         int c = n * 8 + 2 * t;
-        if (r0 < TQ) *(unsigned*)(dq + qoff + (u64)r0 * D + c) = pack2(acc[n][0] * scale, acc[n][1] * scale);
-        if (r1 < TQ) *(unsigned*)(dq + qoff + (u64)r1 * D + c) = pack2(acc[n][2] * scale, acc[n][3] * scale);
+        if (r0 < TQ) *(unsigned*)(dq + qoff + (u64)r0 * QRS + c) = pack2(acc[n][0] * scale, acc[n][1] * scale);
+        if (r1 < TQ) *(unsigned*)(dq + qoff + (u64)r1 * QRS + c) = pack2(acc[n][2] * scale, acc[n][3] * scale);
     }
 #endif
 }
@@ -881,7 +890,7 @@ DEV void attn_dq_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf1
 template <int D>
 DEV void attn_dkdv_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                       const float* di, bf16_t* dk, bf16_t* dv, const unsigned* pads, int H, int KV, int TQ,
-                      int TK, int off, int win, float scale) {
+                      int TK, int off, int win, float scale, int QHS, int QRS, int KHS, int KRS) {
 #if __CUDA_ARCH__ >= 800
     constexpr int QT = D == 128 ? 32 : 64, LD = D + 8;
     extern __shared__ __align__(16) unsigned char tsm[];
@@ -894,9 +903,9 @@ DEV void attn_dkdv_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int j0 = blockIdx.x * 64, kvh = blockIdx.y, b = blockIdx.z, rep = H / KV;
     const int pad = pads[b];
-    const u64 koff = ((u64)(b * KV + kvh) * TK) * D;
-    load_tile<D, 64>(Ks, k + koff, j0, TK);
-    load_tile<D, 64>(Vs, v + koff, j0, TK);
+    const u64 koff = (u64)b * KV * TK * D + (u64)kvh * KHS;
+    load_tile<D, 64>(Ks, k + koff, j0, TK, KRS);
+    load_tile<D, 64>(Vs, v + koff, j0, TK, KRS);
     const int kr0 = j0 + warp * 16 + g, kr1 = kr0 + 8;
     float ak[D / 8][4], av[D / 8][4];
     #pragma unroll
@@ -910,11 +919,11 @@ DEV void attn_dkdv_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     if (win > 0) qi_end = min(TQ, j_last + win - off + 1);
     for (int hh = 0; hh < rep; hh++) {
         const int h = kvh * rep + hh;
-        const u64 qoff = ((u64)(b * H + h) * TQ) * D, roff = (u64)(b * H + h) * TQ;
+        const u64 qoff = (u64)b * H * TQ * D + (u64)h * QHS, roff = (u64)(b * H + h) * TQ;
         for (int q0 = qi_begin; q0 < qi_end; q0 += QT) {
             __syncthreads();
-            load_tile<D, QT>(Qs, q + qoff, q0, TQ);
-            load_tile<D, QT>(Gs, dout + qoff, q0, TQ);
+            load_tile<D, QT>(Qs, q + qoff, q0, TQ, QRS);
+            load_tile<D, QT>(Gs, dout + qoff, q0, TQ, QRS);
             for (int i = threadIdx.x; i < QT; i += 128) {
                 Ls[i] = q0 + i < TQ ? lse[roff + q0 + i] : 0.0f;
                 Ds[i] = q0 + i < TQ ? di[roff + q0 + i] : 0.0f;
@@ -975,24 +984,24 @@ DEV void attn_dkdv_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     for (int n = 0; n < D / 8; n++) {
         int c = n * 8 + 2 * t;
         if (kr0 < TK) {
-            *(unsigned*)(dk + koff + (u64)kr0 * D + c) = pack2(ak[n][0] * scale, ak[n][1] * scale);
-            *(unsigned*)(dv + koff + (u64)kr0 * D + c) = pack2(av[n][0], av[n][1]);
+            *(unsigned*)(dk + koff + (u64)kr0 * KRS + c) = pack2(ak[n][0] * scale, ak[n][1] * scale);
+            *(unsigned*)(dv + koff + (u64)kr0 * KRS + c) = pack2(av[n][0], av[n][1]);
         }
         if (kr1 < TK) {
-            *(unsigned*)(dk + koff + (u64)kr1 * D + c) = pack2(ak[n][2] * scale, ak[n][3] * scale);
-            *(unsigned*)(dv + koff + (u64)kr1 * D + c) = pack2(av[n][2], av[n][3]);
+            *(unsigned*)(dk + koff + (u64)kr1 * KRS + c) = pack2(ak[n][2] * scale, ak[n][3] * scale);
+            *(unsigned*)(dv + koff + (u64)kr1 * KRS + c) = pack2(av[n][2], av[n][3]);
         }
     }
 #endif
 }
 
 #define ATTN_TC(D) \
-extern "C" __global__ void attn_fwd_tc_##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale) \
-    { attn_fwd_tc<D>(q, k, v, o, lse, pads, H, KV, TQ, TK, off, win, scale); } \
-extern "C" __global__ void attn_dq_tc_##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* di, bf16_t* dq, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale) \
-    { attn_dq_tc<D>(q, k, v, dout, lse, di, dq, pads, H, KV, TQ, TK, off, win, scale); } \
-extern "C" __global__ void attn_dkdv_tc_##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* di, bf16_t* dk, bf16_t* dv, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale) \
-    { attn_dkdv_tc<D>(q, k, v, dout, lse, di, dk, dv, pads, H, KV, TQ, TK, off, win, scale); }
+extern "C" __global__ void attn_fwd_tc_##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale, int QHS, int QRS, int KHS, int KRS) \
+    { attn_fwd_tc<D>(q, k, v, o, lse, pads, H, KV, TQ, TK, off, win, scale, QHS, QRS, KHS, KRS); } \
+extern "C" __global__ void attn_dq_tc_##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* di, bf16_t* dq, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale, int QHS, int QRS, int KHS, int KRS) \
+    { attn_dq_tc<D>(q, k, v, dout, lse, di, dq, pads, H, KV, TQ, TK, off, win, scale, QHS, QRS, KHS, KRS); } \
+extern "C" __global__ void attn_dkdv_tc_##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* di, bf16_t* dk, bf16_t* dv, const unsigned* pads, int H, int KV, int TQ, int TK, int off, int win, float scale, int QHS, int QRS, int KHS, int KRS) \
+    { attn_dkdv_tc<D>(q, k, v, dout, lse, di, dk, dv, pads, H, KV, TQ, TK, off, win, scale, QHS, QRS, KHS, KRS); }
 ATTN_TC(64)
 ATTN_TC(128)
 

@@ -282,6 +282,26 @@ impl Model {
         let eps = self.cfg.rms_norm_eps;
 
         let h = ops::rms_norm(x, &layer.input_norm, eps, path)?;
+        // On a GPU with nothing cached yet (training, a prompt's prefill) attention runs on the
+        // projections' own [b, t, heads, d] layout: no transposed copies of q, k, v and the output.
+        if let Some(pads) = &ctx.flash_pads
+            && cache.as_ref().is_none_or(|c| c.is_empty())
+        {
+            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd));
+            let q = heads(layer.q_proj.forward(&h, mode, rng)?, nh)?;
+            let k = heads(layer.k_proj.forward(&h, mode, rng)?, nkv)?;
+            let v = heads(layer.v_proj.forward(&h, mode, rng)?, nkv)?;
+            let q = ops::rope_thd(&q, &ctx.cos, &ctx.sin, path)?;
+            let k = ops::rope_thd(&k, &ctx.cos, &ctx.sin, path)?;
+            if let Some(c) = cache {
+                c.append(k.transpose(1, 2)?, v.transpose(1, 2)?)?;
+            }
+            let y = crate::gpu::fused::attention_thd(&q, &k, &v, pads, ctx.offset, ctx.window)?;
+            let x = (x + layer
+                .o_proj
+                .forward(&y.reshape((b, t, nh * hd))?, mode, rng)?)?;
+            return self.mlp(layer, &x, eps, path);
+        }
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
         let q = heads(layer.q_proj.forward(&h, mode, rng)?, nh)?;
         let k = heads(layer.k_proj.forward(&h, mode, rng)?, nkv)?;
@@ -304,8 +324,13 @@ impl Model {
         )?;
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         let x = (x + layer.o_proj.forward(&y, mode, rng)?)?;
+        self.mlp(layer, &x, eps, path)
+    }
 
-        let h = ops::rms_norm(&x, &layer.post_attention_norm, eps, path)?;
+    /// The layer's second half: `x + down(swiglu(gate(n), up(n)))`, `n` the post-attention norm.
+    fn mlp(&self, layer: &Layer, x: &Tensor, eps: f64, path: OpPath) -> Result<Tensor> {
+        let (mode, rng) = (self.mode, &self.dropout);
+        let h = ops::rms_norm(x, &layer.post_attention_norm, eps, path)?;
         let g = layer.gate_proj.forward(&h, mode, rng)?;
         let u = layer.up_proj.forward(&h, mode, rng)?;
         let m = layer.down_proj.forward(&ops::swiglu(&g, &u)?, mode, rng)?;

@@ -51,6 +51,15 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, path: OpPath) -> Result<Tens
     }
 }
 
+/// [`rope`] on `x: [b, t, h, d]` (the projections' layout; the GPU's attention path).
+pub fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor, path: OpPath) -> Result<Tensor> {
+    match path {
+        OpPath::Fused => candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin),
+        OpPath::Differentiable if fused::supported(x) => fused::rope_thd(x, cos, sin),
+        OpPath::Differentiable => rope(&x.transpose(1, 2)?, cos, sin, path)?.transpose(1, 2),
+    }
+}
+
 /// Scaled dot-product attention with an additive f32 mask (`0` allowed, `-inf` masked): products in
 /// the inputs' dtype, mask and softmax in f32.
 /// `q`: `[b, h, tq, d]`; `k`, `v`: `[b, kv, tk, d]` (GQA: `h` a multiple of `kv`); `mask`: `[b or 1, 1, tq, tk]`.
