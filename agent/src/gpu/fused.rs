@@ -6,7 +6,9 @@
 //!
 //! All take contiguous f32 or bf16 tensors on a CUDA device ([`supported`]); the model falls back to
 //! its basic-ops path elsewhere. Kernels: [`super::nvrtc`]. `SIZESPEC_FUSED=0` turns them all off and
-//! `SIZESPEC_FLASH=0` only the attention (for A/B benchmarks).
+//! `SIZESPEC_FLASH=0` only the attention, `SIZESPEC_FLASH_TC=0` its tensor-core kernels,
+//! `SIZESPEC_FLASH_DECODE=0` the decode-step kernel, `SIZESPEC_FUSED_LORA=0` the one-op LoRA
+//! projection (for A/B benchmarks).
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
