@@ -1007,7 +1007,7 @@ ATTN_TC(128)
 
 // ---- Decode step: one query per row (TQ = 1), split over the keys -------------------------------
 // Block (split s, KV head, row b); its 4 warps stream keys s * chunk .. (s + 1) * chunk, four keys per
-// warp at a time (lane l holds features l E .. l E + E - 1, one vector load: each K / V row is read
+// warp at a time (the next four loading meanwhile) (lane l holds features l E .. l E + E - 1, one vector load: each K / V row is read
 // coalesced, once, for every
 // query head of the group), with an online softmax per head in registers. The warps' partials are
 // merged in shared memory; with one split the block writes o and lse, else (m, l, acc) go to
@@ -1028,73 +1028,103 @@ template <int E> DEV void ldv(const bf16_t* p, float* o) {
         o[0] = __uint_as_float(v << 16); o[1] = __uint_as_float(v & 0xffff0000u);
     }
 }
-template <typename T, int D>
+template <typename T, int D, int R>
 DEV void attn_decode(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads,
-                     int H, int KV, int TK, int TKS, int off, int win, float scale, int chunk) {
+                     int H, int KV, int TK, int TKS, int off, int win, float scale, int chunk, float* sm) {
     constexpr int E = D / 32, U = 4;
-    __shared__ float qs[DEC_MAXR][D];
-    __shared__ float wm[4][DEC_MAXR], wl[4][DEC_MAXR];
-    __shared__ float wacc[4][DEC_MAXR][D];
-    const int s = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = H / KV, S = gridDim.x;
+    float (*qs)[D] = (float (*)[D])sm;                              // [R][D]
+    float (*wm)[DEC_MAXR] = (float (*)[DEC_MAXR])(sm + DEC_MAXR * D);  // [4][R]
+    float (*wl)[DEC_MAXR] = wm + 4;                                 // [4][R]
+    float (*wacc)[DEC_MAXR][D] = (float (*)[DEC_MAXR][D])(sm + DEC_MAXR * D + 8 * DEC_MAXR);  // [4][R][D]
+    const int s = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, S = gridDim.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int pad = pads[b], c = off;
-    for (int e = threadIdx.x; e < rep * D; e += blockDim.x) {
+    for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
         int r = e / D, d = e % D;
-        qs[r][d] = ldf(q, (u64)(b * H + kvh * rep + r) * D + d) * scale;
+        qs[r][d] = ldf(q, (u64)(b * H + kvh * R + r) * D + d) * scale;
     }
     __syncthreads();
-    float qr[DEC_MAXR][E], acc[DEC_MAXR][E], m[DEC_MAXR], l[DEC_MAXR];
+    float qr[R][E], acc[R][E], m[R], l[R];
     #pragma unroll
-    for (int r = 0; r < DEC_MAXR; r++) {
+    for (int r = 0; r < R; r++) {
         m[r] = -INFINITY; l[r] = 0.0f;
         #pragma unroll
-        for (int i = 0; i < E; i++) { qr[r][i] = r < rep ? qs[r][lane * E + i] : 0.0f; acc[r][i] = 0.0f; }
+        for (int i = 0; i < E; i++) { qr[r][i] = qs[r][lane * E + i]; acc[r][i] = 0.0f; }
     }
     const u64 kb = ((u64)(b * KV + kvh) * TKS) * D;  // TKS >= TK: the cache buffer's columns
     int j0 = max(s * chunk, min(pad, c));
     if (win > 0) j0 = max(j0, c - win);
     const int j1 = min(TK, (s + 1) * chunk);
-    // U keys per warp per iteration, all loads issued before any use (latency, not bandwidth,
-    // bounds a warp that waits on one row at a time).
-    for (int j = j0 + warp * U; j < j1; j += 4 * U) {
-        float kx[U][E], vx[U][E];
+    // U keys per warp per step; the next step's rows are loaded while this step's are used.
+    float kx[U][E], vx[U][E];
+    int j = j0 + warp * U;
+    #pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int jj = max(0, min(j + u, j1 - 1));
+        ldv<E>(k + kb + (u64)jj * D + lane * E, kx[u]);
+        ldv<E>(v + kb + (u64)jj * D + lane * E, vx[u]);
+    }
+    for (; j < j1; j += 4 * U) {
+        float kn[U][E], vn[U][E];
         #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int jj = min(j + u, j1 - 1);
-            ldv<E>(k + kb + (u64)jj * D + lane * E, kx[u]);
-            ldv<E>(v + kb + (u64)jj * D + lane * E, vx[u]);
+            const int jj = max(0, min(j + 4 * U + u, j1 - 1));
+            ldv<E>(k + kb + (u64)jj * D + lane * E, kn[u]);
+            ldv<E>(v + kb + (u64)jj * D + lane * E, vn[u]);
         }
+        float d[U][R];
         #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const bool vis = j + u < j1 && visible(c, j + u, pad, win);
+        for (int u = 0; u < U; u++)
             #pragma unroll
-            for (int r = 0; r < DEC_MAXR; r++) {
-                if (r >= rep) break;
-                float d = 0.0f;
+            for (int r = 0; r < R; r++) {
+                float x = 0.0f;
                 #pragma unroll
-                for (int i = 0; i < E; i++) d = fmaf(qr[r][i], kx[u][i], d);
-                #pragma unroll
-                for (int w = 16; w > 0; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
-                if (!vis) continue;
-                float mn = fmaxf(m[r], d);
-                float corr = __expf(m[r] - mn), p = __expf(d - mn);
-                l[r] = l[r] * corr + p;
-                #pragma unroll
-                for (int i = 0; i < E; i++) acc[r][i] = fmaf(p, vx[u][i], acc[r][i] * corr);
-                m[r] = mn;
+                for (int i = 0; i < E; i++) x = fmaf(qr[r][i], kx[u][i], x);
+                d[u][r] = x;
             }
+        #pragma unroll
+        for (int w = 16; w > 0; w >>= 1)
+            #pragma unroll
+            for (int u = 0; u < U; u++)
+                #pragma unroll
+                for (int r = 0; r < R; r++) d[u][r] += __shfl_xor_sync(0xffffffffu, d[u][r], w);
+        bool vis[U];
+        #pragma unroll
+        for (int u = 0; u < U; u++) vis[u] = j + u < j1 && visible(c, j + u, pad, win);
+        #pragma unroll
+        for (int r = 0; r < R; r++) {
+            float mx = -INFINITY;
+            #pragma unroll
+            for (int u = 0; u < U; u++) if (vis[u]) mx = fmaxf(mx, d[u][r]);
+            if (mx == -INFINITY) continue;
+            const float mn = fmaxf(m[r], mx), corr = __expf(m[r] - mn);
+            float p[U], ps = 0.0f;
+            #pragma unroll
+            for (int u = 0; u < U; u++) { p[u] = vis[u] ? __expf(d[u][r] - mn) : 0.0f; ps += p[u]; }
+            l[r] = l[r] * corr + ps;
+            #pragma unroll
+            for (int i = 0; i < E; i++) {
+                float a = acc[r][i] * corr;
+                #pragma unroll
+                for (int u = 0; u < U; u++) a = fmaf(p[u], vx[u][i], a);
+                acc[r][i] = a;
+            }
+            m[r] = mn;
         }
+        #pragma unroll
+        for (int u = 0; u < U; u++)
+            #pragma unroll
+            for (int i = 0; i < E; i++) { kx[u][i] = kn[u][i]; vx[u][i] = vn[u][i]; }
     }
     #pragma unroll
-    for (int r = 0; r < DEC_MAXR; r++) {
-        if (r >= rep) break;
+    for (int r = 0; r < R; r++) {
         if (lane == 0) { wm[warp][r] = m[r]; wl[warp][r] = l[r]; }
         #pragma unroll
         for (int i = 0; i < E; i++) wacc[warp][r][lane * E + i] = acc[r][i];
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < rep * D; e += blockDim.x) {
-        int r = e / D, d = e % D, h = kvh * rep + r;
+    for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
+        int r = e / D, d = e % D, h = kvh * R + r;
         float M = fmaxf(fmaxf(wm[0][r], wm[1][r]), fmaxf(wm[2][r], wm[3][r]));
         float L = 0.0f, A = 0.0f;
         if (M != -INFINITY) {
@@ -1114,6 +1144,23 @@ DEV void attn_decode(const T* q, const T* k, const T* v, T* o, float* lse, float
             pp[d] = A;
             if (d == 0) { pp[D] = M; pp[D + 1] = L; }
         }
+    }
+}
+// The group size as a compile-time constant: the U x R dot products reduce interleaved.
+template <typename T, int D>
+DEV void attn_decode_any(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads,
+                         int H, int KV, int TK, int TKS, int off, int win, float scale, int chunk) {
+    // One shared buffer for every instantiation (each would otherwise get its own).
+    __shared__ float sm[DEC_MAXR * D + 8 * DEC_MAXR + 4 * DEC_MAXR * D];
+    switch (H / KV) {
+        case 1: attn_decode<T, D, 1>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        case 2: attn_decode<T, D, 2>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        case 3: attn_decode<T, D, 3>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        case 4: attn_decode<T, D, 4>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        case 5: attn_decode<T, D, 5>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        case 6: attn_decode<T, D, 6>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        case 7: attn_decode<T, D, 7>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
+        default: attn_decode<T, D, 8>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk, sm); break;
     }
 }
 // Merge the splits of attn_decode: block = one (row, head), D threads.
@@ -1136,7 +1183,7 @@ DEV void attn_decode_combine(const float* part, T* o, float* lse, int S, int D) 
 }
 #define ATTN_DEC(T, TN, D) \
 extern "C" __global__ void attn_decode_##TN##_##D(const T* q, const T* k, const T* v, T* o, float* lse, float* part, const unsigned* pads, int H, int KV, int TK, int TKS, int off, int win, float scale, int chunk) \
-    { attn_decode<T, D>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk); }
+    { attn_decode_any<T, D>(q, k, v, o, lse, part, pads, H, KV, TK, TKS, off, win, scale, chunk); }
 ATTN_DEC(float, f32, 64)
 ATTN_DEC(float, f32, 128)
 ATTN_DEC(bf16_t, bf16, 64)
