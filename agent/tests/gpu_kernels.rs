@@ -182,21 +182,49 @@ const TOL: [(DType, f32); 2] = [(DType::F32, 1e-4), (DType::BF16, 5e-2)];
 
 #[test]
 fn fused_rms_norm_rope_swiglu_match_basic_ops() {
-    if gpu().is_none() {
+    let Some(dev) = gpu() else {
         return;
-    }
+    };
     for (dt, tol) in TOL {
-        let w = rand(&[96], 3).affine(0.5, 1.0).unwrap();
-        check("rms_norm", &[rand(&[3, 5, 96], 1)], dt, tol, |t, fz| {
-            // The same call both sides: on the GPU it dispatches to the fused kernel.
-            let _ = fz;
-            let w = w
-                .to_dtype(t[0].dtype())
-                .unwrap()
-                .to_device(t[0].device())
-                .unwrap();
-            ops::rms_norm(&t[0], &w, 1e-5, OpPath::Differentiable).unwrap()
-        });
+        // 96: our kernel (pairs of elements); 95: the odd row falls back to candle's forward.
+        for h in [96, 95] {
+            let w = rand(&[h], 3).affine(0.5, 1.0).unwrap();
+            check(
+                &format!("rms_norm {h}"),
+                &[rand(&[3, 5, h], 1)],
+                dt,
+                tol,
+                |t, fz| {
+                    // The same call both sides: on the GPU it dispatches to the fused kernel.
+                    let _ = fz;
+                    let w = w
+                        .to_dtype(t[0].dtype())
+                        .unwrap()
+                        .to_device(t[0].device())
+                        .unwrap();
+                    ops::rms_norm(&t[0], &w, 1e-5, OpPath::Differentiable).unwrap()
+                },
+            );
+        }
+        // The inference path (no graph) runs the same forward kernel.
+        let x = rand(&[4, 96], 11).to_dtype(dt).unwrap();
+        let w = rand(&[96], 12)
+            .affine(0.5, 1.0)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let on = |t: &Tensor| t.to_device(&dev).unwrap();
+        let got = ops::rms_norm(&on(&x), &on(&w), 1e-5, OpPath::Fused).unwrap();
+        let want = ops::rms_norm(&x, &w, 1e-5, OpPath::Differentiable).unwrap();
+        let e = rel(&got, &want);
+        assert!(e < tol, "rms_norm inference path {dt:?}: rel. err {e}");
+        check(
+            "swiglu odd",
+            &[rand(&[3, 7], 9), rand(&[3, 7], 10)],
+            dt,
+            tol,
+            |t, _| ops::swiglu(&t[0], &t[1]).unwrap(),
+        );
         let cos = rand(&[2, 7, 32], 4);
         let sin = rand(&[2, 7, 32], 5);
         check("rope", &[rand(&[2, 3, 7, 64], 6)], dt, tol, |t, _| {

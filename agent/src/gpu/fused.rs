@@ -129,13 +129,22 @@ impl CustomOp1 for Attach {
     }
 }
 
-/// RMSNorm `x · (mean(x²) + eps)^-½ · w` over the last dimension: candle's fused kernel forward,
-/// our kernel backward (input gradient only: the norm weight is frozen).
+/// RMSNorm `x · (mean(x²) + eps)^-½ · w` over the last dimension: our kernels forward
+/// ([`rms_norm_fwd`]) and backward (input gradient only: the norm weight is frozen).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let y = candle_nn::ops::rms_norm(&x.detach(), w, eps as f32)?;
+    let y = rms_norm_fwd(&x.detach(), w, eps)?;
     let (xd, w) = (x.detach(), w.clone());
     Attach::apply(&x, y, move |g| imp::rms_bwd(&xd, &w, &g.contiguous()?, eps))
+}
+
+/// RMSNorm forward without a graph: our kernel (one block per row, element pairs), candle's when
+/// the row length or an offset is odd.
+pub fn rms_norm_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    match imp::rms_fwd(x, w, eps)? {
+        Some(y) => Ok(y),
+        None => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
+    }
 }
 
 /// Rotary embedding, HF "rotate half" layout: candle's fused kernel both ways (the backward is the
@@ -202,6 +211,9 @@ mod imp {
         candle_core::bail!("fused ops need a build with the `cuda` feature")
     }
     pub(super) fn rms_bwd(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub(super) fn rms_fwd(_: &Tensor, _: &Tensor, _: f64) -> Result<Option<Tensor>> {
         no_cuda()
     }
     pub fn swiglu(_: &Tensor, _: &Tensor) -> Result<Tensor> {
@@ -443,7 +455,10 @@ mod imp {
             let n64 = n as u64;
             by_dtype!(g.dtype(), T => {
                 let y = alloc::<T>(&dev, n)?;
-                launch!(&dev, &name, nvrtc::elementwise(n),
+                if !(n.is_multiple_of(2) && gr.start.is_multiple_of(2) && ur.start.is_multiple_of(2)) {
+                    candle_core::bail!("fused swiglu: odd size or offset (the kernel reads pairs)");
+                }
+                launch!(&dev, &name, nvrtc::elementwise(n / 2),
                     &g.as_cuda_slice::<T>()?.slice(gr), &u.as_cuda_slice::<T>()?.slice(ur), &y, &n64);
                 Ok((CudaStorage::wrap_cuda_slice(y, dev), gl.shape().clone()))
             })
@@ -476,7 +491,45 @@ mod imp {
         if g.shape() != u.shape() || g.dtype() != u.dtype() {
             candle_core::bail!("fused swiglu: {:?} vs {:?}", g.shape(), u.shape());
         }
-        g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
+        if !g.elem_count().is_multiple_of(2) {
+            return g.silu()? * u;
+        }
+        // The kernel reads pairs: each operand must start on an even element.
+        let even = |t: &Tensor| -> Result<Tensor> {
+            let t = t.contiguous()?;
+            if t.layout().start_offset().is_multiple_of(2) {
+                Ok(t)
+            } else {
+                t.force_contiguous()
+            }
+        };
+        even(g)?.apply_op2(&even(u)?, SwiGlu)
+    }
+
+    /// RMSNorm forward without a graph (our kernel: one block per row, pairs of elements), or
+    /// `None` when the row length or an offset is odd.
+    pub(super) fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+        let h = x.dim(candle_core::D::Minus1)?;
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let even = [h, x.layout().start_offset(), w.layout().start_offset()];
+        if !even.iter().all(|v| v.is_multiple_of(2))
+            || w.elem_count() != h
+            || w.dtype() != x.dtype()
+        {
+            return Ok(None);
+        }
+        let rows = x.elem_count() / h.max(1);
+        let (rx, rw) = (Raw::of(&x)?, Raw::of(&w)?);
+        let dev = rx.cuda().device().clone();
+        let name = format!("rms_fwd_{}", suffix(x.dtype())?);
+        let (h32, eps) = (h as i32, eps as f32);
+        let threads = if h >= 2048 { 256 } else { 128 };
+        by_dtype!(x.dtype(), T => {
+            let y = alloc::<T>(&dev, x.elem_count())?;
+            launch!(&dev, &name, rows_cfg(rows, threads), &rx.view::<T>()?, &rw.view::<T>()?, &y,
+                &h32, &eps);
+            Ok(Some(emit(&x, y, &dev, x.shape())?))
+        })
     }
 
     struct CrossEntropy;

@@ -88,6 +88,41 @@ DEV float block_max(float v, float* sh) {
     return t;
 }
 
+// Two consecutive elements (i even, the row's base even) as f32 / from f32: one 4- or 8-byte access.
+DEV void ld2(const float* p, u64 i, float& a, float& b) { float2 v = *(const float2*)(p + i); a = v.x; b = v.y; }
+DEV void ld2(const bf16_t* p, u64 i, float& a, float& b) {
+    unsigned v = *(const unsigned*)(p + i);
+    a = __uint_as_float(v << 16); b = __uint_as_float(v & 0xffff0000u);
+}
+DEV void st2(float* p, u64 i, float a, float b) { *(float2*)(p + i) = make_float2(a, b); }
+DEV void st2(bf16_t* p, u64 i, float a, float b) {
+    *(unsigned*)(p + i) = (unsigned)f32_to_bf16(a) | ((unsigned)f32_to_bf16(b) << 16);
+}
+
+// ---- RMSNorm forward: y = x (mean(x^2) + eps)^-1/2 w; one block per row, pairs of elements -----
+// (candle's kernel runs 1,024 threads on a row of 3,072 and reached ~0.6 TB/s on an H100).
+template <typename T>
+DEV void rms_fwd(const T* x, const T* w, T* y, int H, float eps) {
+    __shared__ float sh[32];
+    const u64 base = (u64)blockIdx.x * H;
+    float ss = 0.0f;
+    for (int i = 2 * threadIdx.x; i < H; i += 2 * blockDim.x) {
+        float a, b;
+        ld2(x, base + i, a, b);
+        ss += a * a + b * b;
+    }
+    ss = block_sum(ss, sh);
+    const float r = rsqrtf(ss / H + eps);
+    for (int i = 2 * threadIdx.x; i < H; i += 2 * blockDim.x) {
+        float a, b, wa, wb;
+        ld2(x, base + i, a, b);
+        ld2(w, i, wa, wb);
+        st2(y, base + i, a * r * wa, b * r * wb);
+    }
+}
+extern "C" __global__ void rms_fwd_f32(const float* x, const float* w, float* y, int H, float eps) { rms_fwd(x, w, y, H, eps); }
+extern "C" __global__ void rms_fwd_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int H, float eps) { rms_fwd(x, w, y, H, eps); }
+
 // ---- RMSNorm backward (input gradient only; the norm weight is frozen) --------------------------
 // y = (x r) w with r = (mean(x^2) + eps)^-1/2  =>  dx = r dn - r^3 x mean(dn x), dn = dy w.
 template <typename T>
@@ -113,11 +148,14 @@ extern "C" __global__ void rms_bwd_f32(const float* x, const float* w, const flo
 extern "C" __global__ void rms_bwd_bf16(const bf16_t* x, const bf16_t* w, const bf16_t* dy, bf16_t* dx, int H, float eps) { rms_bwd(x, w, dy, dx, H, eps); }
 
 // ---- SwiGLU: y = silu(g) u ----------------------------------------------------------------------
+// Forward on pairs of elements (n even: the host checks).
 template <typename T>
 DEV void swiglu_fwd(const T* g, const T* u, T* y, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float gv = ldf(g, i);
-        stf(y, i, gv / (1.0f + __expf(-gv)) * ldf(u, i));
+    for (u64 i = 2 * (blockIdx.x * (u64)blockDim.x + threadIdx.x); i < n; i += 2 * (u64)gridDim.x * blockDim.x) {
+        float g0, g1, u0, u1;
+        ld2(g, i, g0, g1);
+        ld2(u, i, u0, u1);
+        st2(y, i, g0 / (1.0f + __expf(-g0)) * u0, g1 / (1.0f + __expf(-g1)) * u1);
     }
 }
 template <typename T>

@@ -21,6 +21,7 @@ pub enum OpPath {
 /// RMSNorm over the last dimension, computed in f32 and cast back to `x`'s dtype.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, path: OpPath) -> Result<Tensor> {
     match path {
+        OpPath::Fused if fused::supported(x) => fused::rms_norm_fwd(x, weight, eps),
         OpPath::Fused if x.is_contiguous() => candle_nn::ops::rms_norm(x, weight, eps as f32),
         OpPath::Differentiable if fused::supported(x) => fused::rms_norm(x, weight, eps),
         _ => {
