@@ -193,11 +193,16 @@ impl LoraDropout {
     }
 }
 
+/// Whether this build runs LoRA projections on a GPU as [`lora_linear`] (not switched off).
+pub fn lora_op_enabled() -> bool {
+    cfg!(feature = "cuda") && !off("SIZESPEC_FUSED") && !off("SIZESPEC_FUSED_LORA")
+}
+
 /// Whether [`lora_linear`] can run: the fused ops' conditions, a dense frozen weight of `x`'s
 /// dtype on its device, not switched off (`SIZESPEC_FUSED_LORA=0`).
 pub fn lora_supported(x: &Tensor, w: &Tensor) -> bool {
     supported(x)
-        && !off("SIZESPEC_FUSED_LORA")
+        && lora_op_enabled()
         && w.dtype() == x.dtype()
         && w.device().same_device(x.device())
         && w.rank() == 2
