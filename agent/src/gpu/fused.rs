@@ -868,64 +868,45 @@ mod imp {
                 self.window,
             ];
             let stream = dev.cuda_stream();
-            {
-                let smem = tc_smem_bytes("dq", g.d);
-                let func = attn_func(dev, &format!("attn_dq_tc_{}", g.d), smem)?;
-                let cfg = LaunchConfig {
-                    grid_dim: (g.tq.div_ceil(BQ) as u32, g.h as u32, g.b as u32),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: smem,
+            // attn_{dq,dkdv}_tc_D: the same operands, then its outputs, then the same scalars.
+            let launch =
+                |kernel: &str, grid: (u32, u32, u32), outs: &[&CudaSlice<T>]| -> Result<()> {
+                    let smem = tc_smem_bytes(kernel, g.d);
+                    let func = attn_func(dev, &format!("attn_{kernel}_tc_{}", g.d), smem)?;
+                    let cfg = LaunchConfig {
+                        grid_dim: grid,
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: smem,
+                    };
+                    let mut b = stream.launch_builder(&func);
+                    b.arg(&qv).arg(&kv_).arg(&vv).arg(&dov).arg(lse).arg(&di);
+                    for o in outs {
+                        b.arg(*o);
+                    }
+                    b.arg(pads);
+                    for i in &ints {
+                        b.arg(i);
+                    }
+                    b.arg(&self.scale);
+                    for st in &g.strides {
+                        b.arg(st);
+                    }
+                    // SAFETY: shapes checked in `geometry`; dq has q's size, dk and dv k's and v's,
+                    // di one f32 per query row; the argument order is the kernels' signature.
+                    #[allow(unsafe_code)]
+                    unsafe { b.launch(cfg) }.w()?;
+                    Ok(())
                 };
-                let mut b = stream.launch_builder(&func);
-                b.arg(&qv)
-                    .arg(&kv_)
-                    .arg(&vv)
-                    .arg(&dov)
-                    .arg(lse)
-                    .arg(&di)
-                    .arg(&dq)
-                    .arg(pads);
-                for i in &ints {
-                    b.arg(i);
-                }
-                b.arg(&self.scale);
-                for st in &g.strides {
-                    b.arg(st);
-                }
-                // SAFETY: shapes checked in `geometry`; dq has q's size, di one f32 per query row;
-                // the signature is attn_dq_tc_*'s.
-                #[allow(unsafe_code)]
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            {
-                let smem = tc_smem_bytes("dkdv", g.d);
-                let func = attn_func(dev, &format!("attn_dkdv_tc_{}", g.d), smem)?;
-                let cfg = LaunchConfig {
-                    grid_dim: (g.tk.div_ceil(64) as u32, g.kv as u32, g.b as u32),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: smem,
-                };
-                let mut b = stream.launch_builder(&func);
-                b.arg(&qv)
-                    .arg(&kv_)
-                    .arg(&vv)
-                    .arg(&dov)
-                    .arg(lse)
-                    .arg(&di)
-                    .arg(&dk)
-                    .arg(&dv)
-                    .arg(pads);
-                for i in &ints {
-                    b.arg(i);
-                }
-                b.arg(&self.scale);
-                for st in &g.strides {
-                    b.arg(st);
-                }
-                // SAFETY: as above; dk, dv have k's and v's sizes.
-                #[allow(unsafe_code)]
-                unsafe { b.launch(cfg) }.w()?;
-            }
+            launch(
+                "dq",
+                (g.tq.div_ceil(BQ) as u32, g.h as u32, g.b as u32),
+                &[&dq],
+            )?;
+            launch(
+                "dkdv",
+                (g.tk.div_ceil(64) as u32, g.kv as u32, g.b as u32),
+                &[&dk, &dv],
+            )?;
             Ok((
                 Some(emit(q, dq, dev, q.shape())?),
                 Some(emit(k, dk, dev, k.shape())?),

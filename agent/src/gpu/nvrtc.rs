@@ -667,6 +667,17 @@ DEV void load_tile_async(bf16_t* s, const bf16_t* g, int r0, int nrows, int rs) 
 }
 template <int N>
 DEV void cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+// acc (16 x D, C fragments) += a (16 x 16) . tile[k0 .. k0 + 15][0 .. D - 1], the tile stored [k][n].
+template <int D, int LD>
+DEV void mma_rows(float (*acc)[4], const unsigned* a, const bf16_t* tile, int k0, int lane) {
+    #pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+        unsigned bb[4];
+        frag_b_kn<LD>(bb, tile, k0, n * 8, lane);
+        mma_bf16(acc[n], a, bb[0], bb[1]);
+        mma_bf16(acc[n + 1], a, bb[2], bb[3]);
+    }
+}
 // The C fragments of n-tiles 2 kk, 2 kk + 1 as the A fragment of the next product (k = their columns).
 DEV void c_to_a(unsigned* a, const float* c0, const float* c1) {
     a[0] = pack2(c0[0], c0[1]);
@@ -787,13 +798,7 @@ DEV void attn_fwd_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* 
         for (int kk = 0; kk < KT / 16; kk++) {
             unsigned pa[4];
             c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-            #pragma unroll
-            for (int n = 0; n < D / 8; n += 2) {
-                unsigned bb[4];
-                frag_b_kn<LD>(bb, Vs, kk * 16, n * 8, lane);
-                mma_bf16(acc[n], pa, bb[0], bb[1]);
-                mma_bf16(acc[n + 1], pa, bb[2], bb[3]);
-            }
+            mma_rows<D, LD>(acc, pa, Vs, kk * 16, lane);
         }
         __syncthreads();  // this buffer is the target of the next iteration's copies
     }
@@ -904,13 +909,7 @@ DEV void attn_dq_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf1
         for (int kk = 0; kk < KT / 16; kk++) {
             unsigned sa[4];
             c_to_a(sa, s[2 * kk], s[2 * kk + 1]);
-            #pragma unroll
-            for (int n = 0; n < D / 8; n += 2) {
-                unsigned bb[4];
-                frag_b_kn<LD>(bb, Ks, kk * 16, n * 8, lane);
-                mma_bf16(acc[n], sa, bb[0], bb[1]);
-                mma_bf16(acc[n + 1], sa, bb[2], bb[3]);
-            }
+            mma_rows<D, LD>(acc, sa, Ks, kk * 16, lane);
         }
     }
     #pragma unroll
@@ -1005,6 +1004,7 @@ DEV void attn_dkdv_tc(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
                 unsigned pa[4], sa[4];
                 c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
                 c_to_a(sa, dp[2 * kk], dp[2 * kk + 1]);
+                // mma_rows for dv and dk, interleaved per column pair (the measured schedule).
                 #pragma unroll
                 for (int n = 0; n < D / 8; n += 2) {
                     unsigned bb[4];

@@ -282,48 +282,47 @@ impl Model {
         let eps = self.cfg.rms_norm_eps;
 
         let h = ops::rms_norm(x, &layer.input_norm, eps, path)?;
-        // On a GPU with nothing cached yet (training, a prompt's prefill) attention runs on the
-        // projections' own [b, t, heads, d] layout: no transposed copies of q, k, v and the output.
-        if let Some(pads) = &ctx.flash_pads
-            && cache.as_ref().is_none_or(|c| c.is_empty())
-        {
-            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd));
-            let q = heads(layer.q_proj.forward(&h, mode, rng)?, nh)?;
-            let k = heads(layer.k_proj.forward(&h, mode, rng)?, nkv)?;
-            let v = heads(layer.v_proj.forward(&h, mode, rng)?, nkv)?;
-            let q = ops::rope_thd(&q, &ctx.cos, &ctx.sin, path)?;
-            let k = ops::rope_thd(&k, &ctx.cos, &ctx.sin, path)?;
-            if let Some(c) = cache {
-                c.append(k.transpose(1, 2)?, v.transpose(1, 2)?)?;
-            }
-            let y = crate::gpu::fused::attention_thd(&q, &k, &v, pads, ctx.offset, ctx.window)?;
-            let x = (x + layer
-                .o_proj
-                .forward(&y.reshape((b, t, nh * hd))?, mode, rng)?)?;
-            return self.mlp(layer, &x, eps, path);
-        }
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+        // Projections as [b, t, heads, d]: a view of their [b, t, heads * d] output.
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd));
         let q = heads(layer.q_proj.forward(&h, mode, rng)?, nh)?;
         let k = heads(layer.k_proj.forward(&h, mode, rng)?, nkv)?;
         let v = heads(layer.v_proj.forward(&h, mode, rng)?, nkv)?;
-        let q = ops::rope(&q, &ctx.cos, &ctx.sin, path)?;
-        let k = ops::rope(&k, &ctx.cos, &ctx.sin, path)?;
-        let (k, v) = match cache {
-            Some(c) => c.append(k, v.contiguous()?)?,
-            None => (k, v),
+        let y = match &ctx.flash_pads {
+            // On a GPU with nothing cached yet (training, a prompt's prefill) attention runs on
+            // that layout: no transposed copies of q, k, v and the output.
+            Some(pads) if cache.as_ref().is_none_or(|c| c.is_empty()) => {
+                let q = ops::rope_thd(&q, &ctx.cos, &ctx.sin, path)?;
+                let k = ops::rope_thd(&k, &ctx.cos, &ctx.sin, path)?;
+                if let Some(c) = cache {
+                    c.append(k.transpose(1, 2)?, v.transpose(1, 2)?)?;
+                }
+                crate::gpu::fused::attention_thd(&q, &k, &v, pads, ctx.offset, ctx.window)?
+            }
+            // Elsewhere on [b, heads, t, d], the cache's layout.
+            _ => {
+                let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
+                let q = ops::rope(&q, &ctx.cos, &ctx.sin, path)?;
+                let k = ops::rope(&k, &ctx.cos, &ctx.sin, path)?;
+                let (k, v) = match cache {
+                    Some(c) => c.append(k, v.contiguous()?)?,
+                    None => (k, v),
+                };
+                ops::attention_padded(
+                    &q,
+                    &k,
+                    &v,
+                    ctx.mask.as_ref(),
+                    ctx.flash_pads.as_ref(),
+                    ctx.offset,
+                    ctx.window,
+                    path,
+                )?
+                .transpose(1, 2)?
+            }
         };
-        let y = ops::attention_padded(
-            &q,
-            &k,
-            &v,
-            ctx.mask.as_ref(),
-            ctx.flash_pads.as_ref(),
-            ctx.offset,
-            ctx.window,
-            path,
-        )?;
-        let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        let x = (x + layer.o_proj.forward(&y, mode, rng)?)?;
+        let x = (x + layer
+            .o_proj
+            .forward(&y.reshape((b, t, nh * hd))?, mode, rng)?)?;
         self.mlp(layer, &x, eps, path)
     }
 
