@@ -39,6 +39,7 @@ fn tiny(vocab_size: usize) -> Tiny {
         intermediate: 128,
         // Small enough that the tied head's initial logits are moderate (loss starts near ln(vocab)).
         embed_scale: 0.3,
+        tied: true,
     }
 }
 

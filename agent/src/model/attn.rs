@@ -137,6 +137,17 @@ pub struct LayerCache {
     pub v: Option<Tensor>,
     buf: Option<(Tensor, Tensor)>,
     capacity: usize,
+    prealloc: Prealloc,
+}
+
+/// Where a [`LayerCache`] with a capacity preallocates its buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Prealloc {
+    /// On a GPU only: the CPU path grows by concatenation (its results stay byte-identical).
+    #[default]
+    GpuOnly,
+    /// On any device: lets the CPU tests exercise the buffer's bookkeeping.
+    AnyDevice,
 }
 
 impl LayerCache {
@@ -144,7 +155,8 @@ impl LayerCache {
     pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let len = self.len();
         let t = k.dim(2)?;
-        if self.capacity > 0 && k.device().is_cuda() && len + t <= self.capacity {
+        let on_device = k.device().is_cuda() || self.prealloc == Prealloc::AnyDevice;
+        if self.capacity > 0 && on_device && len + t <= self.capacity {
             if self.buf.is_none() {
                 let (b, kv, _, d) = k.dims4()?;
                 let shape = (b, kv, self.capacity, d);
@@ -208,6 +220,22 @@ impl KvCache {
         }
     }
 
+    /// A preallocating cache on any device, the CPU included (tests of the buffer bookkeeping).
+    #[doc(hidden)]
+    pub fn preallocated_on_any_device(num_layers: usize, capacity: usize) -> Self {
+        let mut cache = Self::with_capacity(num_layers, capacity);
+        for l in &mut cache.layers {
+            l.prealloc = Prealloc::AnyDevice;
+        }
+        cache
+    }
+
+    /// Whether layer 0 holds a preallocated buffer (tests).
+    #[doc(hidden)]
+    pub fn is_preallocated(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.buf.is_some())
+    }
+
     /// Columns cached (the `offset` of the next [`AttnCtx`]).
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, LayerCache::len)
@@ -229,13 +257,95 @@ impl KvCache {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), &dev)?;
         for l in &mut self.layers {
-            if let (Some(k), Some(v)) = (&l.k, &l.v) {
-                l.k = Some(k.index_select(&idx, 0)?);
-                l.v = Some(v.index_select(&idx, 0)?);
-                // The buffer holds the old rows: the next append moves the kept ones into a new one.
-                l.buf = None;
+            let (Some(k), Some(v)) = (&l.k, &l.v) else {
+                continue;
+            };
+            if let Some((kb, vb)) = &l.buf {
+                // `k`/`v` are views of the preallocated buffer, which index-select cannot read on
+                // a GPU: select the kept rows of the whole (contiguous) buffer instead, so the
+                // cache keeps its capacity and later steps still write in place.
+                let len = k.dim(2)?;
+                let (kb, vb) = (kb.index_select(&idx, 0)?, vb.index_select(&idx, 0)?);
+                l.k = Some(kb.narrow(2, 0, len)?);
+                l.v = Some(vb.narrow(2, 0, len)?);
+                l.buf = Some((kb, vb));
+            } else {
+                l.k = Some(k.contiguous()?.index_select(&idx, 0)?);
+                l.v = Some(v.contiguous()?.index_select(&idx, 0)?);
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::KvCache;
+
+    /// `[b, kv, t, d]` keys whose every value names its row, column and channel.
+    fn columns(rows: &[u32], t0: usize, t: usize) -> Tensor {
+        let (kv, d) = (2usize, 3usize);
+        let mut v = Vec::new();
+        for &r in rows {
+            for h in 0..kv {
+                for c in t0..t0 + t {
+                    for j in 0..d {
+                        v.push((r * 10_000 + h as u32 * 1_000 + c as u32 * 10 + j as u32) as f32);
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(v, (rows.len(), kv, t, d), &Device::Cpu).unwrap()
+    }
+
+    fn grown(c: &KvCache) -> Vec<f32> {
+        c.layers[0]
+            .k
+            .as_ref()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Rows dropped from a preallocated cache (which holds views of its buffer) keep their columns,
+    /// the buffer keeps its capacity, and the next column is written in place for the kept rows:
+    /// the same keys as a cache that grows by concatenation.
+    #[test]
+    fn dropping_rows_from_a_preallocated_cache_keeps_the_buffer_and_the_keys() {
+        let mut pre = KvCache::preallocated_on_any_device(1, 8);
+        let mut cat = KvCache::new(1);
+        for c in [&mut pre, &mut cat] {
+            let k = columns(&[0, 1, 2], 0, 4);
+            c.layers[0].append(k.clone(), k).unwrap();
+            let k = columns(&[0, 1, 2], 4, 1);
+            c.layers[0].append(k.clone(), k).unwrap();
+        }
+        assert!(pre.is_preallocated() && !cat.is_preallocated());
+        for c in [&mut pre, &mut cat] {
+            c.select_rows(&[2, 0]).unwrap();
+            assert_eq!(c.len(), 5);
+        }
+        assert!(pre.is_preallocated(), "the buffer survives a row drop");
+        assert_eq!(grown(&pre), grown(&cat));
+        for c in [&mut pre, &mut cat] {
+            let k = columns(&[2, 0], 5, 1);
+            c.layers[0].append(k.clone(), k).unwrap();
+        }
+        assert_eq!(pre.len(), 6);
+        assert_eq!(grown(&pre), grown(&cat));
+        let want: Vec<f32> = columns(&[2, 0], 0, 6)
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            grown(&pre),
+            want,
+            "rows 2 and 0, all six columns, in that order"
+        );
     }
 }

@@ -16,8 +16,11 @@ pub struct Tiny {
     pub heads: usize,
     pub kv_heads: usize,
     pub intermediate: usize,
-    /// Half-width of the uniform embedding init (the embedding is also the tied output head).
+    /// Half-width of the uniform embedding init (the embedding is also the output head when tied).
     pub embed_scale: f32,
+    /// Whether the output head is the embedding. A tied tiny random model mostly echoes its last
+    /// token; an untied one produces varied sequences.
+    pub tied: bool,
 }
 
 impl Default for Tiny {
@@ -30,6 +33,7 @@ impl Default for Tiny {
             kv_heads: 2,
             intermediate: 64,
             embed_scale: 1.0,
+            tied: true,
         }
     }
 }
@@ -52,7 +56,7 @@ impl Tiny {
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "max_position_embeddings": 512,
-            "tie_word_embeddings": true,
+            "tie_word_embeddings": self.tied,
             "bos_token_id": 1,
             "eos_token_id": 2,
             "hidden_act": "silu",
@@ -95,6 +99,9 @@ impl Tiny {
             "model.embed_tokens.weight".to_string(),
             rand(&[self.vocab, h], self.embed_scale),
         );
+        if !self.tied {
+            t.insert("lm_head.weight".to_string(), rand(&[self.vocab, h], 1.0));
+        }
         t.insert(
             "model.norm.weight".to_string(),
             Tensor::ones(h, DType::F32, &Device::Cpu).unwrap(),
