@@ -259,7 +259,7 @@ fn display() -> Display {
     if std::io::stderr().is_terminal() {
         Display::Bars
     } else {
-        Display::Hidden
+        Display::Lines
     }
 }
 
@@ -279,11 +279,26 @@ async fn watch(
         .await?
         .into_inner();
     let mut view = ProgressView::new(display());
-    while let Some(ev) = stream.message().await? {
+    let mut ticks = tokio::time::interval(coordinator::progress::LINE_INTERVAL);
+    loop {
+        let ev = tokio::select! {
+            ev = stream.message() => ev?,
+            _ = ticks.tick() => {
+                view.tick();
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
         if let Some(state) = view.apply(&ev) {
-            println!("experiment {id}: {}", state.as_str_name());
+            println!(
+                "experiment {id}: {}",
+                coordinator::progress::state_words(state)
+            );
             if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
-                bail!("experiment {id} did not succeed (`coordinator status {id}` shows why)");
+                bail!(
+                    "experiment {id}: {} (`coordinator status {id}` shows every task)",
+                    coordinator::progress::failure_text(state, &view.failures())
+                );
             }
             return Ok(());
         }
@@ -410,8 +425,9 @@ async fn run(a: RunArgs) -> Result<()> {
         settings: a.sched.settings(),
         http_listen: a.http_listen,
     };
-    let state = single_box::run(plan, opts, shutdown_on_signals()).await?;
-    println!("experiment: {}", state.as_str_name());
+    let outcome = single_box::run(plan, opts, shutdown_on_signals()).await?;
+    let state = outcome.state;
+    println!("experiment: {}", coordinator::progress::state_words(state));
     let results = output.join("results.json");
     if let Ok(text) = std::fs::read_to_string(&results) {
         let r = shared::results::Results::from_json_str(&text, &results.display().to_string())?;
@@ -441,7 +457,8 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
         bail!(
-            "the experiment did not succeed; see {} and the agent logs in {}",
+            "{}\nsee {} and the agent logs in {}",
+            coordinator::progress::failure_text(state, &outcome.failures),
             results.display(),
             output.join(".sizespec/agents").display()
         );

@@ -112,13 +112,21 @@ impl Planner for NoPlanner {
     }
 }
 
+/// How a single-box run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub state: pb::ExperimentStateKind,
+    /// The tasks that failed, each with its error, in plan order.
+    pub failures: Vec<(String, String)>,
+}
+
 /// Runs `plan` to the end; returns its final state. Ctrl-C / SIGTERM (`interrupt`) stops the
 /// agents gracefully (they checkpoint) and leaves the journal for a resume.
 pub async fn run(
     plan: ExperimentPlan,
     opts: SingleBoxOptions,
     interrupt: CancellationToken,
-) -> Result<pb::ExperimentStateKind, SingleBoxError> {
+) -> Result<RunOutcome, SingleBoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|source| SingleBoxError::Io {
@@ -199,6 +207,7 @@ pub async fn run(
         .map_err(|_| SingleBoxError::Stopped)?;
     let mut view = ProgressView::new(opts.display);
     let mut outcome = snapshot.iter().find_map(|e| view.apply(e));
+    let mut ticks = tokio::time::interval(crate::progress::LINE_INTERVAL);
     while outcome.is_none() {
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -206,6 +215,7 @@ pub async fn run(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
             },
+            _ = ticks.tick() => view.tick(),
             _ = interrupt.cancelled() => break,
         }
     }
@@ -216,7 +226,10 @@ pub async fn run(
     stop.cancel();
     let _ = running.join.await;
     match outcome {
-        Some(s) => Ok(s),
+        Some(state) => Ok(RunOutcome {
+            state,
+            failures: view.failures(),
+        }),
         None if interrupt.is_cancelled() => Err(SingleBoxError::Interrupted(opts.data_dir)),
         None => Err(SingleBoxError::Stopped),
     }
