@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc keeping freed pages: candle allocates a buffer per op (`engine::alloc`).
+#[global_allocator]
+static GLOBAL: engine::alloc::MiMalloc = engine::alloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agent",
@@ -94,7 +98,7 @@ fn shutdown_on_signals() -> CancellationToken {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    agent::alloc::keep_freed_memory();
+    engine::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SIZESPEC_LOG")

@@ -1,17 +1,22 @@
 //! The compute thread: a finetune job and an evaluation job with its adapter run to `Finished`
 //! with streamed progress and predictions; cancellation stops training between steps; a bad model
 //! path fails with a message naming it. Model files are a tiny HF folder written by the test.
-mod common;
+
+/// The allocator the engine is tuned for (`engine::alloc`), as in the binaries.
+#[global_allocator]
+static GLOBAL: engine::alloc::MiMalloc = engine::alloc::MiMalloc;
+
+use engine::testkit;
 
 use std::path::Path;
 
-use agent::worker::{DeviceSpec, Job, JobOutput, Worker, WorkerConfig, WorkerEvent};
-use common::{Tiny, codes};
+use agent::worker::{DeviceSpec, Job, JobConfig, JobOutput, Worker, WorkerEvent};
 use shared::config::{GenerationConfig, LoraConfig, LrSchedule, PromptConfig, TrainingConfig};
 use shared::task::{
     EvalPayload, FinetunePayload, ModelRole, ModelSpec, ProgressEvent, Quantization, TaskId,
     TaskKind, TaskSpec,
 };
+use testkit::{Tiny, codes};
 use tokio_util::sync::CancellationToken;
 
 fn prompt() -> PromptConfig {
@@ -106,7 +111,7 @@ fn finetune_then_evaluate_with_the_adapter() {
     let out = tempfile::tempdir().unwrap();
     let worker = Worker::spawn_with(
         DeviceSpec::Cpu,
-        WorkerConfig {
+        JobConfig {
             cache_dir: cache.path().to_path_buf(),
         },
     )
@@ -129,7 +134,7 @@ fn finetune_then_evaluate_with_the_adapter() {
     assert_eq!(summary.steps, 300);
     assert!(summary.best_val_loss.unwrap() < summary.first_val_loss.unwrap());
     let adapter =
-        agent::peft::PeftAdapter::load(&summary.adapter_dir, &candle_core::Device::Cpu).unwrap();
+        engine::peft::PeftAdapter::load(&summary.adapter_dir, &candle_core::Device::Cpu).unwrap();
     assert_eq!(adapter.content_hash().unwrap(), summary.adapter_hash);
     assert_eq!(
         adapter.config.base_model_name_or_path.as_deref(),

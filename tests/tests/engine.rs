@@ -1,14 +1,16 @@
-//! The real engine over gRPC: a tiny random-weight Llama-family model (written by the engine's own
-//! test helper) is evaluated zero-shot, LoRA-finetuned and evaluated with its adapter by agents
+//! The real engine over gRPC: a tiny random-weight Llama-family model (written by the engine's
+//! `testkit`) is evaluated zero-shot, LoRA-finetuned and evaluated with its adapter by agents
 //! running `WorkerRunner` on the CPU; one agent and two agents give the same predictions.
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
+
+/// The allocator the engine is tuned for (`engine::alloc`), as in the agent binary.
+#[global_allocator]
+static GLOBAL: engine::alloc::MiMalloc = engine::alloc::MiMalloc;
 
 use agent::rpc::runner::TaskRunner;
 use agent::rpc::worker_runner::WorkerRunner;
 use agent::worker::DeviceSpec;
-use common::{Tiny, codes};
 use coordinator::experiment::{ExperimentId, ExperimentPlan, PlannedTask, TaskPayload};
+use engine::testkit::{Tiny, codes};
 use proto::pb;
 use shared::config::{GenerationConfig, LoraConfig, LrSchedule, PromptConfig, TrainingConfig};
 use shared::task::*;

@@ -1,8 +1,8 @@
 //! The real engine behind the session: [`crate::worker::Worker`] (one compute thread per device)
 //! adapted to [`TaskRunner`].
 use super::runner::{EvalReport, FinetuneReport, RunEvent, RunJob, TaskRunner};
-use crate::train::{CurveKind, CurvePoint};
 use crate::worker::{DeviceSpec, Job, JobOutput, Worker, WorkerEvent};
+use engine::train::{CurveKind, CurvePoint};
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ pub struct WorkerRunner {
 
 impl WorkerRunner {
     /// Starts the device's compute thread (fails if the device cannot be opened).
-    pub fn spawn(device: DeviceSpec) -> crate::error::Result<WorkerRunner> {
+    pub fn spawn(device: DeviceSpec) -> engine::error::Result<WorkerRunner> {
         Ok(WorkerRunner {
             worker: Worker::spawn(device)?,
         })

@@ -1,0 +1,329 @@
+//! `bench`: CPU throughput of the engine on SmolLM2-135M-Instruct (the GGUF fetched by
+//! `scripts/fetch-smollm2.sh`): batched greedy generation (Q8_0 as the worker loads a 4-bit GGUF on
+//! the CPU, and dense f32 as a finetuned SLM is evaluated) and LoRA training steps (f32, plain and
+//! layer-by-layer backward). Prints a table and appends it to `bench/RESULTS.md` with machine,
+//! date and commit. See `bench/README.md`.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Var};
+use clap::Parser;
+use engine::generate::generate;
+use engine::load::{self, ModelSource};
+use engine::model::{LoadOptions, WeightFormat};
+use engine::train::examples::ExampleBuilder;
+use engine::train::{Backward, Example, collate, step};
+use shared::config::{GenerationConfig, LoraConfig, PromptConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(about = "CPU tokens/s of generation and LoRA training with SmolLM2-135M")]
+struct Cli {
+    /// The GGUF; default `${SIZESPEC_MODELS:-~/.cache/sizespec/models}/SmolLM2-135M-Instruct.Q4_1.gguf`.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompts per generation run.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// New tokens per prompt (no stop: every row generates exactly this many).
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
+    /// Sequences per training micro-batch.
+    #[arg(long, default_value_t = 4)]
+    train_batch: usize,
+    /// Timed training steps (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    train_steps: usize,
+    /// Which workloads to run.
+    #[arg(long, value_enum, default_value = "all")]
+    only: Only,
+    /// Where to append the results; `-` = don't write.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    results: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    All,
+    Generate,
+    Train,
+}
+
+struct Row {
+    what: String,
+    setting: String,
+    tokens: usize,
+    seconds: f64,
+    note: String,
+}
+
+impl Row {
+    fn tok_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+fn model_path(cli: &Cli) -> PathBuf {
+    cli.model.clone().unwrap_or_else(|| {
+        let dir = std::env::var_os("SIZESPEC_MODELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/sizespec/models")
+            });
+        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+/// Clinical-sounding dialogues of ~120-160 tokens, the shape of the default task's prompts.
+fn dialogues(n: usize) -> Vec<shared::dataset::Record> {
+    let mut recs = shared::embedded::embedded_dataset();
+    recs.truncate(n.max(1));
+    recs
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {} threads", candle_core::utils::get_num_threads())
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn gen_rows(
+    cli: &Cli,
+    source: &ModelSource,
+    format: WeightFormat,
+    label: &str,
+) -> anyhow::Result<Vec<Row>> {
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        device: Device::Cpu,
+        format,
+    };
+    let t0 = Instant::now();
+    let loaded = load::load(source, &opts)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let prompt_cfg = PromptConfig::default();
+    let b = ExampleBuilder {
+        tokenizer: &loaded.tokenizer,
+        template: &loaded.template,
+        prompt: &prompt_cfg,
+        max_length: usize::MAX,
+    };
+    let prompts: Vec<Vec<u32>> = dialogues(cli.prompts)
+        .iter()
+        .map(|r| b.prompt_ids(&r.dialogue))
+        .collect::<Result<_, _>>()?;
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let mut rows = Vec::new();
+    let run = |batch: usize, new_tokens: usize| {
+        let cfg = GenerationConfig {
+            max_new_tokens: new_tokens,
+            batch_size: batch,
+        };
+        // No stop ids: every row generates exactly `new_tokens`, so runs are comparable.
+        generate(
+            &loaded.model,
+            &prompts,
+            &[],
+            &cfg,
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .map(|(_, s)| s)
+    };
+    for batch in [1usize, prompts.len()] {
+        let full = run(batch, cli.max_new_tokens)?;
+        let (p_s, g_s) = (full.prefill.as_secs_f64(), full.elapsed.as_secs_f64());
+        rows.push(Row {
+            what: "prefill".into(),
+            setting: format!("{label}, batch {batch}"),
+            tokens: prompt_tokens,
+            seconds: p_s,
+            note: format!(
+                "{} prompts, {:.0} tokens avg, left-padded; load {load_s:.1}s",
+                prompts.len(),
+                prompt_tokens as f64 / prompts.len() as f64
+            ),
+        });
+        rows.push(Row {
+            what: "decode".into(),
+            setting: format!("{label}, batch {batch}"),
+            tokens: full.generated_tokens - prompts.len(),
+            seconds: (g_s - p_s).max(1e-9),
+            note: format!("tokens 2..{} of each prompt", cli.max_new_tokens),
+        });
+        rows.push(Row {
+            what: "generate".into(),
+            setting: format!("{label}, batch {batch}"),
+            tokens: full.generated_tokens,
+            seconds: g_s,
+            note: format!(
+                "{} new tokens/prompt, prefill included, padding not counted",
+                cli.max_new_tokens
+            ),
+        });
+    }
+    Ok(rows)
+}
+
+fn train_rows(cli: &Cli, source: &ModelSource) -> anyhow::Result<Vec<Row>> {
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        device: Device::Cpu,
+        format: WeightFormat::Dense,
+    };
+    let mut rows = Vec::new();
+    let settings = [
+        ("r8 q,v", vec!["q_proj", "v_proj"], Backward::Plain),
+        (
+            "r8 q,v",
+            vec!["q_proj", "v_proj"],
+            Backward::RecomputeLayers,
+        ),
+        (
+            "r8 all 7",
+            shared::config::ALL_PROJECTIONS.to_vec(),
+            Backward::Plain,
+        ),
+    ];
+    for (label, targets, backward) in settings {
+        let mut loaded = load::load(source, &opts)?;
+        let lora = LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        };
+        loaded.model.add_lora(&lora, 1)?;
+        loaded.model.set_mode(engine::model::Mode::Train);
+        let prompt_cfg = PromptConfig::default();
+        let b = ExampleBuilder {
+            tokenizer: &loaded.tokenizer,
+            template: &loaded.template,
+            prompt: &prompt_cfg,
+            max_length: 512,
+        };
+        let examples: Vec<Example> = b.examples(&dialogues(cli.train_batch))?;
+        let refs: Vec<&Example> = examples.iter().collect();
+        let batch = collate(&refs, loaded.tokenizer.pad_id(), &Device::Cpu)?;
+        let vars: Vec<Var> = loaded
+            .model
+            .lora_vars()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let scale = 1.0 / batch.label_tokens as f64;
+        step::loss_and_grads(&loaded.model, &batch, &vars, scale, backward)?; // warm-up
+        let t0 = Instant::now();
+        for _ in 0..cli.train_steps {
+            step::loss_and_grads(&loaded.model, &batch, &vars, scale, backward)?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        rows.push(Row {
+            what: "LoRA fwd+bwd".into(),
+            setting: format!("f32, {label}, {backward:?}"),
+            tokens: batch.real_tokens * cli.train_steps,
+            seconds: secs,
+            note: format!(
+                "batch {} × {:.0} tokens, {:.2} s/sequence",
+                cli.train_batch,
+                batch.real_tokens as f64 / cli.train_batch as f64,
+                secs / (cli.train_steps * cli.train_batch) as f64
+            ),
+        });
+    }
+    Ok(rows)
+}
+
+/// mimalloc keeping freed pages: candle allocates a buffer per op (`engine::alloc`).
+#[global_allocator]
+static GLOBAL: engine::alloc::MiMalloc = engine::alloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    engine::alloc::keep_freed_memory();
+    let cli = Cli::parse();
+    let path = model_path(&cli);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run scripts/fetch-smollm2.sh first",
+            path.display()
+        );
+    }
+    let source = load::resolve(path.to_str().context("model path is not UTF-8")?, None)?;
+    let load_before = loadavg();
+    let mut rows = Vec::new();
+    if cli.only != Only::Train {
+        rows.extend(gen_rows(
+            &cli,
+            &source,
+            WeightFormat::Quantized(GgmlDType::Q8_0),
+            "Q4_1→Q8_0",
+        )?);
+        rows.extend(gen_rows(&cli, &source, WeightFormat::Dense, "f32")?);
+    }
+    if cli.only != Only::Generate {
+        rows.extend(train_rows(&cli, &source)?);
+    }
+
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    // Other processes' load skews CPU numbers: record it with them.
+    let header = format!(
+        "### {date} · commit {} · {} · load average {load_before} → {}\n",
+        commit(),
+        machine(),
+        loadavg()
+    );
+    let mut table = String::from(
+        "| workload | setting | tokens | seconds | tokens/s | note |\n|---|---|---:|---:|---:|---|\n",
+    );
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.1} | {} |\n",
+            r.what,
+            r.setting,
+            r.tokens,
+            r.seconds,
+            r.tok_s(),
+            r.note
+        ));
+    }
+    println!("{header}\n{table}");
+    if cli.results != "-" {
+        let path = std::path::Path::new(&cli.results);
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        text.push_str(&format!("\n{header}\n{table}"));
+        shared::fsutil::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
