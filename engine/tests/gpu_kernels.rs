@@ -1,6 +1,8 @@
 //! Our own kernels against their CPU definitions, on the device named by `SIZESPEC_TEST_DEVICE`
-//! (`cuda:0` with a binary built `--features cuda`). On the CPU (CI) each test checks the CPU
-//! implementation against an independent reference instead, so it still fails when that breaks.
+//! (`cuda:0` with a binary built `--features cuda`). Dropout has a CPU implementation too: on the
+//! CPU its test checks that against an independent reference, so it still fails when that breaks.
+//! The fused ops exist on a GPU only: without the `cuda` feature their tests are ignored (never
+//! counted as passed), and a `cuda` build run without a GPU test device fails with the instruction.
 
 /// The allocator the engine is tuned for (`engine::alloc`), as in the binaries.
 #[global_allocator]
@@ -104,14 +106,16 @@ use engine::gpu::fused;
 use engine::model::OpPath;
 use engine::model::ops;
 
-fn gpu() -> Option<Device> {
+/// The GPU the fused-op tests run on; panics when `SIZESPEC_TEST_DEVICE` does not name one.
+fn gpu() -> Device {
     let dev = testkit::test_device();
-    if dev.is_cpu() {
-        eprintln!("skipped: the fused ops run on a GPU only (SIZESPEC_TEST_DEVICE=cuda:N)");
-        return None;
-    }
-    Some(dev)
+    assert!(!dev.is_cpu(), "{NEEDS_GPU}");
+    dev
 }
+
+/// Why the fused-op tests are ignored without `cuda`, and what a `cuda` build needs to run them.
+const NEEDS_GPU: &str =
+    "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N";
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
@@ -143,7 +147,7 @@ fn check(
     tol: f32,
     f: impl Fn(&[Tensor], bool) -> Tensor,
 ) {
-    let dev = gpu().unwrap();
+    let dev = gpu();
     let run = |dev: &Device, dt: DType, fused_path: bool| {
         let vars: Vec<Var> = inputs
             .iter()
@@ -185,10 +189,12 @@ fn check(
 const TOL: [(DType, f32); 2] = [(DType::F32, 1e-4), (DType::BF16, 5e-2)];
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn fused_rms_norm_rope_swiglu_match_basic_ops() {
-    let Some(dev) = gpu() else {
-        return;
-    };
+    let dev = gpu();
     for (dt, tol) in TOL {
         // 96: our kernel (pairs of elements); 95: the odd row falls back to candle's forward.
         for h in [96, 95] {
@@ -252,10 +258,11 @@ fn fused_rms_norm_rope_swiglu_match_basic_ops() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn fused_cross_entropy_matches_basic_ops() {
-    if gpu().is_none() {
-        return;
-    }
     let targets: Vec<u32> = vec![3, 999, 0, 517, 42];
     for (dt, tol) in TOL {
         check(
@@ -294,10 +301,11 @@ fn mask(pads: &[usize], offset: usize, tq: usize, window: Option<usize>) -> Tens
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn flash_attention_matches_the_score_matrix_path() {
-    if gpu().is_none() {
-        return;
-    }
     // (d, pads, offset, tq, window): ragged sizes (not multiples of the 64 x 32 tiles), padding,
     // GQA, a sliding window, and queries after cached columns (prefill in chunks).
     type Case = (usize, [usize; 2], usize, usize, Option<usize>);
@@ -348,10 +356,12 @@ fn flash_attention_matches_the_score_matrix_path() {
 /// place on tensor cores, f32 goes through transposes) against the score-matrix path, forward and
 /// backward.
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn flash_attention_on_the_projection_layout_matches() {
-    let Some(dev) = gpu() else {
-        return;
-    };
+    let dev = gpu();
     type Case = (usize, [usize; 2], usize, Option<usize>);
     let cases: [Case; 3] = [
         (128, [0, 9], 150, None),
@@ -397,10 +407,12 @@ fn flash_attention_on_the_projection_layout_matches() {
 /// A decode step reads a preallocated KV-cache buffer in place (a view of its first columns, as
 /// `LayerCache` hands it over): the same output as from contiguous keys and values.
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn decode_attention_reads_a_cache_view_like_contiguous_keys() {
-    let Some(dev) = gpu() else {
-        return;
-    };
+    let dev = gpu();
     for dt in [DType::F32, DType::BF16] {
         let (b, h, kv, d, len, cap) = (3, 8, 2, 128, 77, 120);
         let on = |t: Tensor| t.to_dtype(dt).unwrap().to_device(&dev).unwrap();
@@ -450,10 +462,11 @@ fn decode_attention_reads_a_cache_view_like_contiguous_keys() {
 /// CPU's hash dropout is the same mask): output and the gradients of x, A and B, with and
 /// without dropout, over ragged sizes.
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn fused_lora_projection_matches_basic_ops() {
-    if gpu().is_none() {
-        return;
-    }
     for (p, seed) in [(0.0, 0u64), (0.1, 77)] {
         for (dt, tol) in TOL {
             let w = rand(&[40, 72], 31).affine(0.2, 0.0).unwrap();
@@ -494,11 +507,13 @@ fn fused_lora_projection_matches_basic_ops() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a GPU: build with --features cuda and set SIZESPEC_TEST_DEVICE=cuda:N"
+)]
 fn fused_adamw_and_norm_match_the_candle_ops_path() {
     use engine::train::optim::{AdamW, AdamWParams, global_norm};
-    let Some(dev) = gpu() else {
-        return;
-    };
+    let dev = gpu();
     let p = AdamWParams {
         weight_decay: 0.01,
         ..Default::default()
