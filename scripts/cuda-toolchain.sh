@@ -2,7 +2,7 @@
 # Installs a CUDA 13.0 build toolchain (nvcc + headers + link libraries) from PyPI wheels so that
 # `cargo build --release --features cuda` works on a machine with no GPU, then prints the env to source.
 #   bash scripts/cuda-toolchain.sh [PREFIX]; source scripts/cuda-env.sh [PREFIX]
-#   cargo build --release -p agent --features cuda
+#   cargo build --release -p agent -p gpucheck --features agent/cuda,gpucheck/cuda
 # Pinned to 13.0.x on purpose: a 580-series driver (CUDA 13.0) rejects PTX from a newer nvcc
 # (CUDA_ERROR_UNSUPPORTED_PTX_VERSION at the first kernel launch, since candle loads PTX lazily).
 set -euo pipefail
