@@ -8,7 +8,7 @@ use coordinator::state::core::Settings;
 use proto::client::{ClientTls, Connection};
 use proto::pb;
 use proto::pb::control_service_client::ControlServiceClient;
-use shared::config::ExperimentConfig;
+use shared::config::{ExperimentConfig, ExperimentScope};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +35,10 @@ enum Cmd {
         /// Follow its progress until it ends.
         #[arg(long)]
         watch: bool,
+        /// Which tasks run (overrides `experiment`): full, llm (only the zero-shot LLM
+        /// evaluations) or slm (only the SLMs' finetune and evaluations).
+        #[arg(long)]
+        experiment: Option<ExperimentScope>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -116,8 +120,9 @@ struct ServeArgs {
     /// Journal and artifact store.
     #[arg(long, env = "SIZESPEC_DATA_DIR", default_value = "sizespec-data")]
     data_dir: PathBuf,
-    /// Folder that replaces `{models}` in model names of submitted configs.
-    #[arg(long, env = "SIZESPEC_MODELS_DIR")]
+    /// Folder that replaces `${SIZESPEC_MODELS}` in model names of submitted configs (a config
+    /// that uses the placeholder is refused when this is not set).
+    #[arg(long, env = "SIZESPEC_MODELS")]
     models_dir: Option<PathBuf>,
     #[command(flatten)]
     token: TokenArgs,
@@ -175,9 +180,13 @@ struct RunArgs {
     /// Cap the evaluated test samples (overrides `data.max_eval_samples`).
     #[arg(long)]
     max_eval_samples: Option<usize>,
-    /// Folder that replaces `{models}` in model names (default: `$SIZESPEC_MODELS`, else
+    /// Which tasks run (overrides `experiment`): full, llm (only the zero-shot LLM
+    /// evaluations) or slm (only the SLMs' finetune and evaluations).
+    #[arg(long)]
+    experiment: Option<ExperimentScope>,
+    /// Folder that replaces `${SIZESPEC_MODELS}` in model names (default:
     /// `~/.cache/sizespec/models`, where `scripts/fetch-smollm2.sh` puts the offline model).
-    #[arg(long, env = "SIZESPEC_MODELS_DIR")]
+    #[arg(long, env = "SIZESPEC_MODELS")]
     models_dir: Option<PathBuf>,
     /// The agent binary (default: `agent` next to this executable).
     #[arg(long, env = "SIZESPEC_AGENT_BIN")]
@@ -374,11 +383,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where `scripts/fetch-smollm2.sh` puts models: `$SIZESPEC_MODELS`, else `~/.cache/sizespec/models`.
+/// Where `scripts/fetch-smollm2.sh` puts models when `SIZESPEC_MODELS` is not set.
 fn default_models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SIZESPEC_MODELS") {
-        return PathBuf::from(d);
-    }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".cache").join("sizespec").join("models")
 }
@@ -402,6 +408,9 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if let Some(n) = a.max_eval_samples {
         cfg.data.max_eval_samples = Some(n);
+    }
+    if let Some(scope) = a.experiment {
+        cfg.experiment = scope;
     }
     cfg.validate()?;
     cfg.resolve_models_dir(&a.models_dir.clone().unwrap_or_else(default_models_dir));
@@ -466,6 +475,26 @@ async fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The config text `submit` sends: the file as written, unless it has the old shape (migrated
+/// here, the report printed) or `--experiment` overrides its scope. Validation, environment
+/// overrides and the models folder are the coordinator's.
+fn submitted_config(path: &std::path::Path, scope: Option<ExperimentScope>) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let loaded = ExperimentConfig::load(path)?;
+    if let Some(m) = &loaded.migration {
+        eprintln!("{m}");
+    }
+    if loaded.migration.is_none() && scope.is_none() {
+        return Ok(text);
+    }
+    let mut cfg = loaded.config;
+    if let Some(scope) = scope {
+        cfg.experiment = scope;
+    }
+    Ok(cfg.to_toml()?)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     init_tracing();
@@ -474,10 +503,10 @@ async fn main() -> Result<()> {
         Cmd::Submit {
             config,
             watch: follow,
+            experiment,
             client: ca,
         } => {
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
+            let text = submitted_config(&config, experiment)?;
             let mut c = client(&ca).await?;
             let r = c
                 .submit(pb::SubmitRequest { config_toml: text })
@@ -527,5 +556,56 @@ async fn main() -> Result<()> {
             println!("{}\n{}", paths.html.display(), paths.markdown.display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_and_submit_take_the_experiment_scope() {
+        let cli = Cli::try_parse_from(["coordinator", "run", "--offline", "--experiment", "llm"])
+            .unwrap();
+        let Cmd::Run(a) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(a.experiment, Some(ExperimentScope::Llm));
+        let cli = Cli::try_parse_from(["coordinator", "submit", "x.toml", "--experiment", "slm"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Submit {
+                experiment: Some(ExperimentScope::Slm),
+                ..
+            }
+        ));
+        let err = Cli::try_parse_from(["coordinator", "run", "--experiment", "both"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("full"), "{err}");
+    }
+
+    #[test]
+    fn submit_migrates_an_old_shape_config_and_applies_the_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.toml");
+        std::fs::write(
+            &old,
+            "baseline_llms = [\"x/Big-8B\"]\nslm_name = \"y/Small-3B\"\nnum_epochs = 2\n",
+        )
+        .unwrap();
+        let text = submitted_config(&old, Some(ExperimentScope::Llm)).unwrap();
+        let cfg = ExperimentConfig::from_toml_str(&text, "sent").unwrap();
+        assert_eq!(cfg.experiment, ExperimentScope::Llm);
+        assert_eq!(cfg.llm_models[0].name, "x/Big-8B");
+        assert_eq!(cfg.slm_models[0].name, "y/Small-3B");
+        assert_eq!(cfg.training.epochs, 2);
+        // A new-shape file without a scope override travels as written.
+        let new = dir.path().join("new.toml");
+        let written = ExperimentConfig::offline_default().to_toml().unwrap();
+        std::fs::write(&new, &written).unwrap();
+        assert_eq!(submitted_config(&new, None).unwrap(), written);
     }
 }

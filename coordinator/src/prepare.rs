@@ -155,8 +155,24 @@ impl Planner for ConfigPlanner {
             .with_env_overrides(&self.env)
             .map_err(|e| e.to_string())?;
         cfg.validate().map_err(|e| e.to_string())?;
-        if let Some(dir) = &self.models_dir {
-            cfg.resolve_models_dir(dir);
+        match &self.models_dir {
+            Some(dir) => cfg.resolve_models_dir(dir),
+            None => {
+                let placeholder = shared::config::MODELS_DIR_PLACEHOLDER;
+                if let Some(m) = cfg
+                    .llm_models
+                    .iter()
+                    .chain(&cfg.slm_models)
+                    .find(|m| m.name.contains(placeholder))
+                {
+                    return Err(format!(
+                        "model `{}` uses {placeholder}, but this coordinator has no models folder: \
+                         start `coordinator serve` with --models-dir DIR (or SIZESPEC_MODELS=DIR), \
+                         or name the model by path or hub id",
+                        m.name
+                    ));
+                }
+            }
         }
         prepare(&cfg).map_err(|e| e.to_string())
     }
@@ -232,6 +248,42 @@ mod tests {
                 assert!(p.train.iter().all(|r| !eval_ids.contains(&r.id)));
             }
         }
+    }
+
+    #[test]
+    fn the_models_placeholder_without_a_models_folder_is_refused() {
+        let planner = ConfigPlanner {
+            models_dir: None,
+            env: Default::default(),
+        };
+        let text = ExperimentConfig::offline_default().to_toml().unwrap();
+        let err = planner.plan(&text).unwrap_err();
+        assert!(
+            err.contains("${SIZESPEC_MODELS}") && err.contains("--models-dir"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_experiment_scope_selects_the_tasks() {
+        let planner = ConfigPlanner {
+            models_dir: Some(PathBuf::from("/models")),
+            env: Default::default(),
+        };
+        let ids = |scope: &str| -> Vec<String> {
+            let mut cfg = ExperimentConfig::offline_default();
+            cfg.experiment = scope.parse().unwrap();
+            let plan = planner.plan(&cfg.to_toml().unwrap()).unwrap();
+            plan.tasks.iter().map(|t| t.spec.id.0.clone()).collect()
+        };
+        let full = ids("full");
+        let llm = ids("llm");
+        let slm = ids("slm");
+        assert!(llm.iter().all(|id| id.starts_with("eval:LLM")), "{llm:?}");
+        assert!(!llm.is_empty());
+        assert!(slm.iter().all(|id| id.contains("SLM")), "{slm:?}");
+        assert!(slm.iter().any(|id| id.starts_with("finetune:")), "{slm:?}");
+        assert_eq!(full.len(), llm.len() + slm.len(), "{full:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod tests;
 pub use env::{ENV_PREFIX, env_overrides_from};
 pub use load::{ConfigError, Loaded};
 pub use offline::{MODELS_DIR_PLACEHOLDER, SMOLLM2_GGUF_FILE};
-pub use select::{ComputeBackend, DeviceSelection, TrainDtype};
+pub use select::{BadScope, ComputeBackend, DeviceSelection, ExperimentScope, TrainDtype};
 pub use validate::Problem;
 
 /// One model of the experiment.
@@ -305,6 +305,11 @@ pub struct ExperimentConfig {
     pub device: DeviceSelection,
     /// Precision of the SLMs during LoRA training.
     pub dtype: TrainDtype,
+    /// Which tasks run: `full` (default), `llm` (only the zero-shot LLM evaluations) or `slm`
+    /// (only the SLMs' tasks). Not written when `full`, so a full experiment's config text (and
+    /// with it its id) is the same as before the key existed.
+    #[serde(skip_serializing_if = "ExperimentScope::is_full")]
+    pub experiment: ExperimentScope,
     pub data: DataConfig,
     pub prompt: PromptConfig,
     pub lora: LoraConfig,
@@ -337,6 +342,7 @@ impl Default for ExperimentConfig {
             output: PathBuf::from("runs/medsynth-icd10"),
             device: DeviceSelection::Auto,
             dtype: TrainDtype::Auto,
+            experiment: ExperimentScope::Full,
             data: DataConfig::default(),
             prompt: PromptConfig::default(),
             lora: LoraConfig::default(),

@@ -170,7 +170,17 @@ pub fn plan(cfg: &ExperimentConfig, shapes: &impl Fn(&ModelEntry) -> Option<Mode
     let train_bytes = cfg.dtype.resolve(ComputeBackend::Cuda).bytes();
     let act = INFERENCE_ACT_BYTES;
 
-    for entry in &cfg.llm_models {
+    let llms = if cfg.experiment.runs_llms() {
+        &cfg.llm_models[..]
+    } else {
+        &[]
+    };
+    let slms = if cfg.experiment.runs_slms() {
+        &cfg.slm_models[..]
+    } else {
+        &[]
+    };
+    for entry in llms {
         let model = spec(entry, ModelRole::Llm);
         let q = model.quantization;
         let milli = if q == Quantization::Q4 {
@@ -191,7 +201,7 @@ pub fn plan(cfg: &ExperimentConfig, shapes: &impl Fn(&ModelEntry) -> Option<Mode
             Some(key),
         );
     }
-    for entry in &cfg.slm_models {
+    for entry in slms {
         let model = spec(entry, ModelRole::Slm);
         let shape = shapes(entry);
         let q = Quantization::None;

@@ -2,9 +2,9 @@
 use std::path::PathBuf;
 
 use super::{
-    DataConfig, DataSource, DeviceSelection, EvaluationConfig, ExperimentConfig, GenerationConfig,
-    InvalidCodePolicy, LoraConfig, LrSchedule, ModelEntry, PromptConfig, TrainDtype,
-    TrainingConfig,
+    DataConfig, DataSource, DeviceSelection, EvaluationConfig, ExperimentConfig, ExperimentScope,
+    GenerationConfig, InvalidCodePolicy, LoraConfig, LrSchedule, ModelEntry, PromptConfig,
+    TrainDtype, TrainingConfig,
 };
 use crate::split::SplitConfig;
 
@@ -58,6 +58,7 @@ impl ExperimentConfig {
             output: PathBuf::from("runs/offline-smollm2"),
             device: DeviceSelection::Cpu,
             dtype: TrainDtype::F32,
+            experiment: ExperimentScope::Full,
             data: DataConfig {
                 max_eval_samples: Some(OFFLINE_EVAL_SAMPLES),
                 max_train_samples: Some(OFFLINE_TRAIN_SAMPLES),

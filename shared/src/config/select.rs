@@ -1,4 +1,5 @@
-//! Device and training-precision selection (`device = "cuda:0,cuda:1"`, `dtype = "bf16"`).
+//! Device, training-precision and task selection (`device = "cuda:0,cuda:1"`, `dtype = "bf16"`,
+//! `experiment = "llm"`).
 use std::fmt;
 use std::str::FromStr;
 
@@ -136,5 +137,62 @@ impl TrainDtype {
             TrainDtype::Bf16 | TrainDtype::F16 => 2,
             TrainDtype::F32 | TrainDtype::Auto => 4,
         }
+    }
+}
+
+/// Which side of the comparison an experiment runs (`experiment = "full"`, or `--experiment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExperimentScope {
+    /// Every task: the LLMs zero-shot and the SLMs' finetune + evaluation.
+    #[default]
+    Full,
+    /// Only the zero-shot LLM evaluations.
+    Llm,
+    /// Only the SLMs: (zero-shot evaluation,) finetune, evaluation with the adapter.
+    Slm,
+}
+
+/// An experiment scope that is not `full`, `llm` or `slm`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("experiment `{0}` is not one of `full`, `llm` or `slm`")]
+pub struct BadScope(pub String);
+
+impl FromStr for ExperimentScope {
+    type Err = BadScope;
+
+    fn from_str(s: &str) -> Result<Self, BadScope> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Ok(Self::Full),
+            "llm" => Ok(Self::Llm),
+            "slm" => Ok(Self::Slm),
+            _ => Err(BadScope(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for ExperimentScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full => "full",
+            Self::Llm => "llm",
+            Self::Slm => "slm",
+        })
+    }
+}
+
+impl ExperimentScope {
+    pub fn is_full(&self) -> bool {
+        *self == Self::Full
+    }
+
+    /// Whether the zero-shot LLM evaluations run.
+    pub fn runs_llms(self) -> bool {
+        self != Self::Slm
+    }
+
+    /// Whether the SLM tasks run.
+    pub fn runs_slms(self) -> bool {
+        self != Self::Llm
     }
 }
