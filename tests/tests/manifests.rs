@@ -13,7 +13,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn repo_root() -> PathBuf {
@@ -310,6 +310,9 @@ impl Cluster {
         std::fs::create_dir_all(&home).expect("home");
         let log_path = self.tmp.path().join(format!("{log}.log"));
         let log_file = std::fs::File::create(&log_path).expect("log file");
+        // To a file, not a pipe: a chatty process never blocks on a full pipe.
+        let out_path = self.tmp.path().join(format!("{log}.out"));
+        let out_file = std::fs::File::create(&out_path).expect("stdout file");
         let mut cmd = Command::new(bin);
         cmd.args(&e.argv[1..])
             .env_clear()
@@ -317,7 +320,7 @@ impl Cluster {
             .env("HOME", &home)
             .envs(&e.env)
             .envs(extra_env.iter().copied())
-            .stdout(Stdio::piped())
+            .stdout(out_file)
             .stderr(log_file);
         if let Some(cwd) = &e.cwd {
             std::fs::create_dir_all(cwd).expect("working dir");
@@ -327,6 +330,7 @@ impl Cluster {
         Proc {
             child,
             log: log_path,
+            out: out_path,
         }
     }
 }
@@ -372,6 +376,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 struct Proc {
     child: Child,
     log: PathBuf,
+    out: PathBuf,
 }
 
 impl Proc {
@@ -390,10 +395,7 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
-                let mut out = String::new();
-                if let Some(mut o) = self.child.stdout.take() {
-                    std::io::Read::read_to_string(&mut o, &mut out).expect("stdout");
-                }
+                let out = std::fs::read_to_string(&self.out).expect("stdout file");
                 return (st, out, self.log());
             }
             assert!(
