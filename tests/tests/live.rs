@@ -18,6 +18,11 @@ async fn the_live_page_follows_an_experiment() {
     .await;
     let http_addr = serve_live_page(&c, &stop).await;
 
+    assert_eq!(
+        http_get(http_addr, "/healthz").await,
+        (200, "ok".to_string()),
+        "the probe endpoint answers while the state owner runs"
+    );
     let (status, body) = http_get(http_addr, "/api/state").await;
     assert_eq!(status, 200);
     let idle: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -1,5 +1,7 @@
 //! The live experiment page over plain HTTP/1.1 (read-only, no token: bind it to localhost or
-//! put it behind your own proxy): `/` the page, `/api/state` its JSON, `/report/...` the report.
+//! put it behind your own proxy): `/` the page, `/api/state` its JSON, `/report/...` the report,
+//! `/healthz` a plain-text liveness answer for probes (kubelet cannot send gRPC health checks over
+//! TLS, so with TLS on this is the coordinator's only probe-able endpoint).
 use crate::state::{Command, StateHandle};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -57,6 +59,8 @@ async fn handle(
         ));
     };
     Ok(match path.as_str() {
+        // Reached only when the state owner answered: a live coordinator, not just an open port.
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok"),
         "/" | "/index.html" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
