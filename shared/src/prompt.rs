@@ -186,21 +186,6 @@ pub fn answer(cfg: &PromptConfig, code: &str, description: &str) -> String {
     )
 }
 
-/// [`messages`] followed by the assistant's [`answer`]: a full training conversation.
-pub fn training_messages(
-    cfg: &PromptConfig,
-    dialogue: &str,
-    code: &str,
-    description: &str,
-) -> Vec<ChatMessage> {
-    let mut out = messages(cfg, dialogue);
-    out.push(ChatMessage::new(
-        Role::Assistant,
-        answer(cfg, code, description),
-    ));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,15 +297,5 @@ mod tests {
             a,
             "E11.9 (E119): Type 2 diabetes mellitus without complications {code}"
         );
-    }
-
-    #[test]
-    fn training_messages_end_with_the_answer() {
-        let c = PromptConfig::default();
-        let m = training_messages(&c, "Patient: I cough.", "J20.9", "Acute bronchitis");
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[..2], messages(&c, "Patient: I cough.")[..]);
-        assert_eq!(m[2], ChatMessage::new(Role::Assistant, "J20.9"));
-        assert!(m.iter().all(|msg| !has_unreplaced(&msg.content)));
     }
 }
