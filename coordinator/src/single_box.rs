@@ -2,8 +2,9 @@
 //! process per local device (a fresh process per agent keeps each model's memory in its own
 //! address space), a random token between them, progress bars until the experiment ends.
 use crate::experiment::ExperimentPlan;
+use crate::prepare::Planner;
 use crate::progress::{Display, ProgressView};
-use crate::server::{Planner, ServeOptions};
+use crate::server::ServeOptions;
 use crate::state::Command;
 use crate::state::core::Settings;
 use proto::pb;

@@ -1,6 +1,7 @@
 //! `ControlService`: what the CLI calls (submit, watch, status, results).
 use super::ServerError;
-use crate::experiment::{ExperimentId, ExperimentPlan};
+use crate::experiment::ExperimentId;
+use crate::prepare::Planner;
 use crate::state::{Command, StateHandle};
 use proto::pb;
 use proto::pb::control_service_server::ControlService;
@@ -8,11 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-
-/// Turns an experiment TOML into a plan (loads the data, splits it, plans the tasks). Blocking.
-pub trait Planner: Send + Sync + 'static {
-    fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String>;
-}
 
 pub struct ControlSvc {
     pub state: StateHandle,

@@ -6,7 +6,7 @@ mod control_svc;
 pub mod convert;
 pub mod live_http;
 
-pub use control_svc::Planner;
+pub use crate::prepare::Planner;
 
 use crate::artifacts::{ArtifactError, ArtifactStore};
 use crate::journal::Journal;

@@ -250,7 +250,10 @@ impl Owner {
                 let _ = reply.send(res);
             }
             Command::Live { reply } => {
-                let _ = reply.send(live::live_state(&self.core, crate::results::now_rfc3339()));
+                let _ = reply.send(live::live_state(
+                    &self.core,
+                    crate::outputs::results::now_rfc3339(),
+                ));
             }
             Command::Results { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {

@@ -1,7 +1,9 @@
 //! The experiment's output folder, written (atomically, file by file) when its last task ends:
 //! `results.json`, `predictions/<model key>.jsonl`, `training/<model key>.json`,
 //! `config.resolved.toml`, `train_code_counts.json` (the report's frequency breakdown), then the
-//! report (`report.html`, `report.md`, `plots/`).
+//! report (`report.html`, `report.md`, `plots/`). [`results`] builds `results.json`.
+pub mod results;
+
 use crate::experiment::ExperimentPlan;
 use crate::outcome::TaskOutput;
 use shared::fsutil::{write_atomic, write_json_atomic};
@@ -119,7 +121,7 @@ pub fn write_outputs(input: &OutputsInput) -> Result<(), OutputsError> {
             _ => {}
         }
     }
-    crate::results::write_results(input)?;
+    results::write_results(input)?;
     // The report is derived from the files just written; a report problem never loses results.
     match crate::report::build(dir) {
         Ok(p) => tracing::info!(report = %p.html.display(), "report written"),
