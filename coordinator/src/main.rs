@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use coordinator::progress::{Display, ProgressView};
 use coordinator::server::{ServeOptions, TlsFiles};
 use coordinator::single_box::{self, SingleBoxOptions};
-use coordinator::state::core::Settings;
+use coordinator::state::core::{ExperimentState, Settings};
 use proto::client::{ClientTls, Connection};
 use proto::pb;
 use proto::pb::control_service_client::ControlServiceClient;
@@ -263,6 +263,11 @@ fn display() -> Display {
     }
 }
 
+/// An experiment state as the wire names it (`EXPERIMENT_STATE_SUCCEEDED`).
+fn state_name(s: ExperimentState) -> &'static str {
+    coordinator::server::view::experiment_state_pb(s).as_str_name()
+}
+
 async fn watch(
     c: &mut ControlServiceClient<
         tonic::service::interceptor::InterceptedService<
@@ -280,9 +285,11 @@ async fn watch(
         .into_inner();
     let mut view = ProgressView::new(display());
     while let Some(ev) = stream.message().await? {
+        let ev = coordinator::server::view::event_from_pb(ev)
+            .context("the coordinator sent a malformed watch event")?;
         if let Some(state) = view.apply(&ev) {
-            println!("experiment {id}: {}", state.as_str_name());
-            if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
+            println!("experiment {id}: {}", state_name(state));
+            if state != ExperimentState::Succeeded {
                 bail!("experiment {id} did not succeed (`coordinator status {id}` shows why)");
             }
             return Ok(());
@@ -411,7 +418,7 @@ async fn run(a: RunArgs) -> Result<()> {
         http_listen: a.http_listen,
     };
     let state = single_box::run(plan, opts, shutdown_on_signals()).await?;
-    println!("experiment: {}", state.as_str_name());
+    println!("experiment: {}", state_name(state));
     let results = output.join("results.json");
     if let Ok(text) = std::fs::read_to_string(&results) {
         let r = shared::results::Results::from_json_str(&text, &results.display().to_string())?;
@@ -439,7 +446,7 @@ async fn run(a: RunArgs) -> Result<()> {
             Err(e) => eprintln!("report not built: {e}"),
         }
     }
-    if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
+    if state != ExperimentState::Succeeded {
         bail!(
             "the experiment did not succeed; see {} and the agent logs in {}",
             results.display(),

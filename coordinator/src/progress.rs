@@ -1,6 +1,8 @@
 //! Terminal progress for `watch` and `run`: one indicatif bar per task, fed by experiment events.
+use crate::state::core::ExperimentState;
+use crate::state::status::{ExperimentEvent, WatchEvent};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use proto::pb;
+use shared::task::{ProgressEvent, TaskState};
 use std::collections::HashMap;
 
 /// Whether bars are drawn (a terminal) or events are logged line by line (CI, pipes).
@@ -16,16 +18,15 @@ pub struct ProgressView {
     order: Vec<String>,
 }
 
-fn state_name(s: i32) -> &'static str {
-    match pb::TaskStateKind::try_from(s) {
-        Ok(pb::TaskStateKind::TaskStatePending) => "pending",
-        Ok(pb::TaskStateKind::TaskStateReady) => "queued",
-        Ok(pb::TaskStateKind::TaskStateOffered) => "offered",
-        Ok(pb::TaskStateKind::TaskStateRunning) => "running",
-        Ok(pb::TaskStateKind::TaskStateSucceeded) => "done",
-        Ok(pb::TaskStateKind::TaskStateFailed) => "FAILED",
-        Ok(pb::TaskStateKind::TaskStateCancelled) => "cancelled",
-        _ => "?",
+fn state_name(s: &TaskState) -> &'static str {
+    match s {
+        TaskState::Pending => "pending",
+        TaskState::Ready => "queued",
+        TaskState::Offered { .. } => "offered",
+        TaskState::Running { .. } => "running",
+        TaskState::Succeeded => "done",
+        TaskState::Failed => "FAILED",
+        TaskState::Cancelled => "cancelled",
     }
 }
 
@@ -60,68 +61,72 @@ impl ProgressView {
     }
 
     /// Applies one event; returns the experiment's final state once it is finished.
-    pub fn apply(&mut self, ev: &pb::ExperimentEvent) -> Option<pb::ExperimentStateKind> {
-        use pb::experiment_event::Event;
+    pub fn apply(&mut self, ev: &ExperimentEvent) -> Option<ExperimentState> {
         match &ev.event {
-            Some(Event::Task(t)) => {
-                let b = self.bar(&t.task_id);
-                let mut msg = state_name(t.state).to_string();
-                if !t.agent_id.is_empty() {
-                    msg.push_str(&format!(" on {}", t.agent_id));
+            WatchEvent::Task(t) => {
+                let b = self.bar(&t.task.0);
+                let state = state_name(&t.state);
+                let mut msg = state.to_string();
+                if let Some(agent) = &t.agent {
+                    msg.push_str(&format!(" on {}", agent.0));
                 }
                 if !t.detail.is_empty() {
                     msg.push_str(&format!(": {}", t.detail));
                 }
-                tracing::debug!(task = %t.task_id, state = state_name(t.state), agent = %t.agent_id, "task");
+                tracing::debug!(task = %t.task.0, state, agent = ?t.agent.as_ref().map(|a| &a.0), "task");
                 b.set_message(msg);
-                if t.state == pb::TaskStateKind::TaskStateSucceeded as i32 {
+                if t.state == TaskState::Succeeded {
                     b.set_position(b.length().unwrap_or(0));
                 }
-                if matches!(
-                    pb::TaskStateKind::try_from(t.state),
-                    Ok(pb::TaskStateKind::TaskStateSucceeded
-                        | pb::TaskStateKind::TaskStateFailed
-                        | pb::TaskStateKind::TaskStateCancelled)
-                ) {
+                if t.state.is_terminal() {
                     b.abandon();
                 }
             }
-            Some(Event::Progress(p)) => {
-                let task = p.task.as_ref().map(|t| t.task_id.clone())?;
-                let b = self.bar(&task);
-                match p.event.as_ref().and_then(|e| e.event.as_ref()) {
-                    Some(pb::progress_event::Event::TrainStep(s)) => {
-                        b.set_length(s.total_steps);
-                        b.set_position(s.step);
+            WatchEvent::Progress { task, event } => {
+                let b = self.bar(&task.task.0);
+                match event {
+                    ProgressEvent::TrainStep {
+                        step,
+                        total_steps,
+                        epoch,
+                        loss,
+                        lr,
+                        tokens_per_s,
+                        ..
+                    } => {
+                        b.set_length(*total_steps);
+                        b.set_position(*step);
                         b.set_message(format!(
-                            "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
-                            s.epoch, s.loss, s.lr, s.tokens_per_s
+                            "epoch {epoch} loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
                         ));
                     }
-                    Some(pb::progress_event::Event::Validation(v)) => {
-                        b.set_message(format!("validation loss {:.4}", v.loss))
+                    ProgressEvent::Validation { loss, .. } => {
+                        b.set_message(format!("validation loss {loss:.4}"))
                     }
-                    Some(pb::progress_event::Event::EvalProgress(e)) => {
-                        b.set_length(e.total);
-                        b.set_position(e.done);
+                    ProgressEvent::EvalProgress {
+                        done,
+                        total,
+                        samples_per_s,
+                        tokens_per_s,
+                        ..
+                    } => {
+                        b.set_length(*total);
+                        b.set_position(*done);
                         b.set_message(format!(
-                            "{:.2} samples/s {:.0} tok/s",
-                            e.samples_per_s, e.tokens_per_s
+                            "{samples_per_s:.2} samples/s {tokens_per_s:.0} tok/s"
                         ));
                     }
-                    Some(pb::progress_event::Event::Stage(s)) => b.set_message(s.name.clone()),
-                    None => {}
+                    ProgressEvent::Stage { name } => b.set_message(name.clone()),
                 }
             }
-            Some(Event::Finished(s)) => {
+            WatchEvent::Finished(s) => {
                 for b in self.bars.values() {
                     if !b.is_finished() {
                         b.abandon();
                     }
                 }
-                return pb::ExperimentStateKind::try_from(*s).ok();
+                return Some(*s);
             }
-            None => {}
         }
         None
     }

@@ -6,8 +6,7 @@ use crate::prepare::Planner;
 use crate::progress::{Display, ProgressView};
 use crate::server::ServeOptions;
 use crate::state::Command;
-use crate::state::core::Settings;
-use proto::pb;
+use crate::state::core::{ExperimentState, Settings};
 use rand::RngCore;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -119,7 +118,7 @@ pub async fn run(
     plan: ExperimentPlan,
     opts: SingleBoxOptions,
     interrupt: CancellationToken,
-) -> Result<pb::ExperimentStateKind, SingleBoxError> {
+) -> Result<ExperimentState, SingleBoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|source| SingleBoxError::Io {

@@ -5,6 +5,7 @@ mod artifact_svc;
 mod control_svc;
 pub mod convert;
 pub mod live_http;
+pub mod view;
 
 pub use crate::prepare::Planner;
 

@@ -4,15 +4,15 @@
 pub mod core;
 pub mod live;
 mod sched;
+pub mod status;
 #[cfg(test)]
 mod tests;
 mod types;
-pub mod view;
 
-use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef};
+use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef, ToAgent};
+use self::status::{ExperimentEvent, StatusReport};
 use crate::experiment::{ExperimentId, ExperimentPlan};
 use crate::journal::Journal;
-use proto::pb;
 use shared::task::{AgentId, PredictionRow, ProgressEvent};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,8 +20,8 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Where the state owner sends an agent's messages.
-pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
+/// Where the state owner sends an agent's messages (the agent's session encodes them).
+pub type AgentTx = mpsc::Sender<ToAgent>;
 
 /// An agent's message, decoded.
 #[derive(Debug)]
@@ -49,10 +49,7 @@ pub enum AgentEvent {
 }
 
 /// A watcher's start: the current task states, then live events.
-pub type WatchStart = (
-    Vec<pb::ExperimentEvent>,
-    broadcast::Receiver<pb::ExperimentEvent>,
-);
+pub type WatchStart = (Vec<ExperimentEvent>, broadcast::Receiver<ExperimentEvent>);
 
 /// Requests to the state owner.
 #[derive(Debug)]
@@ -77,7 +74,7 @@ pub enum Command {
     },
     Status {
         experiment: Option<ExperimentId>,
-        reply: oneshot::Sender<Result<pb::StatusReply, CoreError>>,
+        reply: oneshot::Sender<Result<StatusReport, CoreError>>,
     },
     Watch {
         experiment: ExperimentId,
@@ -176,7 +173,7 @@ struct Owner {
     core: Core,
     journal: Journal,
     agents: HashMap<AgentId, (u64, AgentTx)>,
-    watchers: HashMap<ExperimentId, broadcast::Sender<pb::ExperimentEvent>>,
+    watchers: HashMap<ExperimentId, broadcast::Sender<ExperimentEvent>>,
 }
 
 impl Owner {
@@ -192,14 +189,10 @@ impl Owner {
                 let res = self.core.register(reg, now);
                 if let Ok(session) = res {
                     // Sent here, before this command's effects, so `registered` precedes any offer.
-                    let hello = pb::CoordinatorMessage {
-                        msg: Some(pb::coordinator_message::Msg::Registered(pb::Registered {
-                            agent_id: agent.0.clone(),
-                            heartbeat_interval_ms: self.core.settings.heartbeat_interval.as_millis()
-                                as u32,
-                        })),
-                    };
-                    let _ = tx.try_send(Ok(hello));
+                    let _ = tx.try_send(ToAgent::Registered {
+                        agent: agent.clone(),
+                        heartbeat_interval: self.core.settings.heartbeat_interval,
+                    });
                     self.agents.insert(agent, (session, tx));
                 }
                 let _ = reply.send(res);
@@ -232,13 +225,13 @@ impl Owner {
                 }
             },
             Command::Status { experiment, reply } => {
-                let _ = reply.send(view::status(&self.core, experiment.as_ref()));
+                let _ = reply.send(status::status(&self.core, experiment.as_ref()));
             }
             Command::Watch { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {
                     None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
                     Some(e) => {
-                        let snapshot = view::snapshot_events(e);
+                        let snapshot = status::snapshot_events(e);
                         let rx = self
                             .watchers
                             .entry(experiment)
@@ -304,21 +297,14 @@ impl Owner {
             if *s != session {
                 continue;
             }
-            let msg = match view::to_agent_pb(msg) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not encode a message for an agent");
-                    continue;
-                }
-            };
             // Never block the owner on one slow agent: a full queue means it is not reading, and
             // its lease will expire.
-            if let Err(e) = tx.try_send(Ok(msg)) {
+            if let Err(e) = tx.try_send(msg) {
                 tracing::warn!(agent = %agent.0, error = %e, "agent queue full or closed; message dropped");
             }
         }
         for n in fx.notices {
-            let Some(ev) = view::notice_event(&self.core, &n) else {
+            let Some(ev) = status::notice_event(&self.core, &n) else {
                 continue;
             };
             if let Some(w) = self.watchers.get(&ev_experiment(&n)) {

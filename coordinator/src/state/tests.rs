@@ -85,7 +85,7 @@ fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
         .iter()
         .filter_map(|(a, _, m)| match m {
             ToAgent::Offer { task, .. } => Some((a.0.clone(), task.task.0.clone(), task.attempt)),
-            ToAgent::Cancel { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -229,7 +229,7 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
     );
     let payload = fx.to_agents.iter().find_map(|(_, _, m)| match m {
         ToAgent::Offer { payload, .. } => Some(payload.clone()),
-        ToAgent::Cancel { .. } => None,
+        _ => None,
     });
     match payload.as_deref() {
         Some(TaskPayload::Evaluate(p)) => assert_eq!(p.adapter.as_deref(), Some("e/ft-a1")),
@@ -303,7 +303,7 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
     assert_ne!(core.experiments[0].tasks[0].state, TaskState::Succeeded);
     let retry = fx.to_agents.iter().find_map(|(_, _, m)| match m {
         ToAgent::Offer { task, payload, .. } => Some((task.attempt, payload.clone())),
-        ToAgent::Cancel { .. } => None,
+        _ => None,
     });
     match retry {
         Some((2, p)) => match *p {

@@ -84,6 +84,12 @@ pub enum OfferAnswer {
 /// A message for an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToAgent {
+    /// The registration was accepted (always the session's first message).
+    Registered {
+        agent: AgentId,
+        /// How often the agent sends heartbeats.
+        heartbeat_interval: Duration,
+    },
     Offer {
         task: TaskRef,
         spec: shared::task::TaskSpec,
