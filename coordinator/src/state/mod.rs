@@ -207,23 +207,31 @@ impl Owner {
                 agent,
                 session,
                 event,
-            } => match event {
-                AgentEvent::Heartbeat { free, running } => {
-                    self.core.heartbeat(&agent, session, &free, &running, now)
+            } => {
+                let res = match event {
+                    AgentEvent::Heartbeat { free, running } => {
+                        self.core.heartbeat(&agent, session, &free, &running, now);
+                        Ok(())
+                    }
+                    AgentEvent::OfferReply { task, answer } => {
+                        self.core.offer_reply(&agent, session, &task, answer, now)
+                    }
+                    AgentEvent::Progress { task, event } => {
+                        self.core.progress(&agent, session, &task, event, now);
+                        Ok(())
+                    }
+                    AgentEvent::Predictions { task, rows } => {
+                        self.core.predictions(&agent, session, &task, rows, now);
+                        Ok(())
+                    }
+                    AgentEvent::Result { task, outcome } => {
+                        self.core.result(&agent, session, &task, outcome, now)
+                    }
+                };
+                if let Err(e) = res {
+                    tracing::error!(agent = %agent.0, error = %e, "agent message refused");
                 }
-                AgentEvent::OfferReply { task, answer } => {
-                    self.core.offer_reply(&agent, session, &task, answer, now)
-                }
-                AgentEvent::Progress { task, event } => {
-                    self.core.progress(&agent, session, &task, event, now)
-                }
-                AgentEvent::Predictions { task, rows } => {
-                    self.core.predictions(&agent, session, &task, rows, now)
-                }
-                AgentEvent::Result { task, outcome } => {
-                    self.core.result(&agent, session, &task, outcome, now)
-                }
-            },
+            }
             Command::Status { experiment, reply } => {
                 let _ = reply.send(status::status(&self.core, experiment.as_ref()));
             }

@@ -1,9 +1,7 @@
 //! Placement: which ready task goes to which idle device. One task per device at a time, only
 //! where the reported free memory fits the estimate, an SLM's eval preferably on the agent that
 //! finetuned it, and a task no registered device could ever hold fails at once.
-use super::core::{
-    Core, ExperimentState, Io, Notice, Placement, TaskRef, ToAgent, apply, final_state,
-};
+use super::core::{Core, ExperimentState, Io, Notice, Placement, TaskRef, ToAgent, final_state};
 use crate::experiment::TaskPayload;
 use crate::outcome::TaskOutput;
 use crate::outputs::{OutputsInput, TaskResultView};
@@ -92,13 +90,14 @@ impl Core {
                 None
             };
             if let Some((ev, why)) = event {
+                let task = self.experiments[ei].plan.tasks[ti].spec.id.clone();
                 let t = &mut self.experiments[ei].tasks[ti];
+                if let Err(e) = t.step(ev) {
+                    tracing::error!(experiment = %exp_id, task = %task.0, error = %e, "refused");
+                    continue;
+                }
                 t.detail = why;
-                apply(t, ev);
-                self.fx.notices.push(Notice::Task(
-                    exp_id.clone(),
-                    self.experiments[ei].plan.tasks[ti].spec.id.clone(),
-                ));
+                self.fx.notices.push(Notice::Task(exp_id.clone(), task));
                 changed = true;
             }
         }
@@ -155,12 +154,13 @@ impl Core {
         let e = &mut self.experiments[ei];
         let spec = e.plan.tasks[ti].spec.clone();
         let t = &mut e.tasks[ti];
-        apply(
-            t,
-            TaskEvent::Offer {
-                agent: agent.clone(),
-            },
-        );
+        let offer = TaskEvent::Offer {
+            agent: agent.clone(),
+        };
+        if let Err(e) = t.step(offer) {
+            tracing::error!(task = %spec.id.0, error = %e, "offer refused");
+            return false;
+        }
         t.attempt += 1;
         t.placed = Some(Placement {
             agent: agent.clone(),

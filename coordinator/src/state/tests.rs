@@ -114,7 +114,8 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
         task: TaskId("finetune:SLM_X".into()),
         attempt: 1,
     };
-    core.offer_reply(&AgentId("a".into()), s, &r, OfferAnswer::Accept, t0);
+    core.offer_reply(&AgentId("a".into()), s, &r, OfferAnswer::Accept, t0)
+        .unwrap();
     // Heartbeats renew the lease...
     core.heartbeat(
         &AgentId("a".into()),
@@ -149,7 +150,8 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
         &r,
         out,
         t0 + Duration::from_millis(2001),
-    );
+    )
+    .unwrap();
     assert_eq!(
         core.experiments[0].tasks[0].state,
         TaskState::Offered {
@@ -164,14 +166,16 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
         &r2,
         OfferAnswer::Accept,
         t0 + Duration::from_millis(2002),
-    );
+    )
+    .unwrap();
     core.result(
         &AgentId("a".into()),
         s,
         &r2,
         Outcome::Failed("out of memory".into()),
         t0 + Duration::from_millis(2003),
-    );
+    )
+    .unwrap();
     let e = &core.experiments[0];
     assert_eq!(e.tasks[0].state, TaskState::Failed);
     assert!(
@@ -198,7 +202,8 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         attempt: 1,
     };
     let a = AgentId("a".into());
-    core.offer_reply(&a, sa, &r, OfferAnswer::Accept, t0);
+    core.offer_reply(&a, sa, &r, OfferAnswer::Accept, t0)
+        .unwrap();
     let tr = crate::outcome::TrainingOutcome {
         adapter_artifact: "e/ft-a1".into(),
         adapter_hash: "h".into(),
@@ -221,7 +226,8 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         &r,
         Outcome::Done(crate::outcome::TaskOutput::Finetuned(tr)),
         t0,
-    );
+    )
+    .unwrap();
     let fx = core.take_effects();
     assert_eq!(
         offers(&fx),
@@ -265,7 +271,8 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
         task: TaskId("eval:SLM_X".into()),
         attempt: 1,
     };
-    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0);
+    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0)
+        .unwrap();
     let row = PredictionRow {
         sample_id: "s1".into(),
         reference: "J069".into(),
@@ -298,7 +305,8 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
         &r,
         Outcome::Done(crate::outcome::TaskOutput::Evaluated(perf)),
         t0,
-    );
+    )
+    .unwrap();
     let fx = core.take_effects();
     assert_ne!(core.experiments[0].tasks[0].state, TaskState::Succeeded);
     let retry = fx.to_agents.iter().find_map(|(_, _, m)| match m {
@@ -315,4 +323,75 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
         },
         other => panic!("expected a second offer, got {other:?}"),
     }
+}
+
+#[test]
+fn an_illegal_transition_is_refused_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut core = Core::new(settings());
+    let a = AgentId("a".into());
+    let s = core.register(reg("a", 1000), t0).unwrap();
+    core.submit(plan(), t0);
+    let r = TaskRef {
+        experiment: ExperimentId("e".into()),
+        task: TaskId("finetune:SLM_X".into()),
+        attempt: 1,
+    };
+    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0)
+        .unwrap();
+    core.take_effects();
+    let snapshot = |core: &Core| {
+        let t = &core.experiments[0].tasks[0];
+        let d = &core.agents[&a].devices[0];
+        (
+            t.state.clone(),
+            t.placed.clone(),
+            t.deadline,
+            t.declined.clone(),
+            t.ran_on.clone(),
+            t.losses,
+            d.busy.clone(),
+            d.info.free_mib,
+        )
+    };
+    let before = snapshot(&core);
+    assert_eq!(before.0, TaskState::Running { agent: a.clone() });
+
+    // The agent declines an offer it already accepted (Running + Decline): refused.
+    let later = t0 + Duration::from_millis(500);
+    let err = core
+        .offer_reply(
+            &a,
+            s,
+            &r,
+            OfferAnswer::Decline {
+                reason: "changed its mind".into(),
+                free_mib: 1,
+            },
+            later,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::IllegalTransition { task, .. } if task.0 == "finetune:SLM_X"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("illegal in state Running"),
+        "{err}"
+    );
+    // A second accept (Running + Accept) is refused too: no lease renewal, no re-placement.
+    assert!(matches!(
+        core.offer_reply(&a, s, &r, OfferAnswer::Accept, later),
+        Err(CoreError::IllegalTransition { .. })
+    ));
+    assert_eq!(
+        snapshot(&core),
+        before,
+        "state, placement, lease and device unchanged"
+    );
+    let fx = core.take_effects();
+    assert!(
+        fx.io.is_empty() && fx.notices.is_empty() && fx.to_agents.is_empty(),
+        "no effects: {fx:?}"
+    );
 }
