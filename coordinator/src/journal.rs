@@ -54,6 +54,9 @@ pub struct ExperimentJournal {
     pub tasks: BTreeMap<TaskId, TaskJournal>,
     /// Set once the outputs were written.
     pub finished: bool,
+    /// The report was built with them.
+    #[serde(default)]
+    pub report: bool,
 }
 
 /// One experiment as read back.

@@ -34,7 +34,8 @@ pub enum ExperimentPhase {
     /// No experiment submitted yet.
     Idle,
     Running,
-    /// Every task ended and the report is written.
+    /// Every task succeeded and the outputs are written (the report with them, unless building
+    /// it failed: then `report` stays empty).
     Done,
     Failed,
 }

@@ -68,7 +68,9 @@ impl TaskEntry {
 pub struct ExperimentEntry {
     pub plan: ExperimentPlan,
     pub tasks: Vec<TaskEntry>,
+    /// From the tasks: `Running` until every task ended, then whether all succeeded.
     pub state: ExperimentState,
+    pub outputs: OutputsState,
 }
 
 impl ExperimentEntry {
@@ -94,7 +96,27 @@ impl ExperimentEntry {
                     (p.spec.id.clone(), tj)
                 })
                 .collect(),
-            finished: self.state != ExperimentState::Running,
+            finished: matches!(self.outputs, OutputsState::Written { .. }),
+            report: matches!(self.outputs, OutputsState::Written { report: true }),
+        }
+    }
+
+    /// Every task ended and the output folder is written (or writing it failed): watchers have
+    /// heard `Finished`, and `results.json` is there if it ever will be.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.outputs,
+            OutputsState::Written { .. } | OutputsState::Failed(_)
+        )
+    }
+
+    /// The state the outside sees: running until finished (outputs included); failed if the
+    /// outputs could not be written.
+    pub fn reported_state(&self) -> ExperimentState {
+        match &self.outputs {
+            OutputsState::Pending | OutputsState::Writing => ExperimentState::Running,
+            OutputsState::Failed(_) => ExperimentState::Failed,
+            OutputsState::Written { .. } => self.state,
         }
     }
 }
@@ -179,6 +201,7 @@ impl Core {
             plan: plan.clone(),
             tasks,
             state: ExperimentState::Running,
+            outputs: OutputsState::Pending,
         };
         self.fx.io.push(Io::SavePlan(Box::new(plan)));
         self.fx.io.push(Io::SaveState(id.clone(), entry.journal()));
@@ -212,16 +235,20 @@ impl Core {
             }
             tasks.push(entry);
         }
-        let state = if r.state.finished {
-            final_state(&tasks)
+        // Finished means the outputs were written; otherwise `schedule` writes them again once
+        // every task has ended (a crash mid-write loses nothing).
+        let (state, outputs) = if r.state.finished {
+            let report = r.state.report;
+            (final_state(&tasks), OutputsState::Written { report })
         } else {
-            ExperimentState::Running
+            (ExperimentState::Running, OutputsState::Pending)
         };
         tracing::info!(experiment = %r.plan.id, ?state, "restored from the journal");
         self.experiments.push(ExperimentEntry {
             plan: r.plan,
             tasks,
             state,
+            outputs,
         });
         self.schedule(now);
     }
@@ -515,6 +542,27 @@ impl Core {
         self.persist(ei);
         self.schedule(now);
         Ok(())
+    }
+
+    /// The output writer finished an experiment's folder: now it is finished, and watchers hear so.
+    pub fn outputs_written(
+        &mut self,
+        experiment: &ExperimentId,
+        result: Result<crate::outputs::Written, String>,
+    ) {
+        let Some(ei) = self.exp_index(experiment) else {
+            return;
+        };
+        let e = &mut self.experiments[ei];
+        e.outputs = match result {
+            Ok(w) => OutputsState::Written { report: w.report },
+            Err(why) => OutputsState::Failed(why),
+        };
+        tracing::info!(experiment = %experiment, state = ?e.reported_state(), "experiment finished");
+        self.fx
+            .notices
+            .push(Notice::Finished(experiment.clone(), e.reported_state()));
+        self.persist(ei);
     }
 
     /// Re-queues offers and running tasks whose lease ran out.

@@ -1,6 +1,8 @@
-//! The coordinator's state has one owner: [`run`] reads [`Command`]s from a channel, applies them
-//! to [`core::Core`] and carries out the effects (journal writes on the blocking pool, messages to
-//! agents, watcher events). Everything else talks to it through a [`StateHandle`].
+//! The coordinator's state has one owner: the task [`spawn`] starts reads [`Command`]s from a
+//! channel, applies them to [`core::Core`] and carries out the effects (journal writes on the
+//! blocking pool, awaited; finished experiments' output folders handed to the output writer, which
+//! reports back when one is written; messages to agents; watcher events). Everything else talks
+//! to it through a [`StateHandle`].
 pub mod core;
 pub mod live;
 mod sched;
@@ -13,6 +15,7 @@ use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRe
 use self::status::{ExperimentEvent, StatusReport};
 use crate::experiment::{ExperimentId, ExperimentPlan};
 use crate::journal::Journal;
+use crate::outputs::{OutputsInput, writer};
 use shared::task::{AgentId, PredictionRow, ProgressEvent};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -128,8 +131,18 @@ impl StateHandle {
 
 /// Starts the owner task: restores the journal, then serves commands until `shutdown`.
 pub fn spawn(
+    core: Core,
+    journal: Journal,
+    shutdown: CancellationToken,
+) -> (StateHandle, tokio::task::JoinHandle<()>) {
+    spawn_with_writer(core, journal, writer::default_write(), shutdown)
+}
+
+/// [`spawn`] with the function that writes output folders (tests hold or observe it).
+pub fn spawn_with_writer(
     mut core: Core,
     journal: Journal,
+    write: writer::WriteFn,
     shutdown: CancellationToken,
 ) -> (StateHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Command>(1024);
@@ -144,9 +157,11 @@ pub fn spawn(
             Ok(Err(e)) => tracing::error!(error = %e, "could not read the journal; starting empty"),
             Err(e) => tracing::error!(error = %e, "journal reader panicked"),
         }
+        let (outputs, mut written) = writer::spawn(write);
         let mut owner = Owner {
             core,
             journal,
+            outputs,
             agents: HashMap::new(),
             watchers: HashMap::new(),
         };
@@ -159,6 +174,9 @@ pub fn spawn(
                     Some(cmd) => owner.handle(cmd),
                     None => break,
                 },
+                Some(done) = written.recv() => {
+                    owner.core.outputs_written(&done.experiment, done.result);
+                }
                 _ = tick.tick() => owner.core.tick(Instant::now()),
                 _ = shutdown.cancelled() => break,
             }
@@ -172,6 +190,8 @@ pub fn spawn(
 struct Owner {
     core: Core,
     journal: Journal,
+    /// Output folders for the writer (it reports back through the owner's loop).
+    outputs: mpsc::UnboundedSender<Box<OutputsInput>>,
     agents: HashMap<AgentId, (u64, AgentTx)>,
     watchers: HashMap<ExperimentId, broadcast::Sender<ExperimentEvent>>,
 }
@@ -259,17 +279,15 @@ impl Owner {
             Command::Results { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {
                     None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
-                    Some(e) => Ok((
-                        e.plan.output_dir.clone(),
-                        e.state != core::ExperimentState::Running,
-                    )),
+                    Some(e) => Ok((e.plan.output_dir.clone(), e.is_finished())),
                 };
                 let _ = reply.send(res);
             }
         }
     }
 
-    /// Journal first (a batch is durable before anyone hears of it), then agents, then watchers.
+    /// Journal first (a batch is durable before anyone hears of it), then output folders to the
+    /// writer, then agents, then watchers. Only the journal writes are awaited.
     async fn apply_effects(&mut self) {
         let fx = self.core.take_effects();
         if !fx.io.is_empty() {
@@ -284,18 +302,20 @@ impl Owner {
                         Io::AppendPredictions(id, t, rows) => journal
                             .append_predictions(&id, &t, &rows)
                             .map_err(|e| e.to_string()),
-                        Io::WriteOutputs(input) => {
-                            crate::outputs::write_outputs(&input).map_err(|e| e.to_string())
-                        }
                     };
                     if let Err(e) = r {
-                        tracing::error!(error = %e, "journal/output write failed");
+                        tracing::error!(error = %e, "journal write failed");
                     }
                 }
             })
             .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "journal writer panicked");
+            }
+        }
+        for job in fx.outputs {
+            if self.outputs.send(job).is_err() {
+                tracing::error!("the output writer stopped; outputs not written");
             }
         }
         for (agent, session, msg) in fx.to_agents {

@@ -1,7 +1,9 @@
 //! Placement: which ready task goes to which idle device. One task per device at a time, only
 //! where the reported free memory fits the estimate, an SLM's eval preferably on the agent that
 //! finetuned it, and a task no registered device could ever hold fails at once.
-use super::core::{Core, ExperimentState, Io, Notice, Placement, TaskRef, ToAgent, final_state};
+use super::core::{
+    Core, ExperimentState, Notice, OutputsState, Placement, TaskRef, ToAgent, final_state,
+};
 use crate::experiment::TaskPayload;
 use crate::outcome::TaskOutput;
 use crate::outputs::{OutputsInput, TaskResultView};
@@ -216,10 +218,13 @@ impl Core {
         payload
     }
 
+    /// Every task ended: the verdict is known and the output folder goes to the writer; the
+    /// experiment is finished (and watchers hear it) once the writer reports back.
     fn finish(&mut self, ei: usize, state: ExperimentState) {
         let e = &mut self.experiments[ei];
         e.state = state;
-        tracing::info!(experiment = %e.plan.id, ?state, "experiment finished");
+        e.outputs = OutputsState::Writing;
+        tracing::info!(experiment = %e.plan.id, ?state, "every task ended; writing the outputs");
         let tasks = e
             .plan
             .tasks
@@ -244,12 +249,9 @@ impl Core {
                 }
             })
             .collect();
-        self.fx.io.push(Io::WriteOutputs(Box::new(OutputsInput {
+        self.fx.outputs.push(Box::new(OutputsInput {
             plan: e.plan.clone(),
             tasks,
-        })));
-        self.fx
-            .notices
-            .push(Notice::Finished(e.plan.id.clone(), state));
+        }));
     }
 }

@@ -56,7 +56,8 @@ pub enum WatchEvent {
     Task(TaskStatus),
     /// A running task reported progress.
     Progress { task: TaskRef, event: ProgressEvent },
-    /// The experiment ended; always the last event.
+    /// Every task ended and the output folder is written (`results.json` is there); always the
+    /// last event.
     Finished(ExperimentState),
 }
 
@@ -118,7 +119,7 @@ pub fn status(core: &Core, only: Option<&ExperimentId>) -> Result<StatusReport, 
         .map(|e| ExperimentStatus {
             id: e.plan.id.clone(),
             name: e.plan.name.clone(),
-            state: e.state,
+            state: e.reported_state(),
             tasks: (0..e.tasks.len()).map(|i| task_status(e, i)).collect(),
             output_dir: e.plan.output_dir.clone(),
         })
@@ -138,8 +139,8 @@ pub fn snapshot_events(e: &ExperimentEntry) -> Vec<ExperimentEvent> {
     let mut out: Vec<_> = (0..e.tasks.len())
         .map(|i| event(WatchEvent::Task(task_status(e, i))))
         .collect();
-    if e.state != ExperimentState::Running {
-        out.push(event(WatchEvent::Finished(e.state)));
+    if e.is_finished() {
+        out.push(event(WatchEvent::Finished(e.reported_state())));
     }
     out
 }

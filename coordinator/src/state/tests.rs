@@ -395,3 +395,159 @@ fn an_illegal_transition_is_refused_and_changes_nothing() {
         "no effects: {fx:?}"
     );
 }
+
+/// An eval-only plan with no samples: done as soon as its agent reports success.
+fn one_eval_plan(output_dir: &std::path::Path) -> ExperimentPlan {
+    let mut p = plan();
+    let mut eval = p.tasks.pop().unwrap();
+    eval.spec.depends_on.clear();
+    p.tasks = vec![eval];
+    p.output_dir = output_dir.to_path_buf();
+    p
+}
+
+#[tokio::test]
+async fn the_owner_serves_commands_while_outputs_are_written_and_finishes_after() {
+    use super::status::WatchEvent;
+    use super::{AgentEvent, Command};
+    use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+    use tokio::time::timeout;
+    let dir = tempfile::tempdir().unwrap();
+    // The writer tells when it starts and then holds until released.
+    let (started_tx, started_rx) = std_mpsc::channel::<()>();
+    let (release_tx, release_rx) = std_mpsc::channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let write: crate::outputs::writer::WriteFn = Arc::new(move |_input| {
+        started_tx.lock().unwrap().send(()).unwrap();
+        release_rx.lock().unwrap().recv().unwrap();
+        Ok(crate::outputs::Written { report: true })
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (state, owner) = super::spawn_with_writer(
+        Core::new(settings()),
+        crate::journal::Journal::new(dir.path()),
+        write,
+        stop.clone(),
+    );
+    let wait = Duration::from_secs(10);
+    let a = AgentId("a".into());
+    let (tx, mut to_agent) = tokio::sync::mpsc::channel(16);
+    let session = state
+        .ask(|reply| Command::Register {
+            reg: reg("a", 1000),
+            tx,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let id = state
+        .submit(one_eval_plan(&dir.path().join("out")))
+        .await
+        .unwrap();
+    let (_, mut events) = state
+        .ask(|reply| Command::Watch {
+            experiment: id.clone(),
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let from_agent = |event| Command::FromAgent {
+        agent: a.clone(),
+        session,
+        event,
+    };
+    let mut offered = None;
+    while offered.is_none() {
+        match timeout(wait, to_agent.recv()).await.unwrap().unwrap() {
+            ToAgent::Offer { task, .. } => offered = Some(task),
+            ToAgent::Registered { .. } | ToAgent::Cancel { .. } => {}
+        }
+    }
+    let task = offered.unwrap();
+    state
+        .send(from_agent(AgentEvent::OfferReply {
+            task: task.clone(),
+            answer: OfferAnswer::Accept,
+        }))
+        .await
+        .unwrap();
+    let perf = crate::outcome::EvalPerformance {
+        load_s: 0.0,
+        eval_s: 1.0,
+        samples_per_s: 1.0,
+        tokens_per_s: 1.0,
+        peak_memory_mib: 1,
+        device_name: "cpu".into(),
+    };
+    state
+        .send(from_agent(AgentEvent::Result {
+            task,
+            outcome: Outcome::Done(crate::outcome::TaskOutput::Evaluated(perf)),
+        }))
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the writer started");
+
+    // The writer holds: heartbeats and status are still served, and nothing says finished yet.
+    state
+        .send(from_agent(AgentEvent::Heartbeat {
+            free: vec![("dev-a".into(), 777)],
+            running: vec![],
+        }))
+        .await
+        .unwrap();
+    let status = timeout(
+        wait,
+        state.ask(|reply| Command::Status {
+            experiment: None,
+            reply,
+        }),
+    )
+    .await
+    .expect("status answered while outputs are written")
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        status.agents[0].devices[0].free_mib, 777,
+        "heartbeat applied"
+    );
+    assert_eq!(status.experiments[0].state, ExperimentState::Running);
+    assert_eq!(status.experiments[0].tasks[0].state, TaskState::Succeeded);
+    let (_, finished) = state
+        .ask(|reply| Command::Results {
+            experiment: id.clone(),
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!finished, "not finished before the outputs are written");
+    while let Ok(ev) = events.try_recv() {
+        assert!(!ev.is_finished(), "`finished` before the outputs: {ev:?}");
+    }
+
+    release_tx.send(()).unwrap();
+    let last = loop {
+        let ev = timeout(wait, events.recv()).await.unwrap().unwrap();
+        if ev.is_finished() {
+            break ev.event;
+        }
+    };
+    assert_eq!(last, WatchEvent::Finished(ExperimentState::Succeeded));
+    let (_, finished) = state
+        .ask(|reply| Command::Results {
+            experiment: id,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(finished);
+    stop.cancel();
+    owner.await.unwrap();
+}
