@@ -1,4 +1,4 @@
-//! The plan: an experiment turned into a task DAG in DESIGN.md's loading order, with VRAM estimates.
+//! The plan: an experiment turned into a task DAG in loading order, with VRAM estimates.
 //!
 //! Order: every LLM's zero-shot evaluation, then for each SLM its zero-shot evaluation (if
 //! `evaluation.include_slm_zero_shot`), its finetune, and its evaluation with the adapter (which

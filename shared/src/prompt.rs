@@ -1,6 +1,6 @@
 //! The task's chat messages, built from [`PromptConfig`]: the one place both training and inference
-//! get their prompt and answer text from (DATA.md pitfall 4). The chat template itself (ChatML, Llama 3,
-//! ...) is rendered by the agent with the model's own tokenizer config.
+//! get their prompt and answer text from (`docs/data.md`, pitfall 4). The chat template itself
+//! (ChatML, Llama 3, ...) is rendered by the agent with the model's own tokenizer config.
 //!
 //! Placeholders are substituted in a single left-to-right pass, so text inserted for one placeholder
 //! (a dialogue that happens to contain `{code}`) is never substituted again.

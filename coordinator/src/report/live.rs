@@ -2,7 +2,7 @@
 //! `GET /api/state` every two seconds and draws agents, devices, tasks, loss curves and evaluation
 //! progress, then links the report when the experiment is done.
 //!
-//! The server (helper F's) serves [`LIVE_PAGE`] at `/` and [`state_json`] of a [`LiveState`]
+//! `server::live_http` serves [`LIVE_PAGE`] at `/` and [`state_json`] of a [`LiveState`]
 //! snapshot at `/api/state` (`Content-Type: application/json`). The JSON shape, by example:
 //!
 //! ```json
