@@ -1,6 +1,8 @@
 //! The artifact store: adapter files uploaded by agents, kept under `<data dir>/artifacts/<name>`.
 //! Names are validated (no path traversal) and every file is SHA-256 checked on the way in.
 use sha2::{Digest, Sha256};
+use shared::fsutil::AtomicFile;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// An artifact problem; messages name the artifact.
@@ -75,6 +77,66 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// An upload being written: bytes go to a temp file beside the artifact (through
+/// `shared::fsutil`) and into the checksum as they arrive; [`ArtifactWriter::finish`] makes the
+/// artifact visible only if size and checksum match what was announced. Dropped unfinished, the
+/// temp file is removed (a torn upload never becomes visible). Blocking I/O: `spawn_blocking`.
+#[derive(Debug)]
+pub struct ArtifactWriter {
+    name: ArtifactName,
+    file: AtomicFile,
+    hasher: Sha256,
+    written: u64,
+    want_size: u64,
+    want_sha: String,
+}
+
+impl ArtifactWriter {
+    /// Appends a chunk; refused as soon as the total would pass the announced size.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let got = self.written + bytes.len() as u64;
+        if got > self.want_size {
+            return Err(ArtifactError::SizeMismatch {
+                name: self.name.to_string(),
+                got,
+                want: self.want_size,
+            });
+        }
+        self.file
+            .write_all(bytes)
+            .map_err(|source| ArtifactError::Io {
+                name: self.name.to_string(),
+                source,
+            })?;
+        self.hasher.update(bytes);
+        self.written = got;
+        Ok(())
+    }
+
+    /// Checks size and checksum, then renames the temp file over the artifact.
+    pub fn finish(self) -> Result<(), ArtifactError> {
+        if self.written != self.want_size {
+            return Err(ArtifactError::SizeMismatch {
+                name: self.name.to_string(),
+                got: self.written,
+                want: self.want_size,
+            });
+        }
+        let got = hex::encode(self.hasher.finalize());
+        if !got.eq_ignore_ascii_case(&self.want_sha) {
+            return Err(ArtifactError::ChecksumMismatch {
+                name: self.name.to_string(),
+                got,
+                want: self.want_sha,
+            });
+        }
+        self.file.commit().map_err(|source| ArtifactError::Io {
+            name: self.name.to_string(),
+            source,
+        })
+    }
+}
+
 /// Files under one root folder. Methods do blocking I/O: call them from `spawn_blocking`.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
@@ -90,7 +152,28 @@ impl ArtifactStore {
         self.root.join(name.as_str())
     }
 
-    /// Checks size and checksum, then writes atomically (a torn upload never becomes visible).
+    /// Starts an upload of `name` announced as `want_size` bytes with SHA-256 `want_sha`.
+    pub fn begin(
+        &self,
+        name: &ArtifactName,
+        want_size: u64,
+        want_sha: &str,
+    ) -> Result<ArtifactWriter, ArtifactError> {
+        let file = AtomicFile::create(&self.path(name)).map_err(|source| ArtifactError::Io {
+            name: name.to_string(),
+            source,
+        })?;
+        Ok(ArtifactWriter {
+            name: name.clone(),
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            want_size,
+            want_sha: want_sha.to_string(),
+        })
+    }
+
+    /// Stores a whole artifact (size and checksum checked, written atomically).
     pub fn put(
         &self,
         name: &ArtifactName,
@@ -98,25 +181,9 @@ impl ArtifactStore {
         want_size: u64,
         want_sha: &str,
     ) -> Result<(), ArtifactError> {
-        if bytes.len() as u64 != want_size {
-            return Err(ArtifactError::SizeMismatch {
-                name: name.to_string(),
-                got: bytes.len() as u64,
-                want: want_size,
-            });
-        }
-        let got = sha256_hex(bytes);
-        if !got.eq_ignore_ascii_case(want_sha) {
-            return Err(ArtifactError::ChecksumMismatch {
-                name: name.to_string(),
-                got,
-                want: want_sha.to_string(),
-            });
-        }
-        shared::fsutil::write_atomic(&self.path(name), bytes).map_err(|source| ArtifactError::Io {
-            name: name.to_string(),
-            source,
-        })
+        let mut w = self.begin(name, want_size, want_sha)?;
+        w.write(bytes)?;
+        w.finish()
     }
 
     pub fn get(&self, name: &ArtifactName) -> Result<Vec<u8>, ArtifactError> {
@@ -171,6 +238,41 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_upload_appears_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::new(dir.path().to_path_buf());
+        let name = ArtifactName::parse("e/adapter.safetensors").unwrap();
+        let data = b"0123456789";
+        let mut w = store.begin(&name, 10, &sha256_hex(data)).unwrap();
+        w.write(&data[..4]).unwrap();
+        assert!(!store.exists(&name), "nothing visible mid-upload");
+        w.write(&data[4..]).unwrap();
+        assert!(matches!(
+            w.write(b"x"),
+            Err(ArtifactError::SizeMismatch {
+                got: 11,
+                want: 10,
+                ..
+            })
+        ));
+        w.finish().unwrap();
+        assert_eq!(store.get(&name).unwrap(), data);
+        // A short upload is refused and leaves the stored artifact as it was.
+        let mut short = store.begin(&name, 10, &sha256_hex(data)).unwrap();
+        short.write(b"01").unwrap();
+        assert!(matches!(
+            short.finish(),
+            Err(ArtifactError::SizeMismatch {
+                got: 2,
+                want: 10,
+                ..
+            })
+        ));
+        assert_eq!(store.get(&name).unwrap(), data);
+        assert_eq!(std::fs::read_dir(dir.path().join("e")).unwrap().count(), 1);
+    }
+
+    #[test]
     fn put_checks_size_and_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let store = ArtifactStore::new(dir.path().to_path_buf());
@@ -188,6 +290,11 @@ mod tests {
         assert!(!store.exists(&name));
         store.put(&name, data, data.len() as u64, &sha).unwrap();
         assert_eq!(store.get(&name).unwrap(), data);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("e")).unwrap().count(),
+            1,
+            "refused uploads leave no temp file"
+        );
         assert!(matches!(
             store.get(&ArtifactName::parse("nope").unwrap()),
             Err(ArtifactError::NotFound { .. })

@@ -45,6 +45,6 @@ pub struct ExperimentPlan {
     /// The `results.json` key each evaluation task fills (from `shared::plan`).
     #[serde(default)]
     pub result_keys: BTreeMap<shared::task::TaskId, String>,
-    /// In loading order (DESIGN.md): LLM evals, then each SLM's finetune → eval.
+    /// In loading order (`shared::plan`): LLM evals, then each SLM's finetune → eval.
     pub tasks: Vec<PlannedTask>,
 }

@@ -10,7 +10,6 @@ use crate::outcome::TaskOutput;
 use serde::{Deserialize, Serialize};
 use shared::task::{AgentId, PredictionRow, TaskId, TaskState};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +54,9 @@ pub struct ExperimentJournal {
     pub tasks: BTreeMap<TaskId, TaskJournal>,
     /// Set once the outputs were written.
     pub finished: bool,
+    /// The report was built with them.
+    #[serde(default)]
+    pub report: bool,
 }
 
 /// One experiment as read back.
@@ -116,9 +118,10 @@ impl Journal {
         task: &TaskId,
         rows: &[PredictionRow],
     ) -> Result<(), JournalError> {
-        let dir = self.dir(id).join("predictions");
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(format!("{}.jsonl", task_file_stem(task)));
+        let path = self
+            .dir(id)
+            .join("predictions")
+            .join(format!("{}.jsonl", task_file_stem(task)));
         let mut buf = Vec::new();
         for r in rows {
             serde_json::to_writer(&mut buf, r).map_err(|source| JournalError::Corrupt {
@@ -127,13 +130,7 @@ impl Journal {
             })?;
             buf.push(b'\n');
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.write_all(&buf).map_err(io(&path))?;
-        f.sync_data().map_err(io(&path))
+        shared::fsutil::append_durable(&path, &buf).map_err(io(&path))
     }
 
     /// Every experiment in the journal.
@@ -218,6 +215,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<PredictionRow>, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn row(id: &str) -> PredictionRow {
         PredictionRow {

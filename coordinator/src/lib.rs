@@ -14,7 +14,6 @@ pub mod outputs;
 pub mod prepare;
 pub mod progress;
 pub mod report;
-pub mod results;
 pub mod server;
 pub mod single_box;
 pub mod state;

@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use coordinator::progress::{Display, ProgressView};
 use coordinator::server::{ServeOptions, TlsFiles};
 use coordinator::single_box::{self, SingleBoxOptions};
-use coordinator::state::core::Settings;
+use coordinator::state::core::{ExperimentState, Settings};
 use proto::client::{ClientTls, Connection};
 use proto::pb;
 use proto::pb::control_service_client::ControlServiceClient;
@@ -298,12 +298,14 @@ async fn watch(
             }
         };
         let Some(ev) = ev else { break };
+        let ev = coordinator::server::view::event_from_pb(ev)
+            .context("the coordinator sent a malformed watch event")?;
         if let Some(state) = view.apply(&ev) {
             println!(
                 "experiment {id}: {}",
                 coordinator::progress::state_words(state)
             );
-            if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
+            if state != ExperimentState::Succeeded {
                 bail!(
                     "experiment {id}: {} (`coordinator status {id}` shows every task)",
                     coordinator::progress::failure_text(state, &view.failures())
@@ -464,7 +466,7 @@ async fn run(a: RunArgs) -> Result<()> {
             Err(e) => eprintln!("report not built: {e}"),
         }
     }
-    if state != pb::ExperimentStateKind::ExperimentStateSucceeded {
+    if state != ExperimentState::Succeeded {
         bail!(
             "{}\nsee {} and the agent logs in {}",
             coordinator::progress::failure_text(state, &outcome.failures),

@@ -1,7 +1,6 @@
 //! From an experiment config to a runnable [`ExperimentPlan`]: load the dataset once, make the
 //! seeded split, plan the tasks (`shared::plan`) and attach each task's payload.
 use crate::experiment::{ExperimentId, ExperimentPlan, PlannedTask, TaskPayload};
-use crate::server::Planner;
 use sha2::{Digest, Sha256};
 use shared::config::{DataSource, ExperimentConfig, ModelEntry};
 use shared::dataset::{LoadOptions, Record};
@@ -138,6 +137,12 @@ pub fn prepare(cfg: &ExperimentConfig) -> Result<ExperimentPlan, PrepareError> {
         result_keys: planned.result_keys.clone(),
         tasks,
     })
+}
+
+/// Turns an experiment TOML into a plan (loads the data, splits it, plans the tasks). Blocking.
+/// `serve` plans each submitted config through one; tests plan a fixed experiment.
+pub trait Planner: Send + Sync + 'static {
+    fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String>;
 }
 
 /// The planner `serve` uses for `Submit`: parses the TOML (plus `SIZESPEC_*` overrides taken when

@@ -1,8 +1,10 @@
 //! Progress for `watch` and `run`: one indicatif bar per task on a terminal; off a terminal (CI
 //! logs, `nohup`, `tee`) plain lines — each task's state changes at once and, every
 //! [`LINE_INTERVAL`], one line per running task with its step, rate and ETA (as tqdm does).
+use crate::state::core::ExperimentState;
+use crate::state::status::{ExperimentEvent, WatchEvent};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use proto::pb;
+use shared::task::{ProgressEvent, TaskState};
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -45,23 +47,19 @@ pub struct ProgressView {
     last_lines: Instant,
 }
 
-fn state_name(s: i32) -> &'static str {
-    match pb::TaskStateKind::try_from(s) {
-        Ok(pb::TaskStateKind::TaskStatePending) => "pending",
-        Ok(pb::TaskStateKind::TaskStateReady) => "queued",
-        Ok(pb::TaskStateKind::TaskStateOffered) => "offered",
-        Ok(pb::TaskStateKind::TaskStateRunning) => "running",
-        Ok(pb::TaskStateKind::TaskStateSucceeded) => "done",
-        Ok(pb::TaskStateKind::TaskStateFailed) => "FAILED",
-        Ok(pb::TaskStateKind::TaskStateCancelled) => "cancelled",
-        _ => "?",
+/// An experiment's state in words (`succeeded`, `failed`, `running`).
+pub fn state_words(state: ExperimentState) -> &'static str {
+    match state {
+        ExperimentState::Succeeded => "succeeded",
+        ExperimentState::Failed => "failed",
+        ExperimentState::Running => "running",
     }
 }
 
 /// The last lines of a run that did not succeed: which tasks failed, each with its first error.
-pub fn failure_text(state: pb::ExperimentStateKind, failures: &[(String, String)]) -> String {
+pub fn failure_text(state: ExperimentState, failures: &[(String, String)]) -> String {
     let what = match state {
-        pb::ExperimentStateKind::ExperimentStateFailed => "failed",
+        ExperimentState::Failed => "failed",
         _ => "did not succeed",
     };
     let mut out = format!("the experiment {what}");
@@ -80,16 +78,6 @@ pub fn failure_text(state: pb::ExperimentStateKind, failures: &[(String, String)
     out
 }
 
-/// An experiment's state in words (`succeeded`, `failed`, `running`).
-pub fn state_words(state: pb::ExperimentStateKind) -> &'static str {
-    match state {
-        pb::ExperimentStateKind::ExperimentStateSucceeded => "succeeded",
-        pb::ExperimentStateKind::ExperimentStateFailed => "failed",
-        pb::ExperimentStateKind::ExperimentStateRunning => "running",
-        pb::ExperimentStateKind::ExperimentStateUnspecified => "unknown",
-    }
-}
-
 /// `1h02m`, `4m05s`, `12s`.
 fn duration_text(d: Duration) -> String {
     let s = d.as_secs();
@@ -101,7 +89,7 @@ fn duration_text(d: Duration) -> String {
 }
 
 impl TaskLine {
-    /// `train:SLM  step 40/160 (25%)  1.25 steps/s  ETA 1m36s  epoch 1 loss 0.4211 …`
+    /// `finetune:SLM  running  step 40/160 (25%)  1.25 steps/s  ETA 1m36s  epoch 1 loss 0.4211 …`
     fn text(&self, task: &str, now: Instant) -> String {
         let mut out = format!("{task}  {}", self.state);
         if self.len > 0 {
@@ -128,6 +116,18 @@ impl TaskLine {
             out.push_str(&format!("  {}", self.msg));
         }
         out
+    }
+}
+
+fn state_name(s: &TaskState) -> &'static str {
+    match s {
+        TaskState::Pending => "pending",
+        TaskState::Ready => "queued",
+        TaskState::Offered { .. } => "offered",
+        TaskState::Running { .. } => "running",
+        TaskState::Succeeded => "done",
+        TaskState::Failed => "FAILED",
+        TaskState::Cancelled => "cancelled",
     }
 }
 
@@ -168,8 +168,8 @@ impl ProgressView {
         }
     }
 
-    /// Prints one line per running task when [`LINE_INTERVAL`] has passed since the last time.
-    /// Called on every event and by the caller's timer, so a quiet task still gets its line.
+    /// Prints one line per running task when the interval has passed since the last time. Called
+    /// on every event and by the caller's timer, so a quiet task still gets its line.
     pub fn tick(&mut self) {
         let now = Instant::now();
         if self.out.is_none() || now.duration_since(self.last_lines) < self.every {
@@ -227,87 +227,88 @@ impl ProgressView {
     }
 
     /// Applies one event; returns the experiment's final state once it is finished.
-    pub fn apply(&mut self, ev: &pb::ExperimentEvent) -> Option<pb::ExperimentStateKind> {
-        use pb::experiment_event::Event;
+    pub fn apply(&mut self, ev: &ExperimentEvent) -> Option<ExperimentState> {
         match &ev.event {
-            Some(Event::Task(t)) => {
-                let b = self.bar(&t.task_id);
-                let mut msg = state_name(t.state).to_string();
-                if !t.agent_id.is_empty() {
-                    msg.push_str(&format!(" on {}", t.agent_id));
+            WatchEvent::Task(t) => {
+                let b = self.bar(&t.task.0);
+                let state = state_name(&t.state);
+                let mut msg = state.to_string();
+                if let Some(agent) = &t.agent {
+                    msg.push_str(&format!(" on {}", agent.0));
                 }
                 if !t.detail.is_empty() {
                     msg.push_str(&format!(": {}", t.detail));
                 }
-                tracing::debug!(task = %t.task_id, state = state_name(t.state), agent = %t.agent_id, "task");
-                let l = self.lines.entry(t.task_id.clone()).or_default();
-                let changed = l.state != state_name(t.state) || l.detail != t.detail;
-                l.state = state_name(t.state).to_string();
+                tracing::debug!(task = %t.task.0, state, agent = ?t.agent.as_ref().map(|a| &a.0), "task");
+                let l = self.lines.entry(t.task.0.clone()).or_default();
+                let changed = l.state != state || l.detail != t.detail;
+                l.state = state.to_string();
                 l.detail = t.detail.clone();
-                l.failed = t.state == pb::TaskStateKind::TaskStateFailed as i32;
+                l.failed = t.state == TaskState::Failed;
                 if changed {
-                    self.line(&format!("{}  {msg}", t.task_id));
+                    self.line(&format!("{}  {msg}", t.task.0));
                 }
                 b.set_message(msg);
-                if t.state == pb::TaskStateKind::TaskStateSucceeded as i32 {
+                if t.state == TaskState::Succeeded {
                     b.set_position(b.length().unwrap_or(0));
                 }
-                if matches!(
-                    pb::TaskStateKind::try_from(t.state),
-                    Ok(pb::TaskStateKind::TaskStateSucceeded
-                        | pb::TaskStateKind::TaskStateFailed
-                        | pb::TaskStateKind::TaskStateCancelled)
-                ) {
+                if t.state.is_terminal() {
                     b.abandon();
                 }
             }
-            Some(Event::Progress(p)) => {
-                let task = p.task.as_ref().map(|t| t.task_id.clone())?;
-                let b = self.bar(&task);
-                match p.event.as_ref().and_then(|e| e.event.as_ref()) {
-                    Some(pb::progress_event::Event::TrainStep(s)) => {
-                        b.set_length(s.total_steps);
-                        b.set_position(s.step);
+            WatchEvent::Progress { task, event } => {
+                let b = self.bar(&task.task.0);
+                match event {
+                    ProgressEvent::TrainStep {
+                        step,
+                        total_steps,
+                        epoch,
+                        loss,
+                        lr,
+                        tokens_per_s,
+                        ..
+                    } => {
+                        b.set_length(*total_steps);
+                        b.set_position(*step);
                         let msg = format!(
-                            "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
-                            s.epoch, s.loss, s.lr, s.tokens_per_s
+                            "epoch {epoch} loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
                         );
-                        self.progress(&task, "step", s.step, s.total_steps, msg.clone());
+                        self.progress(&task.task.0, "step", *step, *total_steps, msg.clone());
                         b.set_message(msg);
                     }
-                    Some(pb::progress_event::Event::Validation(v)) => {
-                        b.set_message(format!("validation loss {:.4}", v.loss))
+                    ProgressEvent::Validation { loss, .. } => {
+                        b.set_message(format!("validation loss {loss:.4}"))
                     }
-                    Some(pb::progress_event::Event::EvalProgress(e)) => {
-                        b.set_length(e.total);
-                        b.set_position(e.done);
-                        let msg = format!("{:.0} generated tok/s", e.tokens_per_s);
-                        self.progress(&task, "sample", e.done, e.total, msg);
+                    ProgressEvent::EvalProgress {
+                        done,
+                        total,
+                        samples_per_s,
+                        tokens_per_s,
+                        ..
+                    } => {
+                        b.set_length(*total);
+                        b.set_position(*done);
+                        let msg = format!("{tokens_per_s:.0} generated tok/s");
+                        self.progress(&task.task.0, "sample", *done, *total, msg);
                         b.set_message(format!(
-                            "{:.2} samples/s {:.0} tok/s",
-                            e.samples_per_s, e.tokens_per_s
+                            "{samples_per_s:.2} samples/s {tokens_per_s:.0} tok/s"
                         ));
                     }
-                    Some(pb::progress_event::Event::Stage(s)) => {
-                        self.lines.entry(task).or_default().msg = s.name.clone();
-                        b.set_message(s.name.clone())
+                    ProgressEvent::Stage { name } => {
+                        self.lines.entry(task.task.0.clone()).or_default().msg = name.clone();
+                        b.set_message(name.clone())
                     }
-                    None => {}
                 }
             }
-            Some(Event::Finished(s)) => {
-                self.line(&format!(
-                    "experiment {}",
-                    pb::ExperimentStateKind::try_from(*s).map_or("?", state_words)
-                ));
+            WatchEvent::Finished(s) => {
+                self.line(&format!("experiment {}", state_words(*s)));
                 for b in self.bars.values() {
                     if !b.is_finished() {
                         b.abandon();
                     }
                 }
-                return pb::ExperimentStateKind::try_from(*s).ok();
+                return Some(*s);
             }
-            None => {}
         }
         self.tick();
         None
@@ -317,7 +318,9 @@ impl ProgressView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pb::experiment_event::Event;
+    use crate::state::core::TaskRef;
+    use crate::state::status::TaskStatus;
+    use shared::task::{AgentId, TaskId};
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
@@ -339,37 +342,47 @@ mod tests {
         }
     }
 
-    fn task(id: &str, state: pb::TaskStateKind, detail: &str) -> pb::ExperimentEvent {
-        pb::ExperimentEvent {
-            event: Some(Event::Task(pb::TaskStatus {
-                task_id: id.into(),
-                state: state as i32,
-                agent_id: "gpu0".into(),
-                detail: detail.into(),
-                ..Default::default()
-            })),
-            ..Default::default()
+    fn event(event: WatchEvent) -> ExperimentEvent {
+        ExperimentEvent {
+            experiment: crate::experiment::ExperimentId("x".into()),
+            event,
         }
     }
 
-    fn step(id: &str, step: u64, total: u64) -> pb::ExperimentEvent {
-        pb::ExperimentEvent {
-            event: Some(Event::Progress(pb::TaskProgress {
-                task: Some(pb::TaskRef {
-                    task_id: id.into(),
-                    ..Default::default()
-                }),
-                event: Some(pb::ProgressEvent {
-                    event: Some(pb::progress_event::Event::TrainStep(pb::TrainStep {
-                        step,
-                        total_steps: total,
-                        epoch: 1,
-                        loss: 0.5,
-                        ..Default::default()
-                    })),
-                }),
-            })),
-            ..Default::default()
+    fn task(id: &str, state: TaskState, detail: &str) -> ExperimentEvent {
+        event(WatchEvent::Task(TaskStatus {
+            task: TaskId(id.into()),
+            state,
+            agent: Some(AgentId("gpu0".into())),
+            attempt: 1,
+            detail: detail.into(),
+            predictions: 0,
+            estimate_mib: 0,
+        }))
+    }
+
+    fn step(id: &str, step: u64, total: u64) -> ExperimentEvent {
+        event(WatchEvent::Progress {
+            task: TaskRef {
+                experiment: crate::experiment::ExperimentId("x".into()),
+                task: TaskId(id.into()),
+                attempt: 1,
+            },
+            event: ProgressEvent::TrainStep {
+                epoch: 1,
+                step,
+                total_steps: total,
+                loss: 0.5,
+                lr: 1e-3,
+                tokens_per_s: 100.0,
+                memory_mib: 0,
+            },
+        })
+    }
+
+    fn running() -> TaskState {
+        TaskState::Running {
+            agent: AgentId("gpu0".into()),
         }
     }
 
@@ -377,11 +390,7 @@ mod tests {
     fn off_a_terminal_running_tasks_get_lines_with_step_rate_and_eta() {
         let out = Shared::default();
         let mut v = ProgressView::lines_into(Box::new(out.clone()), Duration::ZERO);
-        v.apply(&task(
-            "finetune:slm",
-            pb::TaskStateKind::TaskStateRunning,
-            "",
-        ));
+        v.apply(&task("finetune:slm", running(), ""));
         v.apply(&step("finetune:slm", 10, 160));
         std::thread::sleep(Duration::from_millis(20));
         v.apply(&step("finetune:slm", 40, 160));
@@ -397,7 +406,7 @@ mod tests {
     fn lines_wait_for_the_interval_and_failures_are_named_with_their_error() {
         let out = Shared::default();
         let mut v = ProgressView::lines_into(Box::new(out.clone()), Duration::from_secs(3600));
-        v.apply(&task("eval:a", pb::TaskStateKind::TaskStateRunning, ""));
+        v.apply(&task("eval:a", running(), ""));
         v.apply(&step("eval:a", 1, 10));
         v.apply(&step("eval:a", 2, 10));
         assert!(
@@ -405,22 +414,15 @@ mod tests {
             "no periodic line before the interval: {}",
             out.text()
         );
-        v.apply(&task(
-            "eval:a",
-            pb::TaskStateKind::TaskStateFailed,
-            "failed 3 times; last error: a model file must be a `.gguf`",
-        ));
+        let why = "failed 3 times; last error: a model file must be a `.gguf`";
+        v.apply(&task("eval:a", TaskState::Failed, why));
         assert!(
             out.text()
-                .contains("eval:a  FAILED on gpu0: failed 3 times")
+                .contains("eval:a  FAILED on gpu0: failed 3 times"),
+            "{}",
+            out.text()
         );
-        assert_eq!(
-            v.failures(),
-            vec![(
-                "eval:a".to_string(),
-                "failed 3 times; last error: a model file must be a `.gguf`".to_string()
-            )]
-        );
+        assert_eq!(v.failures(), vec![("eval:a".to_string(), why.to_string())]);
     }
 
     #[test]
@@ -432,12 +434,10 @@ mod tests {
             ),
             ("finetune:slm".to_string(), "out of memory".to_string()),
         ];
-        let text = failure_text(pb::ExperimentStateKind::ExperimentStateFailed, &failures);
         assert_eq!(
-            text,
+            failure_text(ExperimentState::Failed, &failures),
             "the experiment failed: 2 tasks failed\n  eval:llm: model not found: /m/x.gguf\n  finetune:slm: out of memory"
         );
-        assert!(!text.contains("EXPERIMENT_STATE"));
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! process per local device (a fresh process per agent keeps each model's memory in its own
 //! address space), a random token between them, progress bars until the experiment ends.
 use crate::experiment::ExperimentPlan;
+use crate::prepare::Planner;
 use crate::progress::{Display, ProgressView};
-use crate::server::{Planner, ServeOptions};
+use crate::server::ServeOptions;
 use crate::state::Command;
-use crate::state::core::Settings;
-use proto::pb;
+use crate::state::core::{ExperimentState, Settings};
 use rand::RngCore;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -115,7 +115,7 @@ impl Planner for NoPlanner {
 /// How a single-box run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
-    pub state: pb::ExperimentStateKind,
+    pub state: ExperimentState,
     /// The tasks that failed, each with its error, in plan order.
     pub failures: Vec<(String, String)>,
 }

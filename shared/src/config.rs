@@ -241,7 +241,7 @@ pub enum DataSource {
 }
 
 impl Default for DataSource {
-    /// The default experiment of DESIGN.md runs on MedSynth from the hub.
+    /// The default experiment runs on MedSynth from the hub (`docs/data.md`).
     fn default() -> Self {
         DataSource::MedsynthHub {
             repo: default_medsynth_repo(),
@@ -334,8 +334,8 @@ fn entry(name: &str, size: &str, label: &str, description: &str, load_in_4bit: b
 }
 
 impl Default for ExperimentConfig {
-    /// DESIGN.md's default experiment: two 7-8B LLMs zero-shot in 4-bit against two 3B SLMs
-    /// LoRA-finetuned in bf16, on MedSynth.
+    /// The default experiment (README.md, `experiment.example.toml`): two 7-8B LLMs zero-shot in
+    /// 4-bit against two 3B SLMs LoRA-finetuned in bf16, on MedSynth.
     fn default() -> Self {
         Self {
             name: "medsynth-icd10".into(),

@@ -1,7 +1,7 @@
 //! Evaluation metrics over [`PredictionRow`]s: exact / 3-char category / chapter match, invalid-code
 //! rate, micro / macro / weighted F1 for single-label coding, latency percentiles and throughput.
 //!
-//! Conventions, stated once (DATA.md pitfalls 7 and 8):
+//! Conventions, stated once (`docs/data.md`, pitfalls 7 and 8):
 //! - Each row has exactly one reference label and at most one predicted label (the extracted code).
 //!   A row with no valid extracted code is wrong for its reference (a false negative) and predicts
 //!   no label (no false positive anywhere).

@@ -1,4 +1,4 @@
-//! The plan: an experiment turned into a task DAG in DESIGN.md's loading order, with VRAM estimates.
+//! The plan: an experiment turned into a task DAG in loading order, with VRAM estimates.
 //!
 //! Order: every LLM's zero-shot evaluation, then for each SLM its zero-shot evaluation (if
 //! `evaluation.include_slm_zero_shot`), its finetune, and its evaluation with the adapter (which
@@ -13,6 +13,7 @@ use crate::results::{TrainingStatus, model_key, result_key};
 use crate::task::{ModelRole, ModelSpec, Quantization, TaskId, TaskKind, TaskSpec};
 
 mod memory;
+mod name;
 mod shape;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ mod tests;
 pub use memory::{
     CUDA_CONTEXT_MIB, MemoryEstimate, estimate_eval, estimate_finetune, kv_cache_bytes, lora_params,
 };
+pub use name::{LLM_MIN_BILLIONS, label_from_name, size_in_billions};
 pub use shape::{
     LLAMA_3_1_8B, LLAMA_3_2_3B, MISTRAL_7B, ModelShape, QWEN_2_5_3B, SMOLLM2_135M, known_shape,
 };
@@ -72,7 +74,7 @@ fn spec(entry: &ModelEntry, role: ModelRole) -> ModelSpec {
 /// Fallback when no shape is known: weights from the size label (`8B`) at the task's precision,
 /// plus half again for cache and activations, plus the CUDA context. 0 if the label says nothing.
 fn rough_mib(size_label: &str, weight_bytes_milli: u64) -> Option<u64> {
-    let (billions, _) = crate::migrate::size_in_billions(size_label)?;
+    let (billions, _) = size_in_billions(size_label)?;
     let weights = (billions * 1e9) as u64 * weight_bytes_milli / 1000;
     Some((weights + weights / 2).div_ceil(1024 * 1024) + CUDA_CONTEXT_MIB)
 }

@@ -1,6 +1,6 @@
 //! The task's chat messages, built from [`PromptConfig`]: the one place both training and inference
-//! get their prompt and answer text from (DATA.md pitfall 4). The chat template itself (ChatML, Llama 3,
-//! ...) is rendered by the agent with the model's own tokenizer config.
+//! get their prompt and answer text from (`docs/data.md`, pitfall 4). The chat template itself
+//! (ChatML, Llama 3, ...) is rendered by the agent with the model's own tokenizer config.
 //!
 //! Placeholders are substituted in a single left-to-right pass, so text inserted for one placeholder
 //! (a dialogue that happens to contain `{code}`) is never substituted again.
@@ -186,21 +186,6 @@ pub fn answer(cfg: &PromptConfig, code: &str, description: &str) -> String {
     )
 }
 
-/// [`messages`] followed by the assistant's [`answer`]: a full training conversation.
-pub fn training_messages(
-    cfg: &PromptConfig,
-    dialogue: &str,
-    code: &str,
-    description: &str,
-) -> Vec<ChatMessage> {
-    let mut out = messages(cfg, dialogue);
-    out.push(ChatMessage::new(
-        Role::Assistant,
-        answer(cfg, code, description),
-    ));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,15 +297,5 @@ mod tests {
             a,
             "E11.9 (E119): Type 2 diabetes mellitus without complications {code}"
         );
-    }
-
-    #[test]
-    fn training_messages_end_with_the_answer() {
-        let c = PromptConfig::default();
-        let m = training_messages(&c, "Patient: I cough.", "J20.9", "Acute bronchitis");
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[..2], messages(&c, "Patient: I cough.")[..]);
-        assert_eq!(m[2], ChatMessage::new(Role::Assistant, "J20.9"));
-        assert!(m.iter().all(|msg| !has_unreplaced(&msg.content)));
     }
 }

@@ -267,7 +267,7 @@ fn update_field(h: &mut Sha256, bytes: &[u8]) {
 
 /// The first `max_eval_samples` records of the (already shuffled) test split, or all of them when
 /// `None`: a deterministic random subset, so `--max-eval-samples` really limits evaluation
-/// (DATA.md pitfall 6) and every model is scored on the same samples.
+/// (`docs/data.md`, pitfall 6) and every model is scored on the same samples.
 pub fn limit_eval(test: &[Record], max_eval_samples: Option<usize>) -> &[Record] {
     match max_eval_samples {
         Some(max) => &test[..max.min(test.len())],

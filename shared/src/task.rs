@@ -182,7 +182,7 @@ pub enum TaskEvent {
     /// The user asked to run a failed task again.
     Retry,
     /// No registered device has the total memory the task's estimate needs: it fails at once
-    /// instead of waiting forever (added by the coordinator's scheduler).
+    /// instead of waiting forever (raised by the coordinator's scheduler).
     Unplaceable,
 }
 

@@ -2,7 +2,7 @@
 //! `GET /api/state` every two seconds and draws agents, devices, tasks, loss curves and evaluation
 //! progress, then links the report when the experiment is done.
 //!
-//! The server (helper F's) serves [`LIVE_PAGE`] at `/` and [`state_json`] of a [`LiveState`]
+//! `server::live_http` serves [`LIVE_PAGE`] at `/` and [`state_json`] of a [`LiveState`]
 //! snapshot at `/api/state` (`Content-Type: application/json`). The JSON shape, by example:
 //!
 //! ```json
@@ -34,7 +34,8 @@ pub enum ExperimentPhase {
     /// No experiment submitted yet.
     Idle,
     Running,
-    /// Every task ended and the report is written.
+    /// Every task succeeded and the outputs are written (the report with them, unless building
+    /// it failed: then `report` stays empty).
     Done,
     Failed,
 }

@@ -9,7 +9,7 @@
 //!   samples they share, and the CI is taken over the difference A − B.
 //! - **Macro-F1** is over the codes that occur in the (re)sample's references ∪ predictions; a
 //!   sample with no extracted code is a false negative for its reference and predicts no label
-//!   (DATA.md pitfall 8; the same definition as `shared::metrics`).
+//!   (`docs/data.md`, pitfall 8; the same definition as `shared::metrics`).
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;

@@ -1,12 +1,12 @@
 //! `AgentService.Session`: one long-lived stream per agent, bridged to the state owner.
-use super::{ServerError, convert};
+use super::{ServerError, convert, view};
 use crate::state::{Command, StateHandle};
 use proto::pb;
 use proto::pb::agent_service_server::AgentService;
 use std::pin::Pin;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct AgentSvc {
@@ -76,6 +76,13 @@ impl AgentService for AgentSvc {
             }
             let _ = state.send(Command::Disconnect { agent, session }).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let outbound = ReceiverStream::new(rx).filter_map(|msg| match view::to_agent_pb(msg) {
+            Ok(m) => Some(Ok(m)),
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode a message for an agent; dropped");
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(outbound)))
     }
 }

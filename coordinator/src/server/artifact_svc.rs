@@ -1,5 +1,5 @@
 //! `ArtifactService`: chunked, SHA-256-checked adapter uploads and downloads.
-use crate::artifacts::{ArtifactError, ArtifactName, ArtifactStore, sha256_hex};
+use crate::artifacts::{ArtifactError, ArtifactName, ArtifactStore, ArtifactWriter, sha256_hex};
 use proto::limits::{ARTIFACT_CHUNK_BYTES, MAX_ARTIFACT_BYTES};
 use proto::pb;
 use proto::pb::artifact_service_server::ArtifactService;
@@ -20,6 +20,11 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| Status::internal(format!("artifact worker: {e}")))?
         .map_err(Status::from)
+}
+
+/// Drops an unfinished upload off the async threads (dropping removes its temp file).
+fn discard(writer: ArtifactWriter) {
+    tokio::task::spawn_blocking(move || drop(writer));
 }
 
 #[tonic::async_trait]
@@ -47,35 +52,30 @@ impl ArtifactService for ArtifactSvc {
             }
             .into());
         }
-        // Grow with what arrives rather than trusting the announced size up front.
-        let mut data =
-            Vec::with_capacity(header.size.min(ARTIFACT_CHUNK_BYTES as u64 * 16) as usize);
-        while let Some(chunk) = inbound.message().await? {
-            match chunk.part {
-                Some(Part::Data(bytes)) => {
-                    // Refuse as soon as the stream overshoots the announced size.
-                    if (data.len() + bytes.len()) as u64 > header.size {
-                        return Err(ArtifactError::SizeMismatch {
-                            name: header.name,
-                            got: (data.len() + bytes.len()) as u64,
-                            want: header.size,
-                        }
-                        .into());
-                    }
-                    data.extend_from_slice(&bytes);
-                }
-                _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "artifact `{}`: a second header mid-upload",
-                        header.name
-                    )));
-                }
-            }
-        }
+        // Each chunk goes to the artifact's temp file as it arrives (nothing is buffered whole).
         let store = self.store.clone();
         let (size, sha) = (header.size, header.sha256.clone());
         let n = name.clone();
-        blocking(move || store.put(&n, &data, size, &sha)).await?;
+        let mut writer = blocking(move || store.begin(&n, size, &sha)).await?;
+        loop {
+            let chunk = match inbound.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    discard(writer);
+                    return Err(e);
+                }
+            };
+            let Some(Part::Data(bytes)) = chunk.part else {
+                discard(writer);
+                return Err(Status::invalid_argument(format!(
+                    "artifact `{}`: a second header mid-upload",
+                    header.name
+                )));
+            };
+            writer = blocking(move || writer.write(&bytes).map(|()| writer)).await?;
+        }
+        blocking(move || writer.finish()).await?;
         tracing::info!(artifact = %name, size, "artifact stored");
         Ok(Response::new(pb::UploadReply {
             name: header.name,

@@ -1,6 +1,8 @@
 //! `ControlService`: what the CLI calls (submit, watch, status, results).
-use super::ServerError;
-use crate::experiment::{ExperimentId, ExperimentPlan};
+use super::{ServerError, view};
+use crate::experiment::ExperimentId;
+use crate::prepare::Planner;
+use crate::state::status::ExperimentEvent;
 use crate::state::{Command, StateHandle};
 use proto::pb;
 use proto::pb::control_service_server::ControlService;
@@ -8,11 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-
-/// Turns an experiment TOML into a plan (loads the data, splits it, plans the tasks). Blocking.
-pub trait Planner: Send + Sync + 'static {
-    fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String>;
-}
 
 pub struct ControlSvc {
     pub state: StateHandle,
@@ -59,8 +56,8 @@ impl ControlService for ControlSvc {
             .await
             .map_err(ServerError::from)?
             .map_err(ServerError::from)?;
-        let done_in_snapshot = snapshot.iter().any(is_finished);
-        let head = tokio_stream::iter(snapshot.into_iter().map(Ok));
+        let done_in_snapshot = snapshot.iter().any(ExperimentEvent::is_finished);
+        let head = tokio_stream::iter(snapshot.into_iter().map(|e| Ok(view::event_pb(&e))));
         let live = live_events(rx, done_in_snapshot);
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
             head, live,
@@ -79,7 +76,7 @@ impl ControlService for ControlSvc {
             .await
             .map_err(ServerError::from)?
             .map_err(ServerError::from)?;
-        Ok(Response::new(reply))
+        Ok(Response::new(view::status_pb(&reply)))
     }
 
     async fn results(
@@ -110,14 +107,10 @@ impl ControlService for ControlSvc {
     }
 }
 
-fn is_finished(e: &pb::ExperimentEvent) -> bool {
-    matches!(e.event, Some(pb::experiment_event::Event::Finished(_)))
-}
-
 /// Live events until the experiment's `finished` event (inclusive). A watcher that falls behind
 /// by more than the channel holds is told so and the stream ends (it can `watch` again).
 fn live_events(
-    rx: tokio::sync::broadcast::Receiver<pb::ExperimentEvent>,
+    rx: tokio::sync::broadcast::Receiver<ExperimentEvent>,
     already_done: bool,
 ) -> impl Stream<Item = Result<pb::ExperimentEvent, Status>> + Send {
     use tokio::sync::broadcast::error::RecvError;
@@ -130,8 +123,8 @@ fn live_events(
         loop {
             let item = match rx.recv().await {
                 Ok(ev) => {
-                    let done = is_finished(&ev);
-                    if tx.send(Ok(ev)).await.is_err() || done {
+                    let done = ev.is_finished();
+                    if tx.send(Ok(view::event_pb(&ev))).await.is_err() || done {
                         break;
                     }
                     continue;

@@ -5,8 +5,9 @@ mod artifact_svc;
 mod control_svc;
 pub mod convert;
 pub mod live_http;
+pub mod view;
 
-pub use control_svc::Planner;
+pub use crate::prepare::Planner;
 
 use crate::artifacts::{ArtifactError, ArtifactStore};
 use crate::journal::Journal;

@@ -5,7 +5,9 @@ pub use super::types::*;
 use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
 use crate::journal::{ExperimentJournal, Restored, TaskJournal};
 use crate::outcome::TaskOutput;
-use shared::task::{AgentId, PredictionRow, ProgressEvent, TaskEvent, TaskId, TaskState};
+use shared::task::{
+    AgentId, IllegalTransition, PredictionRow, ProgressEvent, TaskEvent, TaskId, TaskState,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -53,11 +55,22 @@ pub struct TaskEntry {
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
 }
 
+impl TaskEntry {
+    /// Moves the task to the state `event` leads to (`TaskState::transition`, the one place states
+    /// change); an illegal event leaves the entry as it was.
+    pub(super) fn step(&mut self, event: TaskEvent) -> Result<(), IllegalTransition> {
+        self.state = self.state.clone().transition(event)?;
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct ExperimentEntry {
     pub plan: ExperimentPlan,
     pub tasks: Vec<TaskEntry>,
+    /// From the tasks: `Running` until every task ended, then whether all succeeded.
     pub state: ExperimentState,
+    pub outputs: OutputsState,
 }
 
 impl ExperimentEntry {
@@ -83,7 +96,27 @@ impl ExperimentEntry {
                     (p.spec.id.clone(), tj)
                 })
                 .collect(),
-            finished: self.state != ExperimentState::Running,
+            finished: matches!(self.outputs, OutputsState::Written { .. }),
+            report: matches!(self.outputs, OutputsState::Written { report: true }),
+        }
+    }
+
+    /// Every task ended and the output folder is written (or writing it failed): watchers have
+    /// heard `Finished`, and `results.json` is there if it ever will be.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.outputs,
+            OutputsState::Written { .. } | OutputsState::Failed(_)
+        )
+    }
+
+    /// The state the outside sees: running until finished (outputs included); failed if the
+    /// outputs could not be written.
+    pub fn reported_state(&self) -> ExperimentState {
+        match &self.outputs {
+            OutputsState::Pending | OutputsState::Writing => ExperimentState::Running,
+            OutputsState::Failed(_) => ExperimentState::Failed,
+            OutputsState::Written { .. } => self.state,
         }
     }
 }
@@ -106,6 +139,30 @@ pub enum CoreError {
     UnknownExperiment(String),
     #[error("agent `{0}` registered no device")]
     NoDevices(String),
+    #[error(
+        "experiment `{experiment}`, task `{}`: a result for a task in state {state:?} (not running); refused",
+        task.0
+    )]
+    NotRunning {
+        experiment: ExperimentId,
+        task: TaskId,
+        state: TaskState,
+    },
+    /// The event makes no sense in the task's state: refused, nothing changed.
+    #[error("experiment `{experiment}`, task `{}`: {source}; refused", task.0)]
+    IllegalTransition {
+        experiment: ExperimentId,
+        task: TaskId,
+        source: IllegalTransition,
+    },
+}
+
+fn illegal(r: &TaskRef) -> impl FnOnce(IllegalTransition) -> CoreError + '_ {
+    move |source| CoreError::IllegalTransition {
+        experiment: r.experiment.clone(),
+        task: r.task.clone(),
+        source,
+    }
 }
 
 impl Core {
@@ -144,6 +201,7 @@ impl Core {
             plan: plan.clone(),
             tasks,
             state: ExperimentState::Running,
+            outputs: OutputsState::Pending,
         };
         self.fx.io.push(Io::SavePlan(Box::new(plan)));
         self.fx.io.push(Io::SaveState(id.clone(), entry.journal()));
@@ -177,16 +235,20 @@ impl Core {
             }
             tasks.push(entry);
         }
-        let state = if r.state.finished {
-            final_state(&tasks)
+        // Finished means the outputs were written; otherwise `schedule` writes them again once
+        // every task has ended (a crash mid-write loses nothing).
+        let (state, outputs) = if r.state.finished {
+            let report = r.state.report;
+            (final_state(&tasks), OutputsState::Written { report })
         } else {
-            ExperimentState::Running
+            (ExperimentState::Running, OutputsState::Pending)
         };
         tracing::info!(experiment = %r.plan.id, ?state, "restored from the journal");
         self.experiments.push(ExperimentEntry {
             plan: r.plan,
             tasks,
             state,
+            outputs,
         });
         self.schedule(now);
     }
@@ -292,6 +354,8 @@ impl Core {
         Some((ei, t))
     }
 
+    /// An agent's answer to an offer. Only the agent holding the offer may answer, once: any
+    /// other answer is an illegal transition, refused with nothing changed.
     pub fn offer_reply(
         &mut self,
         agent: &AgentId,
@@ -299,14 +363,20 @@ impl Core {
         r: &TaskRef,
         answer: OfferAnswer,
         now: Instant,
-    ) {
+    ) -> Result<(), CoreError> {
         let lease = self.settings.lease;
         let Some((ei, t)) = self.task_mut(r, agent, session) else {
-            return;
+            return Ok(());
         };
-        if !matches!(t.state, TaskState::Offered { .. }) {
-            return;
-        }
+        let event = match &answer {
+            OfferAnswer::Accept => TaskEvent::Accept {
+                agent: agent.clone(),
+            },
+            OfferAnswer::Decline { .. } => TaskEvent::Decline {
+                agent: agent.clone(),
+            },
+        };
+        t.step(event).map_err(illegal(r))?;
         let device = t
             .placed
             .as_ref()
@@ -314,12 +384,6 @@ impl Core {
             .unwrap_or_default();
         if let OfferAnswer::Decline { reason, free_mib } = answer {
             tracing::info!(task = %r.task.0, agent = %agent.0, reason, free_mib, "offer declined");
-            apply(
-                t,
-                TaskEvent::Decline {
-                    agent: agent.clone(),
-                },
-            );
             t.placed = None;
             t.deadline = None;
             t.declined.insert((agent.clone(), device.clone()));
@@ -328,12 +392,6 @@ impl Core {
                 d.busy = None;
             }
         } else {
-            apply(
-                t,
-                TaskEvent::Accept {
-                    agent: agent.clone(),
-                },
-            );
             t.deadline = Some(now + lease);
             t.ran_on = Some(agent.clone());
         }
@@ -342,6 +400,7 @@ impl Core {
             .push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
         self.schedule(now);
+        Ok(())
     }
 
     pub fn progress(
@@ -411,6 +470,8 @@ impl Core {
         }
     }
 
+    /// The end of a running task as its agent reports it. A report for a task that is not running
+    /// (never accepted) is refused; so is one the transition function rejects.
     pub fn result(
         &mut self,
         agent: &AgentId,
@@ -418,13 +479,15 @@ impl Core {
         r: &TaskRef,
         outcome: Outcome,
         now: Instant,
-    ) {
+    ) -> Result<(), CoreError> {
         let max_attempts = self.settings.max_attempts;
         let Some((ei, _)) = self.task_mut(r, agent, session) else {
-            return;
+            return Ok(());
         };
         let e = &mut self.experiments[ei];
-        let Some(ti) = e.index(&r.task) else { return };
+        let Some(ti) = e.index(&r.task) else {
+            return Ok(());
+        };
         // An evaluation is done only when every sample's prediction arrived: a report of success
         // with rows missing is treated as a failure, and the retry runs just the missing ones.
         let missing = match &e.plan.tasks[ti].payload {
@@ -443,37 +506,34 @@ impl Core {
         };
         let t = &mut e.tasks[ti];
         if !matches!(t.state, TaskState::Running { .. }) {
-            return;
+            return Err(CoreError::NotRunning {
+                experiment: r.experiment.clone(),
+                task: r.task.clone(),
+                state: t.state.clone(),
+            });
         }
+        let by = || agent.clone();
+        let event = match &outcome {
+            Outcome::Done(_) => TaskEvent::Succeed { agent: by() },
+            Outcome::Failed(_) if t.losses + 1 >= max_attempts => TaskEvent::Fail { agent: by() },
+            Outcome::Failed(_) => TaskEvent::Requeue,
+            // Not the task's fault (the agent is shutting down): back to the queue, not counted.
+            Outcome::Cancelled(_) => TaskEvent::Requeue,
+        };
+        t.step(event).map_err(illegal(r))?;
         let device = t.placed.take().map(|p| p.device_uuid).unwrap_or_default();
         t.deadline = None;
         match outcome {
-            Outcome::Done(out) => {
-                apply(
-                    t,
-                    TaskEvent::Succeed {
-                        agent: agent.clone(),
-                    },
-                );
-                t.output = Some(out);
-            }
+            Outcome::Done(out) => t.output = Some(out),
             Outcome::Failed(why) => {
                 t.losses += 1;
-                if t.losses >= max_attempts {
+                if t.state == TaskState::Failed {
                     t.detail = format!("failed {} times; last error: {why}", t.losses);
-                    apply(
-                        t,
-                        TaskEvent::Fail {
-                            agent: agent.clone(),
-                        },
-                    );
                 } else {
                     tracing::warn!(task = %r.task.0, error = %why, "task failed on the agent; re-queued");
-                    apply(t, TaskEvent::Requeue);
                 }
             }
-            // Not the task's fault (the agent is shutting down): back to the queue, not counted.
-            Outcome::Cancelled(_) => apply(t, TaskEvent::Requeue),
+            Outcome::Cancelled(_) => {}
         }
         self.release_device(agent, &device);
         self.fx
@@ -481,6 +541,28 @@ impl Core {
             .push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
         self.schedule(now);
+        Ok(())
+    }
+
+    /// The output writer finished an experiment's folder: now it is finished, and watchers hear so.
+    pub fn outputs_written(
+        &mut self,
+        experiment: &ExperimentId,
+        result: Result<crate::outputs::Written, String>,
+    ) {
+        let Some(ei) = self.exp_index(experiment) else {
+            return;
+        };
+        let e = &mut self.experiments[ei];
+        e.outputs = match result {
+            Ok(w) => OutputsState::Written { report: w.report },
+            Err(why) => OutputsState::Failed(why),
+        };
+        tracing::info!(experiment = %experiment, state = ?e.reported_state(), "experiment finished");
+        self.fx
+            .notices
+            .push(Notice::Finished(experiment.clone(), e.reported_state()));
+        self.persist(ei);
     }
 
     /// Re-queues offers and running tasks whose lease ran out.
@@ -502,15 +584,18 @@ impl Core {
                 task,
                 attempt,
             };
+            if let Err(e) = self.lose_task(&r, "lease expired (no heartbeat or progress)") {
+                tracing::error!(error = %e, "lease expiry");
+                continue;
+            }
             self.fx.to_agents.push((
                 pl.agent.clone(),
                 pl.session,
                 ToAgent::Cancel {
-                    task: r.clone(),
+                    task: r,
                     reason: "lease expired".into(),
                 },
             ));
-            self.lose_task(&r, "lease expired (no heartbeat or progress)");
             self.release_device(&pl.agent, &pl.device_uuid);
         }
         self.schedule(now);
@@ -530,7 +615,9 @@ impl Core {
             }
         }
         for r in lost {
-            self.lose_task(&r, why);
+            if let Err(e) = self.lose_task(&r, why) {
+                tracing::error!(error = %e, "losing an agent's task");
+            }
         }
         if let Some(a) = self.agents.get_mut(agent) {
             for d in &mut a.devices {
@@ -540,35 +627,41 @@ impl Core {
     }
 
     /// A placed task lost its agent: back to the queue, or failed once attempts are used up.
-    fn lose_task(&mut self, r: &TaskRef, why: &str) {
+    fn lose_task(&mut self, r: &TaskRef, why: &str) -> Result<(), CoreError> {
         let max_attempts = self.settings.max_attempts;
         let Some(ei) = self.exp_index(&r.experiment) else {
-            return;
+            return Ok(());
         };
         let Some(ti) = self.experiments[ei].index(&r.task) else {
-            return;
+            return Ok(());
         };
         let t = &mut self.experiments[ei].tasks[ti];
-        let running_on = match &t.state {
-            TaskState::Running { agent } => Some(agent.clone()),
-            _ => None,
+        // A running task's loss counts against its attempts; an unanswered offer's does not.
+        let counted = t
+            .state
+            .agent()
+            .filter(|_| matches!(t.state, TaskState::Running { .. }));
+        let event = match counted {
+            Some(agent) if t.losses + 1 >= max_attempts => TaskEvent::Fail {
+                agent: agent.clone(),
+            },
+            _ => TaskEvent::Requeue,
         };
+        let counted = counted.is_some();
+        t.step(event).map_err(illegal(r))?;
         t.placed = None;
         t.deadline = None;
-        if running_on.is_some() {
+        if counted {
             t.losses += 1;
         }
-        match running_on {
-            Some(agent) if t.losses >= max_attempts => {
-                t.detail = format!("lost {} times; last: {why}", t.losses);
-                apply(t, TaskEvent::Fail { agent });
-            }
-            _ => apply(t, TaskEvent::Requeue),
+        if t.state == TaskState::Failed {
+            t.detail = format!("lost {} times; last: {why}", t.losses);
         }
         self.fx
             .notices
             .push(Notice::Task(r.experiment.clone(), r.task.clone()));
         self.persist(ei);
+        Ok(())
     }
 
     fn device_mut(&mut self, agent: &AgentId, uuid: &str) -> Option<&mut DeviceSlot> {
@@ -612,14 +705,6 @@ pub(super) fn new_task(
         ran_on,
         last_progress: None,
         curve: Vec::new(),
-    }
-}
-
-/// Applies a transition; an illegal one is a coordinator bug, logged and not applied.
-pub(super) fn apply(t: &mut TaskEntry, event: TaskEvent) {
-    match t.state.clone().transition(event) {
-        Ok(next) => t.state = next,
-        Err(e) => tracing::error!(error = %e, "illegal task transition ignored"),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The live page's view of the state (`GET /api/state`, shape owned by [`crate::report::live`]).
-use super::core::{Core, ExperimentEntry, ExperimentState};
+use super::core::{Core, ExperimentEntry, ExperimentState, OutputsState};
 use crate::report::live::{
     ExperimentPhase, LiveAgent, LiveCurve, LiveDevice, LivePoint, LiveProgress, LiveState,
     LiveTask, LiveTaskState, ProgressUnit,
@@ -7,11 +7,11 @@ use crate::report::live::{
 use shared::task::{ProgressEvent, TaskKind};
 use std::path::PathBuf;
 
-/// The experiment the page follows: the first one still running, else the latest.
+/// The experiment the page follows: the first one not finished, else the latest.
 fn followed(core: &Core) -> Option<&ExperimentEntry> {
     core.experiments
         .iter()
-        .find(|e| e.state == ExperimentState::Running)
+        .find(|e| !e.is_finished())
         .or_else(|| core.experiments.last())
 }
 
@@ -86,11 +86,10 @@ pub fn live_state(core: &Core, updated: String) -> (LiveState, Option<PathBuf>) 
         };
         return (idle, None);
     };
-    let report_written = e.plan.output_dir.join("report.html").is_file();
-    let phase = match e.state {
+    let report_written = matches!(e.outputs, OutputsState::Written { report: true });
+    let phase = match e.reported_state() {
         ExperimentState::Running => ExperimentPhase::Running,
-        ExperimentState::Succeeded if report_written => ExperimentPhase::Done,
-        ExperimentState::Succeeded => ExperimentPhase::Running,
+        ExperimentState::Succeeded => ExperimentPhase::Done,
         ExperimentState::Failed => ExperimentPhase::Failed,
     };
     let tasks = e

@@ -1,18 +1,21 @@
-//! The coordinator's state has one owner: [`run`] reads [`Command`]s from a channel, applies them
-//! to [`core::Core`] and carries out the effects (journal writes on the blocking pool, messages to
-//! agents, watcher events). Everything else talks to it through a [`StateHandle`].
+//! The coordinator's state has one owner: the task [`spawn`] starts reads [`Command`]s from a
+//! channel, applies them to [`core::Core`] and carries out the effects (journal writes on the
+//! blocking pool, awaited; finished experiments' output folders handed to the output writer, which
+//! reports back when one is written; messages to agents; watcher events). Everything else talks
+//! to it through a [`StateHandle`].
 pub mod core;
 pub mod live;
 mod sched;
+pub mod status;
 #[cfg(test)]
 mod tests;
 mod types;
-pub mod view;
 
-use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef};
+use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef, ToAgent};
+use self::status::{ExperimentEvent, StatusReport};
 use crate::experiment::{ExperimentId, ExperimentPlan};
 use crate::journal::Journal;
-use proto::pb;
+use crate::outputs::{OutputsInput, writer};
 use shared::task::{AgentId, PredictionRow, ProgressEvent};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,8 +23,8 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Where the state owner sends an agent's messages.
-pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
+/// Where the state owner sends an agent's messages (the agent's session encodes them).
+pub type AgentTx = mpsc::Sender<ToAgent>;
 
 /// An agent's message, decoded.
 #[derive(Debug)]
@@ -49,10 +52,7 @@ pub enum AgentEvent {
 }
 
 /// A watcher's start: the current task states, then live events.
-pub type WatchStart = (
-    Vec<pb::ExperimentEvent>,
-    broadcast::Receiver<pb::ExperimentEvent>,
-);
+pub type WatchStart = (Vec<ExperimentEvent>, broadcast::Receiver<ExperimentEvent>);
 
 /// Requests to the state owner.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub enum Command {
     },
     Status {
         experiment: Option<ExperimentId>,
-        reply: oneshot::Sender<Result<pb::StatusReply, CoreError>>,
+        reply: oneshot::Sender<Result<StatusReport, CoreError>>,
     },
     Watch {
         experiment: ExperimentId,
@@ -131,8 +131,18 @@ impl StateHandle {
 
 /// Starts the owner task: restores the journal, then serves commands until `shutdown`.
 pub fn spawn(
+    core: Core,
+    journal: Journal,
+    shutdown: CancellationToken,
+) -> (StateHandle, tokio::task::JoinHandle<()>) {
+    spawn_with_writer(core, journal, writer::default_write(), shutdown)
+}
+
+/// [`spawn`] with the function that writes output folders (tests hold or observe it).
+pub fn spawn_with_writer(
     mut core: Core,
     journal: Journal,
+    write: writer::WriteFn,
     shutdown: CancellationToken,
 ) -> (StateHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Command>(1024);
@@ -147,9 +157,11 @@ pub fn spawn(
             Ok(Err(e)) => tracing::error!(error = %e, "could not read the journal; starting empty"),
             Err(e) => tracing::error!(error = %e, "journal reader panicked"),
         }
+        let (outputs, mut written) = writer::spawn(write);
         let mut owner = Owner {
             core,
             journal,
+            outputs,
             agents: HashMap::new(),
             watchers: HashMap::new(),
         };
@@ -162,6 +174,9 @@ pub fn spawn(
                     Some(cmd) => owner.handle(cmd),
                     None => break,
                 },
+                Some(done) = written.recv() => {
+                    owner.core.outputs_written(&done.experiment, done.result);
+                }
                 _ = tick.tick() => owner.core.tick(Instant::now()),
                 _ = shutdown.cancelled() => break,
             }
@@ -175,8 +190,10 @@ pub fn spawn(
 struct Owner {
     core: Core,
     journal: Journal,
+    /// Output folders for the writer (it reports back through the owner's loop).
+    outputs: mpsc::UnboundedSender<Box<OutputsInput>>,
     agents: HashMap<AgentId, (u64, AgentTx)>,
-    watchers: HashMap<ExperimentId, broadcast::Sender<pb::ExperimentEvent>>,
+    watchers: HashMap<ExperimentId, broadcast::Sender<ExperimentEvent>>,
 }
 
 impl Owner {
@@ -192,14 +209,10 @@ impl Owner {
                 let res = self.core.register(reg, now);
                 if let Ok(session) = res {
                     // Sent here, before this command's effects, so `registered` precedes any offer.
-                    let hello = pb::CoordinatorMessage {
-                        msg: Some(pb::coordinator_message::Msg::Registered(pb::Registered {
-                            agent_id: agent.0.clone(),
-                            heartbeat_interval_ms: self.core.settings.heartbeat_interval.as_millis()
-                                as u32,
-                        })),
-                    };
-                    let _ = tx.try_send(Ok(hello));
+                    let _ = tx.try_send(ToAgent::Registered {
+                        agent: agent.clone(),
+                        heartbeat_interval: self.core.settings.heartbeat_interval,
+                    });
                     self.agents.insert(agent, (session, tx));
                 }
                 let _ = reply.send(res);
@@ -214,31 +227,39 @@ impl Owner {
                 agent,
                 session,
                 event,
-            } => match event {
-                AgentEvent::Heartbeat { free, running } => {
-                    self.core.heartbeat(&agent, session, &free, &running, now)
+            } => {
+                let res = match event {
+                    AgentEvent::Heartbeat { free, running } => {
+                        self.core.heartbeat(&agent, session, &free, &running, now);
+                        Ok(())
+                    }
+                    AgentEvent::OfferReply { task, answer } => {
+                        self.core.offer_reply(&agent, session, &task, answer, now)
+                    }
+                    AgentEvent::Progress { task, event } => {
+                        self.core.progress(&agent, session, &task, event, now);
+                        Ok(())
+                    }
+                    AgentEvent::Predictions { task, rows } => {
+                        self.core.predictions(&agent, session, &task, rows, now);
+                        Ok(())
+                    }
+                    AgentEvent::Result { task, outcome } => {
+                        self.core.result(&agent, session, &task, outcome, now)
+                    }
+                };
+                if let Err(e) = res {
+                    tracing::error!(agent = %agent.0, error = %e, "agent message refused");
                 }
-                AgentEvent::OfferReply { task, answer } => {
-                    self.core.offer_reply(&agent, session, &task, answer, now)
-                }
-                AgentEvent::Progress { task, event } => {
-                    self.core.progress(&agent, session, &task, event, now)
-                }
-                AgentEvent::Predictions { task, rows } => {
-                    self.core.predictions(&agent, session, &task, rows, now)
-                }
-                AgentEvent::Result { task, outcome } => {
-                    self.core.result(&agent, session, &task, outcome, now)
-                }
-            },
+            }
             Command::Status { experiment, reply } => {
-                let _ = reply.send(view::status(&self.core, experiment.as_ref()));
+                let _ = reply.send(status::status(&self.core, experiment.as_ref()));
             }
             Command::Watch { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {
                     None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
                     Some(e) => {
-                        let snapshot = view::snapshot_events(e);
+                        let snapshot = status::snapshot_events(e);
                         let rx = self
                             .watchers
                             .entry(experiment)
@@ -250,22 +271,23 @@ impl Owner {
                 let _ = reply.send(res);
             }
             Command::Live { reply } => {
-                let _ = reply.send(live::live_state(&self.core, crate::results::now_rfc3339()));
+                let _ = reply.send(live::live_state(
+                    &self.core,
+                    crate::outputs::results::now_rfc3339(),
+                ));
             }
             Command::Results { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {
                     None => Err(CoreError::UnknownExperiment(experiment.0.clone())),
-                    Some(e) => Ok((
-                        e.plan.output_dir.clone(),
-                        e.state != core::ExperimentState::Running,
-                    )),
+                    Some(e) => Ok((e.plan.output_dir.clone(), e.is_finished())),
                 };
                 let _ = reply.send(res);
             }
         }
     }
 
-    /// Journal first (a batch is durable before anyone hears of it), then agents, then watchers.
+    /// Journal first (a batch is durable before anyone hears of it), then output folders to the
+    /// writer, then agents, then watchers. Only the journal writes are awaited.
     async fn apply_effects(&mut self) {
         let fx = self.core.take_effects();
         if !fx.io.is_empty() {
@@ -280,18 +302,20 @@ impl Owner {
                         Io::AppendPredictions(id, t, rows) => journal
                             .append_predictions(&id, &t, &rows)
                             .map_err(|e| e.to_string()),
-                        Io::WriteOutputs(input) => {
-                            crate::outputs::write_outputs(&input).map_err(|e| e.to_string())
-                        }
                     };
                     if let Err(e) = r {
-                        tracing::error!(error = %e, "journal/output write failed");
+                        tracing::error!(error = %e, "journal write failed");
                     }
                 }
             })
             .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "journal writer panicked");
+            }
+        }
+        for job in fx.outputs {
+            if self.outputs.send(job).is_err() {
+                tracing::error!("the output writer stopped; outputs not written");
             }
         }
         for (agent, session, msg) in fx.to_agents {
@@ -301,21 +325,14 @@ impl Owner {
             if *s != session {
                 continue;
             }
-            let msg = match view::to_agent_pb(msg) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not encode a message for an agent");
-                    continue;
-                }
-            };
             // Never block the owner on one slow agent: a full queue means it is not reading, and
             // its lease will expire.
-            if let Err(e) = tx.try_send(Ok(msg)) {
+            if let Err(e) = tx.try_send(msg) {
                 tracing::warn!(agent = %agent.0, error = %e, "agent queue full or closed; message dropped");
             }
         }
         for n in fx.notices {
-            let Some(ev) = view::notice_event(&self.core, &n) else {
+            let Some(ev) = status::notice_event(&self.core, &n) else {
                 continue;
             };
             if let Some(w) = self.watchers.get(&ev_experiment(&n)) {

@@ -2,7 +2,7 @@
 //! where the reported free memory fits the estimate, an SLM's eval preferably on the agent that
 //! finetuned it, and a task no registered device could ever hold fails at once.
 use super::core::{
-    Core, ExperimentState, Io, Notice, Placement, TaskRef, ToAgent, apply, final_state,
+    Core, ExperimentState, Notice, OutputsState, Placement, TaskRef, ToAgent, final_state,
 };
 use crate::experiment::TaskPayload;
 use crate::outcome::TaskOutput;
@@ -92,13 +92,14 @@ impl Core {
                 None
             };
             if let Some((ev, why)) = event {
+                let task = self.experiments[ei].plan.tasks[ti].spec.id.clone();
                 let t = &mut self.experiments[ei].tasks[ti];
+                if let Err(e) = t.step(ev) {
+                    tracing::error!(experiment = %exp_id, task = %task.0, error = %e, "refused");
+                    continue;
+                }
                 t.detail = why;
-                apply(t, ev);
-                self.fx.notices.push(Notice::Task(
-                    exp_id.clone(),
-                    self.experiments[ei].plan.tasks[ti].spec.id.clone(),
-                ));
+                self.fx.notices.push(Notice::Task(exp_id.clone(), task));
                 changed = true;
             }
         }
@@ -155,12 +156,13 @@ impl Core {
         let e = &mut self.experiments[ei];
         let spec = e.plan.tasks[ti].spec.clone();
         let t = &mut e.tasks[ti];
-        apply(
-            t,
-            TaskEvent::Offer {
-                agent: agent.clone(),
-            },
-        );
+        let offer = TaskEvent::Offer {
+            agent: agent.clone(),
+        };
+        if let Err(e) = t.step(offer) {
+            tracing::error!(task = %spec.id.0, error = %e, "offer refused");
+            return false;
+        }
         t.attempt += 1;
         t.placed = Some(Placement {
             agent: agent.clone(),
@@ -216,10 +218,13 @@ impl Core {
         payload
     }
 
+    /// Every task ended: the verdict is known and the output folder goes to the writer; the
+    /// experiment is finished (and watchers hear it) once the writer reports back.
     fn finish(&mut self, ei: usize, state: ExperimentState) {
         let e = &mut self.experiments[ei];
         e.state = state;
-        tracing::info!(experiment = %e.plan.id, ?state, "experiment finished");
+        e.outputs = OutputsState::Writing;
+        tracing::info!(experiment = %e.plan.id, ?state, "every task ended; writing the outputs");
         let tasks = e
             .plan
             .tasks
@@ -244,12 +249,9 @@ impl Core {
                 }
             })
             .collect();
-        self.fx.io.push(Io::WriteOutputs(Box::new(OutputsInput {
+        self.fx.outputs.push(Box::new(OutputsInput {
             plan: e.plan.clone(),
             tasks,
-        })));
-        self.fx
-            .notices
-            .push(Notice::Finished(e.plan.id.clone(), state));
+        }));
     }
 }

@@ -85,7 +85,7 @@ fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
         .iter()
         .filter_map(|(a, _, m)| match m {
             ToAgent::Offer { task, .. } => Some((a.0.clone(), task.task.0.clone(), task.attempt)),
-            ToAgent::Cancel { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -114,7 +114,8 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
         task: TaskId("finetune:SLM_X".into()),
         attempt: 1,
     };
-    core.offer_reply(&AgentId("a".into()), s, &r, OfferAnswer::Accept, t0);
+    core.offer_reply(&AgentId("a".into()), s, &r, OfferAnswer::Accept, t0)
+        .unwrap();
     // Heartbeats renew the lease...
     core.heartbeat(
         &AgentId("a".into()),
@@ -149,7 +150,8 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
         &r,
         out,
         t0 + Duration::from_millis(2001),
-    );
+    )
+    .unwrap();
     assert_eq!(
         core.experiments[0].tasks[0].state,
         TaskState::Offered {
@@ -164,14 +166,16 @@ fn a_silent_agent_loses_its_task_after_the_lease_and_retries_are_bounded() {
         &r2,
         OfferAnswer::Accept,
         t0 + Duration::from_millis(2002),
-    );
+    )
+    .unwrap();
     core.result(
         &AgentId("a".into()),
         s,
         &r2,
         Outcome::Failed("out of memory".into()),
         t0 + Duration::from_millis(2003),
-    );
+    )
+    .unwrap();
     let e = &core.experiments[0];
     assert_eq!(e.tasks[0].state, TaskState::Failed);
     assert!(
@@ -198,7 +202,8 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         attempt: 1,
     };
     let a = AgentId("a".into());
-    core.offer_reply(&a, sa, &r, OfferAnswer::Accept, t0);
+    core.offer_reply(&a, sa, &r, OfferAnswer::Accept, t0)
+        .unwrap();
     let tr = crate::outcome::TrainingOutcome {
         adapter_artifact: "e/ft-a1".into(),
         adapter_hash: "h".into(),
@@ -221,7 +226,8 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         &r,
         Outcome::Done(crate::outcome::TaskOutput::Finetuned(tr)),
         t0,
-    );
+    )
+    .unwrap();
     let fx = core.take_effects();
     assert_eq!(
         offers(&fx),
@@ -229,7 +235,7 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
     );
     let payload = fx.to_agents.iter().find_map(|(_, _, m)| match m {
         ToAgent::Offer { payload, .. } => Some(payload.clone()),
-        ToAgent::Cancel { .. } => None,
+        _ => None,
     });
     match payload.as_deref() {
         Some(TaskPayload::Evaluate(p)) => assert_eq!(p.adapter.as_deref(), Some("e/ft-a1")),
@@ -265,7 +271,8 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
         task: TaskId("eval:SLM_X".into()),
         attempt: 1,
     };
-    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0);
+    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0)
+        .unwrap();
     let row = PredictionRow {
         sample_id: "s1".into(),
         reference: "J069".into(),
@@ -298,12 +305,13 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
         &r,
         Outcome::Done(crate::outcome::TaskOutput::Evaluated(perf)),
         t0,
-    );
+    )
+    .unwrap();
     let fx = core.take_effects();
     assert_ne!(core.experiments[0].tasks[0].state, TaskState::Succeeded);
     let retry = fx.to_agents.iter().find_map(|(_, _, m)| match m {
         ToAgent::Offer { task, payload, .. } => Some((task.attempt, payload.clone())),
-        ToAgent::Cancel { .. } => None,
+        _ => None,
     });
     match retry {
         Some((2, p)) => match *p {
@@ -315,4 +323,231 @@ fn an_eval_reported_done_with_rows_missing_is_retried_for_just_those_rows() {
         },
         other => panic!("expected a second offer, got {other:?}"),
     }
+}
+
+#[test]
+fn an_illegal_transition_is_refused_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut core = Core::new(settings());
+    let a = AgentId("a".into());
+    let s = core.register(reg("a", 1000), t0).unwrap();
+    core.submit(plan(), t0);
+    let r = TaskRef {
+        experiment: ExperimentId("e".into()),
+        task: TaskId("finetune:SLM_X".into()),
+        attempt: 1,
+    };
+    core.offer_reply(&a, s, &r, OfferAnswer::Accept, t0)
+        .unwrap();
+    core.take_effects();
+    let snapshot = |core: &Core| {
+        let t = &core.experiments[0].tasks[0];
+        let d = &core.agents[&a].devices[0];
+        (
+            t.state.clone(),
+            t.placed.clone(),
+            t.deadline,
+            t.declined.clone(),
+            t.ran_on.clone(),
+            t.losses,
+            d.busy.clone(),
+            d.info.free_mib,
+        )
+    };
+    let before = snapshot(&core);
+    assert_eq!(before.0, TaskState::Running { agent: a.clone() });
+
+    // The agent declines an offer it already accepted (Running + Decline): refused.
+    let later = t0 + Duration::from_millis(500);
+    let err = core
+        .offer_reply(
+            &a,
+            s,
+            &r,
+            OfferAnswer::Decline {
+                reason: "changed its mind".into(),
+                free_mib: 1,
+            },
+            later,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::IllegalTransition { task, .. } if task.0 == "finetune:SLM_X"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("illegal in state Running"),
+        "{err}"
+    );
+    // A second accept (Running + Accept) is refused too: no lease renewal, no re-placement.
+    assert!(matches!(
+        core.offer_reply(&a, s, &r, OfferAnswer::Accept, later),
+        Err(CoreError::IllegalTransition { .. })
+    ));
+    assert_eq!(
+        snapshot(&core),
+        before,
+        "state, placement, lease and device unchanged"
+    );
+    let fx = core.take_effects();
+    assert!(
+        fx.io.is_empty() && fx.notices.is_empty() && fx.to_agents.is_empty(),
+        "no effects: {fx:?}"
+    );
+}
+
+/// An eval-only plan with no samples: done as soon as its agent reports success.
+fn one_eval_plan(output_dir: &std::path::Path) -> ExperimentPlan {
+    let mut p = plan();
+    let mut eval = p.tasks.pop().unwrap();
+    eval.spec.depends_on.clear();
+    p.tasks = vec![eval];
+    p.output_dir = output_dir.to_path_buf();
+    p
+}
+
+#[tokio::test]
+async fn the_owner_serves_commands_while_outputs_are_written_and_finishes_after() {
+    use super::status::WatchEvent;
+    use super::{AgentEvent, Command};
+    use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+    use tokio::time::timeout;
+    let dir = tempfile::tempdir().unwrap();
+    // The writer tells when it starts and then holds until released.
+    let (started_tx, started_rx) = std_mpsc::channel::<()>();
+    let (release_tx, release_rx) = std_mpsc::channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let write: crate::outputs::writer::WriteFn = Arc::new(move |_input| {
+        started_tx.lock().unwrap().send(()).unwrap();
+        release_rx.lock().unwrap().recv().unwrap();
+        Ok(crate::outputs::Written { report: true })
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (state, owner) = super::spawn_with_writer(
+        Core::new(settings()),
+        crate::journal::Journal::new(dir.path()),
+        write,
+        stop.clone(),
+    );
+    let wait = Duration::from_secs(10);
+    let a = AgentId("a".into());
+    let (tx, mut to_agent) = tokio::sync::mpsc::channel(16);
+    let session = state
+        .ask(|reply| Command::Register {
+            reg: reg("a", 1000),
+            tx,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let id = state
+        .submit(one_eval_plan(&dir.path().join("out")))
+        .await
+        .unwrap();
+    let (_, mut events) = state
+        .ask(|reply| Command::Watch {
+            experiment: id.clone(),
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let from_agent = |event| Command::FromAgent {
+        agent: a.clone(),
+        session,
+        event,
+    };
+    let mut offered = None;
+    while offered.is_none() {
+        match timeout(wait, to_agent.recv()).await.unwrap().unwrap() {
+            ToAgent::Offer { task, .. } => offered = Some(task),
+            ToAgent::Registered { .. } | ToAgent::Cancel { .. } => {}
+        }
+    }
+    let task = offered.unwrap();
+    state
+        .send(from_agent(AgentEvent::OfferReply {
+            task: task.clone(),
+            answer: OfferAnswer::Accept,
+        }))
+        .await
+        .unwrap();
+    let perf = crate::outcome::EvalPerformance {
+        load_s: 0.0,
+        eval_s: 1.0,
+        samples_per_s: 1.0,
+        tokens_per_s: 1.0,
+        peak_memory_mib: 1,
+        device_name: "cpu".into(),
+    };
+    state
+        .send(from_agent(AgentEvent::Result {
+            task,
+            outcome: Outcome::Done(crate::outcome::TaskOutput::Evaluated(perf)),
+        }))
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the writer started");
+
+    // The writer holds: heartbeats and status are still served, and nothing says finished yet.
+    state
+        .send(from_agent(AgentEvent::Heartbeat {
+            free: vec![("dev-a".into(), 777)],
+            running: vec![],
+        }))
+        .await
+        .unwrap();
+    let status = timeout(
+        wait,
+        state.ask(|reply| Command::Status {
+            experiment: None,
+            reply,
+        }),
+    )
+    .await
+    .expect("status answered while outputs are written")
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        status.agents[0].devices[0].free_mib, 777,
+        "heartbeat applied"
+    );
+    assert_eq!(status.experiments[0].state, ExperimentState::Running);
+    assert_eq!(status.experiments[0].tasks[0].state, TaskState::Succeeded);
+    let (_, finished) = state
+        .ask(|reply| Command::Results {
+            experiment: id.clone(),
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!finished, "not finished before the outputs are written");
+    while let Ok(ev) = events.try_recv() {
+        assert!(!ev.is_finished(), "`finished` before the outputs: {ev:?}");
+    }
+
+    release_tx.send(()).unwrap();
+    let last = loop {
+        let ev = timeout(wait, events.recv()).await.unwrap().unwrap();
+        if ev.is_finished() {
+            break ev.event;
+        }
+    };
+    assert_eq!(last, WatchEvent::Finished(ExperimentState::Succeeded));
+    let (_, finished) = state
+        .ask(|reply| Command::Results {
+            experiment: id,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(finished);
+    stop.cancel();
+    owner.await.unwrap();
 }

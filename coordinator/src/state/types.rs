@@ -2,6 +2,7 @@
 use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
 use crate::journal::ExperimentJournal;
 use crate::outcome::TaskOutput;
+use crate::outputs::OutputsInput;
 use shared::task::{AgentId, PredictionRow, ProgressEvent, TaskId};
 use std::time::Duration;
 
@@ -84,6 +85,12 @@ pub enum OfferAnswer {
 /// A message for an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToAgent {
+    /// The registration was accepted (always the session's first message).
+    Registered {
+        agent: AgentId,
+        /// How often the agent sends heartbeats.
+        heartbeat_interval: Duration,
+    },
     Offer {
         task: TaskRef,
         spec: shared::task::TaskSpec,
@@ -102,10 +109,9 @@ pub enum Io {
     SavePlan(Box<ExperimentPlan>),
     SaveState(ExperimentId, ExperimentJournal),
     AppendPredictions(ExperimentId, TaskId, Vec<PredictionRow>),
-    WriteOutputs(Box<crate::outputs::OutputsInput>),
 }
 
-/// Something watchers hear about.
+/// Something watchers hear about. `Finished` comes once the output folder is written (or failed).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
     Task(ExperimentId, TaskId),
@@ -121,10 +127,25 @@ pub enum ExperimentState {
     Failed,
 }
 
+/// Where an experiment's output folder stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputsState {
+    /// Tasks are still to end.
+    Pending,
+    /// Every task ended; the output writer has the folder.
+    Writing,
+    /// Written; `report` says whether the report was built too.
+    Written { report: bool },
+    /// Writing failed (logged; a restarted coordinator writes them again).
+    Failed(String),
+}
+
 /// Effects queued by handlers.
 #[derive(Debug, Default)]
 pub struct Effects {
     pub to_agents: Vec<(AgentId, u64, ToAgent)>,
     pub io: Vec<Io>,
+    /// Output folders to write (after this round's journal writes).
+    pub outputs: Vec<Box<OutputsInput>>,
     pub notices: Vec<Notice>,
 }

@@ -1,5 +1,5 @@
 //! The MedSynth CSV loader (`MedSynth_huggingface_final.csv`: columns ` Note`, `Dialogue`, `ICD10`,
-//! `ICD10_desc`; quoted multi-line fields).
+//! `ICD10_desc`; quoted multi-line fields; the file's facts: `docs/data.md`).
 //!
 //! Rows are numbered as a spreadsheet shows them (header = row 1, first data row = row 2) in error
 //! messages, with the physical line where the row starts, since quoted fields span lines. Record ids

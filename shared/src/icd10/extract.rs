@@ -1,4 +1,4 @@
-//! Finding the code a model meant in its free-text answer.
+//! Finding the code a model meant in its free-text answer (`docs/data.md`, pitfall 5).
 //!
 //! The text is cut into tokens: maximal runs of alphanumeric characters and dots (so a code is
 //! never taken from inside a longer word or number), with leading and trailing dots dropped (a

@@ -133,7 +133,7 @@ const fn shape(
     }
 }
 
-/// Llama-3.2-3B-Instruct (DATA.md).
+/// Llama-3.2-3B-Instruct.
 pub const LLAMA_3_2_3B: ModelShape = shape(3072, 28, 24, 8, 8192, 128256, true);
 /// Qwen2.5-3B-Instruct.
 pub const QWEN_2_5_3B: ModelShape = shape(2048, 36, 16, 2, 11008, 151936, true);

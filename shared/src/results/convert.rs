@@ -15,7 +15,7 @@ use super::{
     model_key, tool_version,
 };
 use crate::metrics::EvalMetrics;
-use crate::migrate::{LLM_MIN_BILLIONS, label_from_name, size_in_billions};
+use crate::plan::{LLM_MIN_BILLIONS, label_from_name, size_in_billions};
 use crate::task::ModelRole;
 
 /// Whether `v` is an old-shape results object (`Baseline_*` / `Finetuned_*` keys).

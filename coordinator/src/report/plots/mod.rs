@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use shared::fsutil::write_atomic;
+use shared::fsutil::{AtomicPath, write_atomic};
 use shared::task::ModelRole;
 
 use super::ReportError;
@@ -133,28 +133,22 @@ fn save<F: Figure>(
         fig.draw(&root).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    // The bitmap backend picks the encoder from the extension, so the temp name ends in `.png`.
-    let tmp = dir.join(format!(".{name}.tmp-{}.png", std::process::id()));
     let png = dir.join(format!("{name}.png"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    // The bitmap backend writes to a path and picks the encoder from its extension.
+    let tmp = AtomicPath::create(&png, "png").map_err(io(&png))?;
     {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        let root = BitMapBackend::new(tmp.path(), size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         fig.draw(&root).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    std::fs::rename(&tmp, &png).map_err(|source| ReportError::Io {
-        path: png.clone(),
-        source,
-    })?;
+    tmp.commit().map_err(io(&png))?;
     let svg_path = dir.join(format!("{name}.svg"));
-    write_atomic(&svg_path, svg.as_bytes()).map_err(|source| ReportError::Io {
-        path: svg_path,
-        source,
-    })?;
+    write_atomic(&svg_path, svg.as_bytes()).map_err(io(&svg_path))?;
     Ok(RenderedPlot {
         name,
         title: title.to_string(),

@@ -1,7 +1,11 @@
 //! The experiment's output folder, written (atomically, file by file) when its last task ends:
 //! `results.json`, `predictions/<model key>.jsonl`, `training/<model key>.json`,
 //! `config.resolved.toml`, `train_code_counts.json` (the report's frequency breakdown), then the
-//! report (`report.html`, `report.md`, `plots/`).
+//! report (`report.html`, `report.md`, `plots/`). [`results`] builds `results.json`; [`writer`]
+//! runs the writing beside the state owner, which hears back when a folder is complete.
+pub mod results;
+pub mod writer;
+
 use crate::experiment::ExperimentPlan;
 use crate::outcome::TaskOutput;
 use shared::fsutil::{write_atomic, write_json_atomic};
@@ -90,8 +94,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputsError + '_ {
     }
 }
 
-/// Writes every output file. Blocking: run it on `spawn_blocking`.
-pub fn write_outputs(input: &OutputsInput) -> Result<(), OutputsError> {
+/// What [`write_outputs`] wrote besides the results files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// `report.html` (and `report.md`, `plots/`) was built; a report problem is logged, and never
+    /// loses the results.
+    pub report: bool,
+}
+
+/// Writes every output file. Blocking: the state owner runs it through [`writer`], off its loop.
+pub fn write_outputs(input: &OutputsInput) -> Result<Written, OutputsError> {
     let dir = &input.plan.output_dir;
     let path = dir.join("config.resolved.toml");
     write_atomic(&path, input.plan.config_toml.as_bytes()).map_err(io(&path))?;
@@ -119,11 +131,17 @@ pub fn write_outputs(input: &OutputsInput) -> Result<(), OutputsError> {
             _ => {}
         }
     }
-    crate::results::write_results(input)?;
+    results::write_results(input)?;
     // The report is derived from the files just written; a report problem never loses results.
-    match crate::report::build(dir) {
-        Ok(p) => tracing::info!(report = %p.html.display(), "report written"),
-        Err(e) => tracing::warn!(error = %e, "report not built"),
-    }
-    Ok(())
+    let report = match crate::report::build(dir) {
+        Ok(p) => {
+            tracing::info!(report = %p.html.display(), "report written");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "report not built");
+            false
+        }
+    };
+    Ok(Written { report })
 }

@@ -1,7 +1,7 @@
 //! Aggregation: the finished tasks of an experiment → `results.json` (`shared::results`), metrics
 //! computed from the journalled predictions (`shared::metrics`).
+use super::{OutputsError, OutputsInput, results_key};
 use crate::outcome::{TaskOutput, TrainingOutcome};
-use crate::outputs::{OutputsError, OutputsInput, results_key};
 use sha2::{Digest, Sha256};
 use shared::results::{
     CurvePoint, Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics, TrainingStatus,
