@@ -68,7 +68,11 @@ pub fn model_shape(entry: &ModelEntry, settings: &HubSettings) -> Option<ModelSh
     let path = match fetched {
         Ok(f) => f.path,
         Err(e) => {
-            tracing::warn!(model = %entry.name, error = %e, "no config.json for the memory estimate");
+            tracing::warn!(
+                model = %entry.name,
+                error = %e,
+                "no config.json for the memory estimate"
+            );
             return None;
         }
     };
@@ -81,7 +85,11 @@ pub fn model_shape(entry: &ModelEntry, settings: &HubSettings) -> Option<ModelSh
     match shape {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(model = %entry.name, error = %e, "config.json unusable for the memory estimate");
+            tracing::warn!(
+                model = %entry.name,
+                error = %e,
+                "config.json unusable for the memory estimate"
+            );
             None
         }
     }

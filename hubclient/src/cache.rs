@@ -24,7 +24,8 @@ impl RepoCache {
         }
     }
 
-    /// `refs/<revision>` (a revision with `/`, like `refs/pr/1`, is a nested path, as in huggingface_hub).
+    /// `refs/<revision>` (a revision with `/`, like `refs/pr/1`, is a nested path, as in
+    /// huggingface_hub).
     pub(crate) fn ref_path(&self, revision: &str) -> PathBuf {
         self.root.join("refs").join(revision)
     }
@@ -116,7 +117,11 @@ impl RepoCache {
             .write(true)
             .open(&path)?;
         if !flock(&file, false)? {
-            tracing::info!(%wanted, lock = %path.display(), "another process is downloading this file; waiting for it");
+            tracing::info!(
+                %wanted,
+                lock = %path.display(),
+                "another process is downloading this file; waiting for it"
+            );
             flock(&file, true)?;
         }
         Ok(file)

@@ -4,13 +4,14 @@
 //!
 //! What it reproduces: `X-Repo-Commit`; a regular file answered directly with a git-style `ETag`
 //! and `Content-Length`; an LFS file answered with `302 Found` to an absolute CDN URL (this server
-//! under the host name `localhost`, so another host to clients), with `X-Linked-Etag` (its sha256) and `X-Linked-Size`; byte ranges (`206` with
-//! `Content-Range`, `416` past the end); branches, tags and commit hashes as revisions; a gated
-//! repository (`401` + `X-Error-Code: GatedRepo` without a token, `403` with a wrong one); `404`
-//! with `X-Error-Code` `RepoNotFound` / `RevisionNotFound` / `EntryNotFound` (a missing repository
-//! is `401 RepoNotFound` when no token is sent, as on the hub). [`FakeHub::cut_once`] makes the
-//! next body of a file stop after N bytes (an interrupted transfer), and [`FakeHub::log`] records
-//! every request with its `Range` header.
+//! under the host name `localhost`, so another host to clients), with `X-Linked-Etag` (its sha256)
+//! and `X-Linked-Size`; byte ranges (`206` with `Content-Range`, `416` past the end); branches,
+//! tags and commit hashes as revisions; a gated repository (`401` + `X-Error-Code: GatedRepo`
+//! without a token, `403` with a wrong one); `404` with `X-Error-Code` `RepoNotFound` /
+//! `RevisionNotFound` / `EntryNotFound` (a missing repository is `401 RepoNotFound` when no token
+//! is sent, as on the hub). [`FakeHub::cut_once`] makes the next body of a file stop after N bytes
+//! (an interrupted transfer), [`FakeHub::corrupt_once`] changes its first byte, and
+//! [`FakeHub::log`] records every request with its `Range` and `Authorization` headers.
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -1,5 +1,5 @@
-//! The hub's HTTP protocol, as huggingface_hub speaks it: `HEAD {endpoint}/{repo}/resolve/{revision}/{file}`
-//! (relative redirects followed, an absolute one — the CDN of an LFS file — not) gives the commit
+//! The hub's HTTP protocol, as huggingface_hub speaks it:
+//! `HEAD {endpoint}/{repo}/resolve/{revision}/{file}` (relative redirects followed, an absolute one — the CDN of an LFS file — not) gives the commit
 //! (`X-Repo-Commit`), the blob's name (`X-Linked-Etag`, the sha256 of an LFS file, else `ETag`)
 //! and its size (`X-Linked-Size`, else `Content-Length`); `GET` of the same URL at that commit
 //! (redirects followed, the token kept only on the hub's own host) transfers it, from byte N with
@@ -202,7 +202,12 @@ impl Client {
                 }
             };
             failures += 1;
-            tracing::warn!(%wanted, reason = %failed, attempt = failures, "asking the hub failed; retrying");
+            tracing::warn!(
+                %wanted,
+                reason = %failed,
+                attempt = failures,
+                "asking the hub failed; retrying"
+            );
             std::thread::sleep(settings.retries.delay(failures));
         };
         let bad = |reason: &str| HubError::BadResponse {
@@ -251,10 +256,21 @@ impl Client {
         let mut expected = meta.size;
         let mut last = String::new();
         let mut corrupt = false;
-        tracing::info!(%wanted, bytes = ?expected, resume_from = file_len(&part), "downloading from the hub");
+        tracing::info!(
+            %wanted,
+            bytes = ?expected,
+            resume_from = file_len(&part),
+            "downloading from the hub"
+        );
         for n in 1..=attempts {
             if n > 1 {
-                tracing::warn!(%wanted, reason = %last, attempt = n, have = file_len(&part), "transfer failed; resuming");
+                tracing::warn!(
+                    %wanted,
+                    reason = %last,
+                    attempt = n,
+                    have = file_len(&part),
+                    "transfer failed; resuming"
+                );
                 std::thread::sleep(settings.retries.delay(n - 1));
             }
             let total = match self.fetch_into(settings, &url, &part, expected, wanted) {
@@ -371,7 +387,10 @@ impl Client {
             },
             200 => {
                 if have > 0 {
-                    tracing::info!(%wanted, "the server sent the whole file instead of the rest; starting over");
+                    tracing::info!(
+                        %wanted,
+                        "the server sent the whole file instead of the rest; starting over"
+                    );
                 }
                 let total = resp
                     .header("content-length")

@@ -33,7 +33,8 @@ pub enum HubAccess {
     /// commit's file is cached, download it otherwise. If the hub cannot be reached, a cached copy
     /// of the revision is used (with a warning).
     Online,
-    /// The cache only (`HF_HUB_OFFLINE=1`); a missing file is an error naming where it was looked for.
+    /// The cache only (`HF_HUB_OFFLINE=1`); a missing file is an error naming where it was looked
+    /// for.
     Offline,
 }
 
