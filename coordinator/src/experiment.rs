@@ -47,4 +47,7 @@ pub struct ExperimentPlan {
     pub result_keys: BTreeMap<shared::task::TaskId, String>,
     /// In loading order (`shared::plan`): LLM evals, then each SLM's finetune → eval.
     pub tasks: Vec<PlannedTask>,
+    /// The hub file the dataset came from (commit and sha256), for `results.json`'s meta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<shared::results::HubDataset>,
 }

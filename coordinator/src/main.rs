@@ -351,6 +351,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let planner = coordinator::prepare::ConfigPlanner {
         models_dir: a.models_dir.clone(),
         env,
+        hub: hubclient::HubSettings::from_env(),
     };
     let mut opts = ServeOptions::new(a.data_dir.clone(), std::sync::Arc::new(planner));
     opts.settings = a.sched.settings();
@@ -419,7 +420,9 @@ async fn run(a: RunArgs) -> Result<()> {
     let agent_bin = a.agent_bin.unwrap_or_else(single_box::default_agent_bin);
     let devices = single_box::agent_devices(&cfg.device, &agent_bin).await?;
     let c = cfg.clone();
-    let plan = tokio::task::spawn_blocking(move || coordinator::prepare::prepare(&c)).await??;
+    let hub = hubclient::HubSettings::from_env();
+    let plan =
+        tokio::task::spawn_blocking(move || coordinator::prepare::prepare(&c, &hub)).await??;
     let output = plan.output_dir.clone();
     eprintln!(
         "experiment {} → {} ({} tasks on {})",

@@ -1,11 +1,17 @@
-//! From an experiment config to a runnable [`ExperimentPlan`]: load the dataset once, make the
-//! seeded split, plan the tasks (`shared::plan`) and attach each task's payload.
+//! From an experiment config to a runnable [`ExperimentPlan`]: load the dataset once (a hub dataset
+//! through the hub cache, [`crate::hub_data`]), make the seeded split, plan the tasks
+//! (`shared::plan`) and attach each task's payload.
 use crate::experiment::{ExperimentId, ExperimentPlan, PlannedTask, TaskPayload};
+use crate::hub_data::HubDataError;
+use hubclient::HubSettings;
 use sha2::{Digest, Sha256};
 use shared::config::{DataSource, ExperimentConfig, ModelEntry};
 use shared::dataset::{LoadOptions, Record};
 use shared::plan::{ModelShape, known_shape};
+use shared::results::HubDataset;
 use shared::task::{EvalPayload, FinetunePayload, TaskKind};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,20 +22,21 @@ pub enum PrepareError {
     Dataset(#[from] shared::dataset::DatasetError),
     #[error(transparent)]
     Split(#[from] shared::split::SplitError),
-    #[error(
-        "data source `medsynth_hub` ({repo}): this coordinator does not download from the hub; fetch \
-         `{file}` yourself and set `[data.source] kind = \"medsynth_csv\"` with its `path`"
-    )]
-    HubUnavailable { repo: String, file: String },
+    #[error(transparent)]
+    Hub(#[from] HubDataError),
     #[error("the dataset has no records after loading")]
     EmptyDataset,
 }
 
-/// Loads the records the config names.
-pub fn load_records(cfg: &ExperimentConfig) -> Result<Vec<Record>, PrepareError> {
+/// Loads the records the config names; for a hub dataset also which file, commit and content.
+pub fn load_records(
+    cfg: &ExperimentConfig,
+    hub: &HubSettings,
+) -> Result<(Vec<Record>, Option<HubDataset>), PrepareError> {
     let opts = LoadOptions {
         invalid_codes: cfg.data.invalid_codes,
     };
+    let mut provenance = None;
     let records = match &cfg.data.source {
         DataSource::Embedded { codes, per_code } => {
             shared::embedded::embedded_subset(*codes, *per_code)
@@ -39,21 +46,28 @@ pub fn load_records(cfg: &ExperimentConfig) -> Result<Vec<Record>, PrepareError>
             tracing::info!(path = %path.display(), kept = loaded.records.len(), "dataset loaded");
             loaded.records
         }
-        DataSource::MedsynthHub { repo, file, .. } => {
-            return Err(PrepareError::HubUnavailable {
-                repo: repo.clone(),
-                file: file.clone(),
-            });
+        DataSource::MedsynthHub {
+            repo,
+            file,
+            revision,
+        } => {
+            let (path, from) =
+                crate::hub_data::fetch_dataset(repo, file, revision.as_deref(), hub)?;
+            let loaded = shared::dataset::load_path(&path, &opts)?;
+            tracing::info!(path = %path.display(), kept = loaded.records.len(), "dataset loaded");
+            provenance = Some(from);
+            loaded.records
         }
     };
     if records.is_empty() {
         return Err(PrepareError::EmptyDataset);
     }
-    Ok(records)
+    Ok((records, provenance))
 }
 
-/// A model's shape: its local `config.json` if the name is an HF folder, else the known shapes.
-fn shape_of(entry: &ModelEntry) -> Option<ModelShape> {
+/// A model's shape: its local `config.json` if the name is an HF folder, else the known shapes,
+/// else (a hub id) the `config.json` in the hub cache or fetched from the hub.
+fn shape_of(entry: &ModelEntry, hub: &HubSettings) -> Option<ModelShape> {
     let cfg = Path::new(&entry.name).join("config.json");
     if let Ok(text) = std::fs::read_to_string(&cfg) {
         match ModelShape::from_hf_config_json(&text, &cfg.display().to_string()) {
@@ -61,7 +75,7 @@ fn shape_of(entry: &ModelEntry) -> Option<ModelShape> {
             Err(e) => tracing::warn!(error = %e, "falling back to the known shapes"),
         }
     }
-    known_shape(&entry.name)
+    known_shape(&entry.name).or_else(|| crate::hub_data::model_shape(entry, hub))
 }
 
 /// `[A-Za-z0-9._-]` only, so the id is safe in paths and artifact names.
@@ -84,17 +98,25 @@ fn safe(s: &str) -> String {
 }
 
 /// The plan for `cfg`. The id hashes the resolved config and the split, so resubmitting the same
-/// experiment resumes it.
-pub fn prepare(cfg: &ExperimentConfig) -> Result<ExperimentPlan, PrepareError> {
+/// experiment resumes it. `hub`: where the hub cache is and whether the hub may be contacted (for
+/// a hub dataset and the shapes of hub models).
+pub fn prepare(cfg: &ExperimentConfig, hub: &HubSettings) -> Result<ExperimentPlan, PrepareError> {
     let config_toml = cfg.to_toml()?;
-    let records = load_records(cfg)?;
+    let (records, dataset) = load_records(cfg, hub)?;
     let split = shared::split::split(&records, &cfg.data.split)?;
     let eval_samples = split.eval_samples(cfg.data.max_eval_samples).to_vec();
     let train: Vec<Record> = match cfg.data.max_train_samples {
         Some(n) => split.train.iter().take(n).cloned().collect(),
         None => split.train.clone(),
     };
-    let planned = shared::plan::plan(cfg, &shape_of);
+    // Each model's shape once (the plan asks per task; a hub model's costs a request).
+    let shapes = RefCell::new(BTreeMap::new());
+    let planned = shared::plan::plan(cfg, &|e: &ModelEntry| {
+        *shapes
+            .borrow_mut()
+            .entry((e.name.clone(), e.revision.clone()))
+            .or_insert_with(|| shape_of(e, hub))
+    });
     for note in &planned.notes {
         tracing::warn!(note = %note, "plan");
     }
@@ -136,6 +158,7 @@ pub fn prepare(cfg: &ExperimentConfig) -> Result<ExperimentPlan, PrepareError> {
         train_code_counts: split.train_code_counts(),
         result_keys: planned.result_keys.clone(),
         tasks,
+        dataset,
     })
 }
 
@@ -150,6 +173,8 @@ pub trait Planner: Send + Sync + 'static {
 pub struct ConfigPlanner {
     pub models_dir: Option<PathBuf>,
     pub env: std::collections::BTreeMap<String, String>,
+    /// The hub settings (`HF_*`) taken when the server started.
+    pub hub: HubSettings,
 }
 
 impl Planner for ConfigPlanner {
@@ -179,13 +204,20 @@ impl Planner for ConfigPlanner {
                 }
             }
         }
-        prepare(&cfg).map_err(|e| e.to_string())
+        prepare(&cfg, &self.hub).map_err(|e| e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty cache that may not be left (these configs need no hub).
+    fn no_hub() -> HubSettings {
+        let mut h = HubSettings::new("/nonexistent/hub-cache");
+        h.access = hubclient::HubAccess::Offline;
+        h
+    }
 
     #[test]
     fn the_offline_config_plans_with_payloads_and_a_stable_id() {
@@ -194,6 +226,7 @@ mod tests {
         let planner = ConfigPlanner {
             models_dir: Some(PathBuf::from("/models")),
             env: Default::default(),
+            hub: no_hub(),
         };
         let a = planner.plan(&text).unwrap();
         let b = planner.plan(&text).unwrap();
@@ -260,6 +293,7 @@ mod tests {
         let planner = ConfigPlanner {
             models_dir: None,
             env: Default::default(),
+            hub: no_hub(),
         };
         let text = ExperimentConfig::offline_default().to_toml().unwrap();
         let err = planner.plan(&text).unwrap_err();
@@ -274,6 +308,7 @@ mod tests {
         let planner = ConfigPlanner {
             models_dir: Some(PathBuf::from("/models")),
             env: Default::default(),
+            hub: no_hub(),
         };
         let ids = |scope: &str| -> Vec<String> {
             let mut cfg = ExperimentConfig::offline_default();
@@ -296,6 +331,7 @@ mod tests {
         let planner = ConfigPlanner {
             models_dir: None,
             env: Default::default(),
+            hub: no_hub(),
         };
         let err = planner.plan("[training]\nlearnin_rate = 1\n").unwrap_err();
         assert!(err.contains("learnin_rate"), "{err}");

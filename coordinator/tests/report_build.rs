@@ -89,6 +89,7 @@ fn synthetic_dir(dir: &Path, with_counts: bool) {
             created: Some("2026-11-26T00:00:00Z".into()),
             tool_version: "sizespec test".into(),
             converted_from_old: false,
+            dataset: None,
         }),
         entries: BTreeMap::new(),
     };

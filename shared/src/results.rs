@@ -192,6 +192,27 @@ pub struct ResultsMeta {
     /// `true` when the entries were converted from the old shape.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub converted_from_old: bool,
+    /// The hub file the dataset was read from (`[data.source] kind = "medsynth_hub"`); `None` for
+    /// the embedded dataset and local files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<HubDataset>,
+}
+
+/// Which hub file, at which commit, with which content, a run's dataset came from: enough to
+/// fetch exactly the same bytes again (`revision = "<commit>"`) and to check them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubDataset {
+    /// `owner/name` of the dataset repository.
+    pub repo: String,
+    /// The file's path in the repository.
+    pub file: String,
+    /// The revision asked for (branch, tag or commit).
+    pub revision: String,
+    /// The commit that revision resolved to.
+    pub commit: String,
+    /// SHA-256 of the file's bytes, lowercase hex.
+    pub sha256: String,
 }
 
 /// The whole `results.json`: model entries by key, and `meta`.

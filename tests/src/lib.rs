@@ -363,6 +363,7 @@ pub fn demo_plan(id: &str, out: &Path, eval_n: usize, estimate_mib: u64) -> Expe
         train_code_counts: BTreeMap::from([("J069".to_string(), 3)]),
         result_keys,
         tasks,
+        dataset: None,
     }
 }
 

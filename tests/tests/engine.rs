@@ -115,6 +115,7 @@ fn plan(model_dir: &Path, out: &Path) -> ExperimentPlan {
             ft,
             eval(slm, vec![TaskId("finetune:SLM_Tiny".into())]),
         ],
+        dataset: None,
     }
 }
 

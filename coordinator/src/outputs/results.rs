@@ -44,6 +44,7 @@ pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
             created,
             tool_version: tool_version(),
             converted_from_old: false,
+            dataset: input.plan.dataset.clone(),
         }),
         entries: Default::default(),
     };

@@ -60,6 +60,7 @@ fn plan() -> ExperimentPlan {
                 100,
             )),
         ],
+        dataset: None,
     }
 }
 

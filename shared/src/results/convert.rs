@@ -310,6 +310,7 @@ pub fn convert_old(old: Value) -> Result<Results, ResultsError> {
         created,
         tool_version: tool_version(),
         converted_from_old: true,
+        dataset: None,
     });
     Ok(results)
 }

@@ -37,6 +37,13 @@ fn sample() -> Results {
             created: Some("2026-11-26T01:00:00Z".into()),
             tool_version: tool_version(),
             converted_from_old: false,
+            dataset: Some(HubDataset {
+                repo: "Ahmad0067/MedSynth".into(),
+                file: "MedSynth_huggingface_final.csv".into(),
+                revision: "main".into(),
+                commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                sha256: "ef".repeat(32),
+            }),
         }),
         entries: Default::default(),
     };
