@@ -18,7 +18,8 @@ mod shape;
 mod tests;
 
 pub use memory::{
-    CUDA_CONTEXT_MIB, MemoryEstimate, estimate_eval, estimate_finetune, kv_cache_bytes, lora_params,
+    CUDA_CONTEXT_MIB, MemoryEstimate, estimate_eval, estimate_finetune, finetune_rows,
+    kv_cache_bytes, lora_params,
 };
 pub use shape::{
     LLAMA_3_1_8B, LLAMA_3_2_3B, MISTRAL_7B, ModelShape, QWEN_2_5_3B, SMOLLM2_135M, known_shape,
@@ -163,10 +164,7 @@ pub fn plan(cfg: &ExperimentConfig, shapes: &impl Fn(&ModelEntry) -> Option<Mode
     };
     let eval_seq = (cfg.training.max_length + cfg.generation.max_new_tokens) as u64;
     let eval_batch = cfg.generation.batch_size as u64;
-    let (train_batch, train_seq) = (
-        cfg.training.batch_size as u64,
-        cfg.training.max_length as u64,
-    );
+    let (train_batch, train_seq) = (finetune_rows(&cfg.training), cfg.training.max_length as u64);
     let train_bytes = cfg.dtype.resolve(ComputeBackend::Cuda).bytes();
     let act = INFERENCE_ACT_BYTES;
 

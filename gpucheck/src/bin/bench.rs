@@ -1,7 +1,8 @@
 //! `bench`: CPU throughput of the engine on SmolLM2-135M-Instruct (the GGUF fetched by
 //! `scripts/fetch-smollm2.sh`): batched greedy generation (Q8_0 as the worker loads a 4-bit GGUF on
 //! the CPU, and dense f32 as a finetuned SLM is evaluated) and LoRA training steps (f32, plain and
-//! layer-by-layer backward). Prints a table and appends it to `bench/RESULTS.md` with machine,
+//! layer-by-layer backward), and whole LoRA training runs with fixed vs length-grouped micro-batches
+//! on a skewed length distribution (`--only batching`). Prints a table and appends it to `bench/RESULTS.md` with machine,
 //! date and commit. See `bench/README.md`.
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,8 +15,8 @@ use engine::generate::generate;
 use engine::load::{self, ModelSource};
 use engine::model::{LoadOptions, WeightFormat};
 use engine::train::examples::ExampleBuilder;
-use engine::train::{Backward, Example, collate, step};
-use shared::config::{GenerationConfig, LoraConfig, PromptConfig};
+use engine::train::{Backward, Example, Layout, Resume, TrainOptions, collate, step, train};
+use shared::config::{GenerationConfig, LoraConfig, PromptConfig, TrainingConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,9 @@ struct Cli {
     /// Timed training steps (after one warm-up step).
     #[arg(long, default_value_t = 2)]
     train_steps: usize,
+    /// Examples in each batching run (`--only batching`, also part of `all`).
+    #[arg(long, default_value_t = 48)]
+    batching_examples: usize,
     /// Which workloads to run.
     #[arg(long, value_enum, default_value = "all")]
     only: Only,
@@ -49,6 +53,7 @@ enum Only {
     All,
     Generate,
     Train,
+    Batching,
 }
 
 struct Row {
@@ -261,6 +266,110 @@ fn train_rows(cli: &Cli, source: &ModelSource) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Synthetic examples with a MedSynth-like skewed length distribution scaled down for the CPU:
+/// log-normal (σ 0.6) with a mean near 240 tokens, cut to [32, 1000]; random token ids, the last 7
+/// of each (6 answer tokens and the end-of-turn) are labels.
+fn skewed_examples(n: usize, vocab: usize, eos: u32) -> Vec<Example> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(975);
+    let mu = 240f64.ln() - 0.6f64.powi(2) / 2.0;
+    (0..n)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            let len = ((mu + 0.6 * z).exp() as usize).clamp(32, 1000);
+            let mut ids: Vec<u32> = (0..len - 1)
+                .map(|_| rng.random_range(100..vocab as u32))
+                .collect();
+            ids.push(eos);
+            Example {
+                ids,
+                prompt_len: len - 7,
+            }
+        })
+        .collect()
+}
+
+/// Whole training runs (one epoch, optimiser included) over the same skewed examples with each
+/// micro-batch layout; tokens are real tokens, the note gives the padding fraction.
+fn batching_rows(cli: &Cli, source: &ModelSource) -> anyhow::Result<Vec<Row>> {
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        device: Device::Cpu,
+        format: WeightFormat::Dense,
+    };
+    let lora = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: shared::config::ALL_PROJECTIONS.map(String::from).to_vec(),
+    };
+    let cfg = TrainingConfig {
+        epochs: 1,
+        early_stopping_patience: 0,
+        max_length: 1000,
+        batch_size: 4,
+        gradient_accumulation_steps: 4,
+        ..TrainingConfig::default()
+    };
+    let layouts = [
+        ("fixed", Layout::Fixed),
+        ("length_grouped", Layout::LengthGrouped { max_tokens: None }),
+        (
+            "length_grouped, 1024-token budget",
+            Layout::LengthGrouped {
+                max_tokens: Some(1024),
+            },
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (label, layout) in layouts {
+        let mut loaded = load::load(source, &opts)?;
+        let vocab = loaded.model.config().vocab_size;
+        let eos = *loaded
+            .tokenizer
+            .stop_ids()
+            .first()
+            .context("no stop token")?;
+        let examples = skewed_examples(cli.batching_examples, vocab, eos);
+        let topts = TrainOptions {
+            backward: Backward::Plain,
+            layout,
+            pad_id: loaded.tokenizer.pad_id(),
+            checkpoint_dir: None,
+            resume: Resume::Fresh,
+            base_model: "bench".into(),
+            revision: None,
+        };
+        let mut micro = 0usize;
+        let out = train(
+            &mut loaded.model,
+            &examples,
+            &[],
+            &cfg,
+            &lora,
+            &topts,
+            &CancellationToken::new(),
+            |_| micro += 1,
+        )?;
+        rows.push(Row {
+            what: "LoRA training".into(),
+            setting: format!("f32, r8 all 7, {label}"),
+            tokens: out.trained_tokens as usize,
+            seconds: out.train_seconds,
+            note: format!(
+                "{} examples ({:.0} tokens avg), {} steps of 16, padding {:.1}% of {} forwarded tokens",
+                examples.len(),
+                out.trained_tokens as f64 / examples.len() as f64,
+                micro,
+                100.0 * out.padding_fraction(),
+                out.padded_tokens
+            ),
+        });
+    }
+    Ok(rows)
+}
+
 /// mimalloc keeping freed pages: candle allocates a buffer per op (`engine::alloc`).
 #[global_allocator]
 static GLOBAL: engine::alloc::MiMalloc = engine::alloc::MiMalloc;
@@ -278,7 +387,7 @@ fn main() -> anyhow::Result<()> {
     let source = load::resolve(path.to_str().context("model path is not UTF-8")?, None)?;
     let load_before = loadavg();
     let mut rows = Vec::new();
-    if cli.only != Only::Train {
+    if matches!(cli.only, Only::All | Only::Generate) {
         rows.extend(gen_rows(
             &cli,
             &source,
@@ -287,8 +396,11 @@ fn main() -> anyhow::Result<()> {
         )?);
         rows.extend(gen_rows(&cli, &source, WeightFormat::Dense, "f32")?);
     }
-    if cli.only != Only::Generate {
+    if matches!(cli.only, Only::All | Only::Train) {
         rows.extend(train_rows(&cli, &source)?);
+    }
+    if matches!(cli.only, Only::All | Only::Batching) {
+        rows.extend(batching_rows(&cli, &source)?);
     }
 
     let date = std::process::Command::new("date")
