@@ -82,6 +82,7 @@ fn finetune_payload(epochs: u32) -> FinetunePayload {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed: 7,
+            ..TrainingConfig::default()
         },
     }
 }

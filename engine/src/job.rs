@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
+use shared::config::{Batching, TrainingConfig};
 use shared::task::{
     EvalPayload, FinetunePayload, ModelSpec, PredictionRow, ProgressEvent, Quantization, TaskSpec,
 };
@@ -22,7 +23,7 @@ use crate::peft::PeftAdapter;
 use crate::template::ChatTemplate;
 use crate::tokenizer::{ModelTokenizer, SpecialTokens};
 use crate::train::examples::ExampleBuilder;
-use crate::train::{Backward, CurvePoint, Ending, Resume, TrainError, TrainOptions};
+use crate::train::{Backward, CurvePoint, Ending, Layout, Resume, TrainError, TrainOptions};
 
 /// Which device a job computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -432,13 +433,15 @@ pub fn finetune(
     };
     let train = builder.examples(&payload.train)?;
     let val = builder.examples(&payload.validation)?;
+    let layout = layout_for(model, &payload.training);
     let opts = TrainOptions {
         backward: match model.device() {
             // On the CPU the plain graph is faster; on a GPU keep as many layers' graphs as the
             // free memory holds and recompute the rest.
             Device::Cpu => Backward::Plain,
-            dev => gpu_backward(model, &payload.training, dev),
+            dev => gpu_backward(model, &payload.training, layout, dev),
         },
+        layout,
         pad_id: tok.pad_id(),
         checkpoint_dir: Some(out_dir.join("checkpoint")),
         resume: Resume::IfPresent,
@@ -482,12 +485,48 @@ pub fn finetune(
     })
 }
 
-/// The GPU's backward mode for this model and batch ([`crate::train::step::auto_backward`] on the
-/// device's free memory).
-fn gpu_backward(model: &Model, t: &shared::config::TrainingConfig, dev: &Device) -> Backward {
-    let tokens = t.batch_size.max(1)
-        * t.max_length
-            .min(model.config().max_position_embeddings.max(1));
+/// The micro-batch layout `training.batching` asks for on the model's device: `auto` is
+/// length-grouped on a GPU and fixed on the CPU (whose adapters stay byte-identical to fixed
+/// batching). A length-grouped run without `max_batch_tokens` gets a budget sized to the GPU's free
+/// memory ([`crate::train::step::auto_batch_tokens`]), or `batch_size` rows on the CPU.
+pub fn layout_for(model: &Model, t: &TrainingConfig) -> Layout {
+    let gpu = !matches!(model.device(), Device::Cpu);
+    match t.batching {
+        Batching::Fixed => Layout::Fixed,
+        Batching::Auto if !gpu => Layout::Fixed,
+        Batching::Auto | Batching::LengthGrouped => Layout::LengthGrouped {
+            max_tokens: match t.max_batch_tokens {
+                0 if gpu => {
+                    let free = memory_free_bytes(model.device()).unwrap_or(0);
+                    Some(crate::train::step::auto_batch_tokens(
+                        model,
+                        max_tokens_per_example(model, t),
+                        free,
+                    ))
+                }
+                0 => None,
+                n => Some(n),
+            },
+        },
+    }
+}
+
+/// The longest an example can be: `max_length`, within the model's context.
+fn max_tokens_per_example(model: &Model, t: &TrainingConfig) -> usize {
+    t.max_length
+        .min(model.config().max_position_embeddings.max(1))
+}
+
+/// The GPU's backward mode for this model and the largest micro-batch `layout` can form
+/// ([`crate::train::step::auto_backward`] on the device's free memory).
+fn gpu_backward(model: &Model, t: &TrainingConfig, layout: Layout, dev: &Device) -> Backward {
+    let longest = max_tokens_per_example(model, t);
+    let tokens = match layout {
+        Layout::LengthGrouped {
+            max_tokens: Some(budget),
+        } => budget.max(longest),
+        _ => t.batch_size.max(1) * longest,
+    };
     let free = memory_free_bytes(dev).unwrap_or(0);
     crate::train::step::auto_backward(model, tokens, free)
 }

@@ -14,7 +14,7 @@ use engine::model::Model;
 use engine::template::ChatTemplate;
 use engine::tokenizer::{ModelTokenizer, SpecialTokens};
 use engine::train::examples::ExampleBuilder;
-use engine::train::{Backward, IGNORE, Resume, TrainOptions, collate, train};
+use engine::train::{Backward, IGNORE, Layout, Resume, TrainOptions, collate, train};
 use shared::config::{GenerationConfig, LoraConfig, LrSchedule, PromptConfig, TrainingConfig};
 use shared::dataset::Record;
 use testkit::{Tiny, codes, words};
@@ -62,6 +62,7 @@ fn training() -> TrainingConfig {
         weight_decay: 0.0,
         max_grad_norm: 1.0,
         seed: 7,
+        ..TrainingConfig::default()
     }
 }
 
@@ -137,6 +138,7 @@ fn lora_learns_the_code_mapping_and_to_stop() {
         let mut model = t.model(21);
         let opts = TrainOptions {
             backward: Backward::Plain,
+            layout: Layout::Fixed,
             pad_id: tok.pad_id(),
             checkpoint_dir: None,
             resume: Resume::Fresh,

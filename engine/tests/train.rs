@@ -10,7 +10,7 @@ use engine::testkit;
 use candle_core::Var;
 use engine::model::Mode;
 use engine::train::{
-    Backward, Ending, Example, Resume, TrainError, TrainOptions, collate, step, train,
+    Backward, Ending, Example, Layout, Resume, TrainError, TrainOptions, collate, step, train,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,12 +60,14 @@ fn cfg(epochs: u32) -> TrainingConfig {
         weight_decay: 0.01,
         max_grad_norm: 1.0,
         seed: 11,
+        ..TrainingConfig::default()
     }
 }
 
 fn opts(dir: Option<&std::path::Path>, backward: Backward) -> TrainOptions {
     TrainOptions {
         backward,
+        layout: Layout::Fixed,
         pad_id: 0,
         checkpoint_dir: dir.map(|d| d.to_path_buf()),
         resume: Resume::IfPresent,
@@ -298,7 +300,8 @@ fn early_stopping_ends_the_run_and_keeps_the_best_adapter() {
     assert_eq!(out.ending, Ending::EarlyStopped);
     assert!(out.steps < out.total_steps);
     let ex = examples(4, 2);
-    let best = engine::train::mean_loss(&mut model, &ex, 4, 0).unwrap();
+    let best =
+        engine::train::mean_loss(&mut model, &ex, engine::train::Layout::Fixed, 4, 0).unwrap();
     assert!(
         (best - out.best_val_loss.unwrap()).abs() < 1e-5,
         "model holds the best adapter: {best} vs {:?}",

@@ -113,6 +113,21 @@ pub enum LrSchedule {
     Constant,
 }
 
+/// How training examples are cut into micro-batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Batching {
+    /// `length_grouped` on a GPU, `fixed` on the CPU (whose adapter bytes stay as they were).
+    #[default]
+    Auto,
+    /// `batch_size` examples per micro-batch in the seeded epoch order.
+    Fixed,
+    /// Examples of similar length share a micro-batch (sorted within windows of the seeded
+    /// order, the optimiser steps shuffled after), cut by `max_batch_tokens` when there is a
+    /// budget, else by `batch_size`.
+    LengthGrouped,
+}
+
 /// LoRA training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,8 +143,15 @@ pub struct TrainingConfig {
     pub eval_every_steps: u64,
     /// Sequences longer than this (prompt + answer) are truncated from the dialogue's end.
     pub max_length: usize,
+    /// Examples per micro-batch with fixed batching; with length-grouped batching, an optimiser
+    /// step holds `batch_size × gradient_accumulation_steps` examples either way.
     pub batch_size: usize,
     pub gradient_accumulation_steps: usize,
+    pub batching: Batching,
+    /// Length-grouped batching: most `rows × padded width` tokens in one micro-batch (an example
+    /// longer than that gets a micro-batch of its own). 0 = chosen from free device memory on a
+    /// GPU, `batch_size` rows per micro-batch on the CPU.
+    pub max_batch_tokens: usize,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub seed: u64,
@@ -147,6 +169,8 @@ impl Default for TrainingConfig {
             max_length: 2048,
             batch_size: 4,
             gradient_accumulation_steps: 4,
+            batching: Batching::Auto,
+            max_batch_tokens: 0,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed: 42,

@@ -19,7 +19,8 @@ mod shape;
 mod tests;
 
 pub use memory::{
-    CUDA_CONTEXT_MIB, MemoryEstimate, estimate_eval, estimate_finetune, kv_cache_bytes, lora_params,
+    CUDA_CONTEXT_MIB, MemoryEstimate, estimate_eval, estimate_finetune, finetune_rows,
+    kv_cache_bytes, lora_params,
 };
 pub use name::{LLM_MIN_BILLIONS, label_from_name, size_in_billions};
 pub use shape::{
@@ -165,10 +166,7 @@ pub fn plan(cfg: &ExperimentConfig, shapes: &impl Fn(&ModelEntry) -> Option<Mode
     };
     let eval_seq = (cfg.training.max_length + cfg.generation.max_new_tokens) as u64;
     let eval_batch = cfg.generation.batch_size as u64;
-    let (train_batch, train_seq) = (
-        cfg.training.batch_size as u64,
-        cfg.training.max_length as u64,
-    );
+    let (train_batch, train_seq) = (finetune_rows(&cfg.training), cfg.training.max_length as u64);
     let train_bytes = cfg.dtype.resolve(ComputeBackend::Cuda).bytes();
     let act = INFERENCE_ACT_BYTES;
 

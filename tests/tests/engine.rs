@@ -93,6 +93,7 @@ fn plan(model_dir: &Path, out: &Path) -> ExperimentPlan {
                 weight_decay: 0.0,
                 max_grad_norm: 1.0,
                 seed: 7,
+                ..TrainingConfig::default()
             },
         }),
     };

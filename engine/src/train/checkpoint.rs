@@ -51,6 +51,9 @@ pub struct TrainerState {
     /// Training seconds spent before this checkpoint (resumed runs add to it).
     pub train_seconds: f64,
     pub trained_tokens: u64,
+    /// Forwarded tokens including padding (a checkpoint without the field reads as 0).
+    #[serde(default)]
+    pub padded_tokens: u64,
 }
 
 /// What a checkpoint folder holds, loaded.

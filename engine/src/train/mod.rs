@@ -2,11 +2,13 @@
 //! gradient accumulation, global-norm clipping, periodic validation with early stopping, per-epoch
 //! checkpoints that a run resumes from, progress events. Seeded and bit-reproducible on CPU.
 //!
-//! Layout: [`batch`] examples, labels and padding; [`examples`] records → tokenized examples with the
+//! Layout: [`batch`] examples, labels and padding; [`batching`] which examples form each micro-batch
+//! and optimiser step (fixed or length-grouped); [`examples`] records → tokenized examples with the
 //! model's own tokenizer and template; [`step`] forward/backward (plain or layer-by-layer
 //! recomputation); [`optim`] AdamW and clipping; [`schedule`] learning rates; [`checkpoint`] saving
 //! and resuming.
 pub mod batch;
+pub mod batching;
 pub mod checkpoint;
 pub mod examples;
 pub mod optim;
@@ -17,14 +19,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use shared::config::{LoraConfig, TrainingConfig};
 use shared::task::ProgressEvent;
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{Batch, Example, IGNORE, collate};
+pub use batching::{Layout, epoch_order};
 pub use checkpoint::{CurveKind, CurvePoint, TrainerState};
 pub use step::Backward;
 
@@ -65,6 +65,8 @@ pub enum Resume {
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub backward: Backward,
+    /// How examples become micro-batches (the job resolves `training.batching` for its device).
+    pub layout: Layout,
     /// Token id that fills padding columns (never a label).
     pub pad_id: u32,
     /// Where epoch checkpoints go; `None` = no checkpoints.
@@ -96,6 +98,8 @@ pub struct TrainOutcome {
     pub train_seconds: f64,
     /// Real (non-padding) tokens forwarded and back-propagated.
     pub trained_tokens: u64,
+    /// Tokens forwarded including padding (`rows × width` summed over micro-batches).
+    pub padded_tokens: u64,
 }
 
 impl TrainOutcome {
@@ -108,12 +112,18 @@ impl TrainOutcome {
     pub fn tokens_per_s(&self) -> f64 {
         self.trained_tokens as f64 / self.train_seconds.max(1e-9)
     }
+    /// Share of the forwarded tokens that were padding.
+    pub fn padding_fraction(&self) -> f64 {
+        1.0 - self.trained_tokens as f64 / self.padded_tokens.max(1) as f64
+    }
 }
 
-/// The mean cross-entropy per label token over `examples` (eval mode: no dropout).
+/// The mean cross-entropy per label token over `examples` (eval mode: no dropout), in the
+/// micro-batches [`batching::eval_batches`] cuts for `layout`.
 pub fn mean_loss(
     model: &mut Model,
     examples: &[Example],
+    layout: Layout,
     batch_size: usize,
     pad_id: u32,
 ) -> Result<f64, TrainError> {
@@ -121,9 +131,10 @@ pub fn mean_loss(
     model.set_mode(Mode::Eval);
     let mut sum = 0.0;
     let mut labels = 0usize;
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
     let result = (|| {
-        for chunk in examples.chunks(batch_size.max(1)) {
-            let refs: Vec<&Example> = chunk.iter().collect();
+        for micro in batching::eval_batches(&lengths, layout, batch_size) {
+            let refs: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
             let b = collate(&refs, pad_id, model.device())?;
             sum += step::loss_sum(model, &b)?;
             labels += b.label_tokens;
@@ -155,17 +166,6 @@ fn check(cfg: &TrainingConfig, train: &[Example]) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Epoch `epoch`'s example order: a permutation seeded by (seed, epoch) only, so a resumed run
-/// sees the same order as an uninterrupted one.
-pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(
-        seed ^ (u64::from(epoch) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
-    order.shuffle(&mut rng);
-    order
-}
-
 fn var_values(vars: &[(String, Var)]) -> candle_core::Result<Vec<(String, Tensor)>> {
     vars.iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
@@ -188,7 +188,7 @@ fn validate(
     if val.is_empty() {
         return Ok(false);
     }
-    let loss = mean_loss(model, val, cfg.batch_size, opts.pad_id)?;
+    let loss = mean_loss(model, val, opts.layout, cfg.batch_size, opts.pad_id)?;
     on_event(ProgressEvent::Validation {
         epoch,
         step: state.global_step,
@@ -240,8 +240,12 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.gradient_accumulation_steps) as u64;
+    // Every layout gives a step batch_size × accumulation examples (the last takes the rest).
+    let steps_per_epoch = train
+        .len()
+        .div_ceil(cfg.batch_size * cfg.gradient_accumulation_steps)
+        as u64;
+    let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
     let total_steps = steps_per_epoch * u64::from(cfg.epochs);
     let sched = schedule::Schedule::new(
         cfg.learning_rate,
@@ -262,6 +266,7 @@ pub fn train(
         optimizer_steps: 0,
         train_seconds: 0.0,
         trained_tokens: 0,
+        padded_tokens: 0,
     };
     let mut best: Option<Vec<(String, Tensor)>> = None;
     if let (Some(dir), Resume::IfPresent) = (&opts.checkpoint_dir, opts.resume)
@@ -311,9 +316,15 @@ pub fn train(
             break;
         }
         let epoch1 = epoch + 1;
-        let order = epoch_order(train.len(), cfg.seed, epoch);
-        let micro: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
-        for group in micro.chunks(cfg.gradient_accumulation_steps) {
+        let plan = batching::plan_epoch(
+            &lengths,
+            opts.layout,
+            cfg.batch_size,
+            cfg.gradient_accumulation_steps,
+            cfg.seed,
+            epoch,
+        );
+        for group in &plan {
             if cancel.is_cancelled() {
                 return Err(TrainError::Cancelled {
                     step: state.global_step,
@@ -329,12 +340,14 @@ pub fn train(
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             let mut sum = 0.0;
             let mut tokens = 0usize;
+            let mut padded = 0usize;
             for m in group {
                 let refs: Vec<&Example> = m.iter().map(|&i| &train[i]).collect();
                 let b = collate(&refs, opts.pad_id, model.device())?;
                 let (s, g) = step::loss_and_grads(model, &b, &vars, scale, opts.backward)?;
                 sum += s;
                 tokens += b.real_tokens;
+                padded += b.ids.elem_count();
                 for (acc, g) in grads.iter_mut().zip(g) {
                     *acc = match (acc.take(), g) {
                         (Some(a), Some(g)) => Some((a + g)?),
@@ -349,6 +362,7 @@ pub fn train(
             opt.step_scaled(&grads, lr, optim::clip_factor(norm, cfg.max_grad_norm))?;
             state.global_step += 1;
             state.trained_tokens += tokens as u64;
+            state.padded_tokens += padded as u64;
             let loss = sum / labels as f64;
             if !loss.is_finite() {
                 return Err(TrainError::Data(format!(
@@ -440,5 +454,6 @@ pub fn train(
         curve: state.curve,
         train_seconds: base_seconds + started.elapsed().as_secs_f64(),
         trained_tokens: state.trained_tokens,
+        padded_tokens: state.padded_tokens,
     })
 }

@@ -96,6 +96,44 @@ pub fn auto_backward(model: &Model, tokens: usize, free_bytes: u64) -> Backward 
     Backward::KeepLast(kept)
 }
 
+/// Most tokens [`auto_batch_tokens`] gives a micro-batch: beyond that the GEMMs of a 3B model are
+/// saturated, and a default optimiser step of MedSynth-length examples (16 × ~1,000 tokens) is one
+/// micro-batch already.
+pub const MAX_AUTO_BATCH_TOKENS: usize = 16_384;
+
+/// The largest micro-batch (tokens) for which all `layers` keep their graph within `free_bytes`
+/// ([`auto_backward`]'s reserve included: two layers' graphs, the logits, 2 GiB), given the bytes
+/// a token costs in one layer's graph and in the logits; at least `longest` (one full-length
+/// example always fits a micro-batch, [`auto_backward`] then recomputes layers that do not fit),
+/// at most [`MAX_AUTO_BATCH_TOKENS`], a multiple of 64 when in between.
+pub fn batch_tokens_that_fit(
+    layers: usize,
+    layer_bytes_per_token: u64,
+    logits_bytes_per_token: u64,
+    free_bytes: u64,
+    longest: usize,
+) -> usize {
+    let per_token = (layers as u64 + 2) * layer_bytes_per_token + logits_bytes_per_token;
+    let fit = (free_bytes.saturating_sub(2u64 << 30) / per_token.max(1)) as usize;
+    (fit.min(MAX_AUTO_BATCH_TOKENS) / 64 * 64).max(longest)
+}
+
+/// The token budget of a length-grouped micro-batch on a GPU: [`batch_tokens_that_fit`] for this
+/// model with `free_bytes` of device memory and examples of at most `longest` tokens.
+pub fn auto_batch_tokens(model: &Model, longest: usize, free_bytes: u64) -> usize {
+    let cfg = model.config();
+    let bytes = model.dtype().size_in_bytes();
+    let lora_op = model.device().is_cuda() && crate::gpu::fused::lora_op_enabled();
+    let per = layer_graph_bytes(1, cfg.hidden_size, cfg.intermediate_size, bytes, lora_op);
+    let logits = (cfg.vocab_size * bytes * 3) as u64;
+    let tokens = batch_tokens_that_fit(model.num_layers(), per, logits, free_bytes, longest);
+    tracing::info!(
+        "length-grouped micro-batches of at most {tokens} tokens ({:.1} GiB free)",
+        free_bytes as f64 / f64::from(1u32 << 30)
+    );
+    tokens
+}
+
 /// Sum over rows of `-log softmax(logits)[target]`, from ops that all have a backward pass
 /// (candle's fused softmax has none). `logits: [n, vocab]` f32, `targets: [n]` u32.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
@@ -271,5 +309,31 @@ mod tests {
         assert_eq!(layers_that_fit(28, per, 500 * gib, 8 * gib), 28);
         let some = layers_that_fit(28, per, 24 * gib, 8 * gib);
         assert!(some > 10 && some < 28, "{some}");
+    }
+
+    #[test]
+    fn the_auto_budget_keeps_every_layer_and_stays_in_bounds() {
+        use super::{
+            MAX_AUTO_BATCH_TOKENS, batch_tokens_that_fit, layer_graph_bytes, layers_that_fit,
+        };
+        let gib = 1u64 << 30;
+        // llama3b shape, bf16, one-op LoRA: ~0.14 MB a token a layer, 0.77 MB of logits reserve.
+        let per = layer_graph_bytes(1, 3072, 8192, 2, true);
+        let logits = 128_256 * 2 * 3;
+        let t = batch_tokens_that_fit(28, per, logits, 40 * gib, 2048);
+        assert!(
+            t > 2048 && t < MAX_AUTO_BATCH_TOKENS && t.is_multiple_of(64),
+            "{t}"
+        );
+        // At that budget every layer keeps its graph under auto_backward's reserve.
+        let t = t as u64;
+        let reserve = 2 * per * t + logits * t + 2 * gib;
+        assert_eq!(layers_that_fit(28, per * t, 40 * gib, reserve), 28);
+        assert_eq!(
+            batch_tokens_that_fit(28, per, logits, 130 * gib, 2048),
+            MAX_AUTO_BATCH_TOKENS
+        );
+        // Too little memory: one full-length example still forms a micro-batch.
+        assert_eq!(batch_tokens_that_fit(28, per, logits, 4 * gib, 2048), 2048);
     }
 }

@@ -1,7 +1,8 @@
 //! `bench`: CPU throughput of the engine on SmolLM2-135M-Instruct (the GGUF fetched by
 //! `scripts/fetch-smollm2.sh`): batched greedy generation (Q8_0 as the worker loads a 4-bit GGUF on
 //! the CPU, and dense f32 as a finetuned SLM is evaluated) and LoRA training steps (f32, plain and
-//! layer-by-layer backward). Prints a table and appends it to `bench/RESULTS.md` with machine,
+//! layer-by-layer backward), and whole LoRA training runs with fixed vs length-grouped micro-batches
+//! on a skewed length distribution (`--only batching`). Prints a table and appends it to `bench/RESULTS.md` with machine,
 //! date and commit. See `bench/README.md`.
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,14 +15,15 @@ use engine::generate::generate;
 use engine::load::{self, ModelSource};
 use engine::model::{LoadOptions, WeightFormat};
 use engine::train::examples::ExampleBuilder;
-use engine::train::{Backward, Example, collate, step};
-use shared::config::{GenerationConfig, LoraConfig, PromptConfig};
+use engine::train::{Backward, Example, Layout, Resume, TrainOptions, collate, step, train};
+use shared::config::{GenerationConfig, LoraConfig, PromptConfig, TrainingConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(about = "CPU tokens/s of generation and LoRA training with SmolLM2-135M")]
 struct Cli {
-    /// The GGUF; default `${SIZESPEC_MODELS:-~/.cache/sizespec/models}/SmolLM2-135M-Instruct.Q4_1.gguf`.
+    /// The GGUF (or, for batching runs, an HF folder); default
+    /// `${SIZESPEC_MODELS:-~/.cache/sizespec/models}/SmolLM2-135M-Instruct.Q4_1.gguf`.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Prompts per generation run.
@@ -36,6 +38,30 @@ struct Cli {
     /// Timed training steps (after one warm-up step).
     #[arg(long, default_value_t = 2)]
     train_steps: usize,
+    /// Examples in each batching run (`--only batching`, also part of `all`).
+    #[arg(long, default_value_t = 48)]
+    batching_examples: usize,
+    /// Batching runs: mean example length (log-normal, σ 0.6).
+    #[arg(long, default_value_t = 240)]
+    mean_len: usize,
+    /// Batching runs: the longest example (= `training.max_length`).
+    #[arg(long, default_value_t = 1000)]
+    max_len: usize,
+    /// Batching runs: LoRA rank on all seven projections (alpha = 2 × rank).
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Batching runs: `fixed`, `grouped` (batch_size rows), `budget` (length-grouped under
+    /// `--batch-tokens`), or `all` of them; on a GPU run one per process, so each peak is its own.
+    #[arg(long, default_value = "all")]
+    layout: String,
+    /// Batching runs' token budget; 0 = the finetune job's choice on a GPU (sized to free
+    /// memory), 1024 on the CPU.
+    #[arg(long, default_value_t = 0)]
+    batch_tokens: usize,
+    /// Batching runs' device (`cpu`, `cuda:0`: needs `--features cuda`); f32 on the CPU, bf16 on
+    /// a GPU, as the finetune job loads. `--model` may then be an HF folder.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Which workloads to run.
     #[arg(long, value_enum, default_value = "all")]
     only: Only,
@@ -49,6 +75,7 @@ enum Only {
     All,
     Generate,
     Train,
+    Batching,
 }
 
 struct Row {
@@ -261,6 +288,152 @@ fn train_rows(cli: &Cli, source: &ModelSource) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Synthetic examples with a MedSynth-like skewed length distribution (scaled down for the CPU by
+/// default): log-normal (σ 0.6) with a mean near `mean` tokens, cut to [32, `max`]; random token ids, the last 7
+/// of each (6 answer tokens and the end-of-turn) are labels.
+fn skewed_examples(n: usize, vocab: usize, eos: u32, mean: usize, max: usize) -> Vec<Example> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(975);
+    let mu = (mean as f64).ln() - 0.6f64.powi(2) / 2.0;
+    (0..n)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            let len = ((mu + 0.6 * z).exp() as usize).clamp(32, max.max(32));
+            let mut ids: Vec<u32> = (0..len - 1)
+                .map(|_| rng.random_range(100..vocab as u32))
+                .collect();
+            ids.push(eos);
+            Example {
+                ids,
+                prompt_len: len - 7,
+            }
+        })
+        .collect()
+}
+
+/// Whole training runs (one epoch, optimiser included) over the same skewed examples with each
+/// micro-batch layout; tokens are real tokens, the note gives the padding fraction.
+fn batching_rows(cli: &Cli, source: &ModelSource) -> anyhow::Result<Vec<Row>> {
+    let spec = match cli.device.strip_prefix("cuda:") {
+        Some(i) => engine::job::DeviceSpec::Cuda(i.parse().context("--device cuda:N")?),
+        None if cli.device == "cpu" => engine::job::DeviceSpec::Cpu,
+        None => bail!("--device {}: expected cpu or cuda:N", cli.device),
+    };
+    let device = spec.open()?;
+    let opts = LoadOptions {
+        dtype: engine::job::dense_dtype(&device),
+        device: device.clone(),
+        format: WeightFormat::Dense,
+    };
+    let lora = LoraConfig {
+        r: cli.rank,
+        alpha: 2.0 * cli.rank as f64,
+        dropout: 0.0,
+        target_modules: shared::config::ALL_PROJECTIONS.map(String::from).to_vec(),
+    };
+    let cfg = TrainingConfig {
+        epochs: 1,
+        early_stopping_patience: 0,
+        max_length: cli.max_len,
+        batch_size: 4,
+        gradient_accumulation_steps: 4,
+        ..TrainingConfig::default()
+    };
+    let mut rows = Vec::new();
+    for name in ["fixed", "grouped", "budget"] {
+        if cli.layout != "all" && cli.layout != name {
+            continue;
+        }
+        let mut loaded = load::load(source, &opts)?;
+        let model = &loaded.model;
+        let layout = match name {
+            "fixed" => Layout::Fixed,
+            "grouped" => Layout::LengthGrouped { max_tokens: None },
+            _ => match (cli.batch_tokens, device.is_cuda()) {
+                (0, true) => engine::job::layout_for(model, &cfg),
+                (0, false) => Layout::LengthGrouped {
+                    max_tokens: Some(1024),
+                },
+                (n, _) => Layout::LengthGrouped {
+                    max_tokens: Some(n),
+                },
+            },
+        };
+        let label = match layout {
+            Layout::LengthGrouped {
+                max_tokens: Some(n),
+            } => format!("length_grouped, {n}-token budget"),
+            Layout::LengthGrouped { max_tokens: None } => "length_grouped, 4 rows".into(),
+            Layout::Fixed => "fixed, 4 rows".into(),
+        };
+        // As the finetune job: the plain graph on the CPU, KeepLast(n) from free memory on a GPU.
+        let backward = if device.is_cuda() {
+            let tokens = match layout {
+                Layout::LengthGrouped {
+                    max_tokens: Some(n),
+                } => n.max(cli.max_len),
+                _ => cfg.batch_size * cli.max_len,
+            };
+            let free = engine::gpu::mem::memory_free_bytes(&device).unwrap_or(0);
+            step::auto_backward(model, tokens, free)
+        } else {
+            Backward::Plain
+        };
+        let vocab = model.config().vocab_size;
+        let eos = *loaded
+            .tokenizer
+            .stop_ids()
+            .first()
+            .context("no stop token")?;
+        let examples =
+            skewed_examples(cli.batching_examples, vocab, eos, cli.mean_len, cli.max_len);
+        let topts = TrainOptions {
+            backward,
+            layout,
+            pad_id: loaded.tokenizer.pad_id(),
+            checkpoint_dir: None,
+            resume: Resume::Fresh,
+            base_model: "bench".into(),
+            revision: None,
+        };
+        let (mut steps, mut peak_mib) = (0usize, 0u64);
+        let out = train(
+            &mut loaded.model,
+            &examples,
+            &[],
+            &cfg,
+            &lora,
+            &topts,
+            &CancellationToken::new(),
+            |e| {
+                if let shared::task::ProgressEvent::TrainStep { memory_mib, .. } = e {
+                    steps += 1;
+                    peak_mib = peak_mib.max(memory_mib);
+                }
+            },
+        )?;
+        rows.push(Row {
+            what: "LoRA training".into(),
+            setting: format!(
+                "{:?}, r{} all 7, {label}, {backward:?}",
+                opts.dtype, cli.rank
+            ),
+            tokens: out.trained_tokens as usize,
+            seconds: out.train_seconds,
+            note: format!(
+                "{} examples ({:.0} tokens avg), {steps} steps of 16, padding {:.1}% of {} \
+                 forwarded tokens, {peak_mib} MiB at most after a step",
+                examples.len(),
+                out.trained_tokens as f64 / examples.len() as f64,
+                100.0 * out.padding_fraction(),
+                out.padded_tokens
+            ),
+        });
+    }
+    Ok(rows)
+}
+
 /// mimalloc keeping freed pages: candle allocates a buffer per op (`engine::alloc`).
 #[global_allocator]
 static GLOBAL: engine::alloc::MiMalloc = engine::alloc::MiMalloc;
@@ -269,7 +442,7 @@ fn main() -> anyhow::Result<()> {
     engine::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let path = model_path(&cli);
-    if !path.is_file() {
+    if !path.exists() {
         bail!(
             "{} is missing: run scripts/fetch-smollm2.sh first",
             path.display()
@@ -278,7 +451,7 @@ fn main() -> anyhow::Result<()> {
     let source = load::resolve(path.to_str().context("model path is not UTF-8")?, None)?;
     let load_before = loadavg();
     let mut rows = Vec::new();
-    if cli.only != Only::Train {
+    if matches!(cli.only, Only::All | Only::Generate) {
         rows.extend(gen_rows(
             &cli,
             &source,
@@ -287,8 +460,11 @@ fn main() -> anyhow::Result<()> {
         )?);
         rows.extend(gen_rows(&cli, &source, WeightFormat::Dense, "f32")?);
     }
-    if cli.only != Only::Generate {
+    if matches!(cli.only, Only::All | Only::Train) {
         rows.extend(train_rows(&cli, &source)?);
+    }
+    if matches!(cli.only, Only::All | Only::Batching) {
+        rows.extend(batching_rows(&cli, &source)?);
     }
 
     let date = std::process::Command::new("date")

@@ -477,3 +477,31 @@ fn embedded_subset_is_configurable_and_checked() {
         assert!(err.contains(key) && err.contains("line 3"), "{body}: {err}");
     }
 }
+
+#[test]
+fn batching_parses_and_a_budget_needs_length_grouping() {
+    let c = ExperimentConfig::from_toml_str(
+        "[training]\nbatching = \"length_grouped\"\nmax_batch_tokens = 8192\n",
+        "f",
+    )
+    .unwrap();
+    assert_eq!(c.training.batching, Batching::LengthGrouped);
+    assert_eq!(c.training.max_batch_tokens, 8192);
+    assert!(c.problems().is_empty(), "{:?}", c.problems());
+    assert_eq!(
+        ExperimentConfig::default().training.batching,
+        Batching::Auto
+    );
+    // The loader validates: a budget with fixed batching is reported at its key and line.
+    let e = ExperimentConfig::from_toml_str(
+        "[training]\nbatching = \"fixed\"\nmax_batch_tokens = 8192\n",
+        "f",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("training.max_batch_tokens") && e.contains("line 3"),
+        "{e}"
+    );
+    assert!(ExperimentConfig::from_toml_str("[training]\nbatching = \"grouped\"\n", "f").is_err());
+}

@@ -2,7 +2,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::{ALL_PROJECTIONS, DataSource, ExperimentConfig, ModelEntry};
+use super::{ALL_PROJECTIONS, Batching, DataSource, ExperimentConfig, ModelEntry};
 
 /// One thing wrong with a config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +210,16 @@ impl ExperimentConfig {
             if value == 0 {
                 out.push(Problem::new(key, "must be at least 1"));
             }
+        }
+        if t.max_batch_tokens > 0 && t.batching == Batching::Fixed {
+            out.push(Problem::new(
+                "training.max_batch_tokens",
+                format!(
+                    "is {}, but fixed batching cuts micro-batches by batch_size; set batching to \
+                     \"length_grouped\" or \"auto\", or max_batch_tokens to 0",
+                    t.max_batch_tokens
+                ),
+            ));
         }
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
             out.push(Problem::new(

@@ -1,11 +1,12 @@
 //! Peak device-memory estimates of a task from the model's shape (for VRAM-aware placement).
 //!
 //! These are upper bounds for placement, not predictions to the MiB: each term assumes the
-//! largest sequence of the task (`training.max_length` prompt + answer) in every row of the batch.
+//! largest sequence of the task (`training.max_length` prompt + answer) in every row of the batch
+//! ([`finetune_rows`] rows for training).
 use serde::{Deserialize, Serialize};
 
 use super::ModelShape;
-use crate::config::LoraConfig;
+use crate::config::{Batching, LoraConfig, TrainingConfig};
 use crate::task::Quantization;
 
 const MIB: u64 = 1024 * 1024;
@@ -97,6 +98,19 @@ pub fn estimate_eval(
         activations: layer_activation_bytes(shape, batch, seq, act_bytes) + batch * shape.vocab * 4,
         lora_and_optimizer: adapter.map_or(0, |l| lora_params(shape, l) * 4),
         overhead: CUDA_CONTEXT_MIB * MIB,
+    }
+}
+
+/// Rows of `training.max_length` tokens that bound one training micro-batch on a GPU, for
+/// [`estimate_finetune`]. Fixed batching, or length-grouped batching whose budget the job sizes to
+/// the free memory (`max_batch_tokens = 0`), plans for `batch_size` full-length rows; an explicit
+/// budget of `T` tokens holds at most `max(T, max_length)` tokens (a longer example goes alone), so
+/// `⌈max(T, max_length) / max_length⌉` full-length rows bound both its tokens and its attention.
+pub fn finetune_rows(training: &TrainingConfig) -> u64 {
+    let len = training.max_length.max(1) as u64;
+    match (training.batching, training.max_batch_tokens) {
+        (Batching::Fixed, _) | (_, 0) => training.batch_size as u64,
+        (_, budget) => (budget as u64).max(len).div_ceil(len),
     }
 }
 

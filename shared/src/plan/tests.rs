@@ -248,3 +248,20 @@ fn offline_plan_uses_one_small_model_in_both_roles() {
     );
     assert_eq!(p.tasks[0].model.quantization, Quantization::None);
 }
+
+#[test]
+fn finetune_rows_follow_the_batching() {
+    use crate::config::{Batching, TrainingConfig};
+    let mut t = TrainingConfig::default();
+    // Auto with the budget sized on the device: batch_size full-length rows, as fixed batching.
+    assert_eq!(finetune_rows(&t), 4);
+    t.max_batch_tokens = 8192;
+    assert_eq!(finetune_rows(&t), 4);
+    t.max_batch_tokens = 12_000;
+    assert_eq!(finetune_rows(&t), 6);
+    // A budget under max_length still holds one full-length example.
+    t.max_batch_tokens = 512;
+    assert_eq!(finetune_rows(&t), 1);
+    t.batching = Batching::Fixed;
+    assert_eq!(finetune_rows(&t), 4);
+}
