@@ -5,7 +5,7 @@
 //! header set differs between CUDA versions): bf16 values are handled as their 16-bit patterns.
 use std::sync::OnceLock;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, sys as driver_sys};
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use candle_core::{CudaDevice, Result};
 
@@ -30,6 +30,7 @@ pub(crate) const SOURCE: &str = concat!(
 
 static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
 static CC: OnceLock<std::result::Result<(i32, i32), String>> = OnceLock::new();
+static SMS: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
 
 /// The device's compute capability (major, minor), asked once per process (one GPU model per
 /// process, as the compiled module assumes).
@@ -39,6 +40,19 @@ pub(crate) fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
             .context()
             .compute_capability()
             .map_err(|e| format!("compute capability: {e}"))
+    })
+    .clone()
+    .map_err(candle_core::Error::Msg)
+}
+
+/// The device's number of multiprocessors, asked once per process (as [`compute_capability`]).
+pub(crate) fn multiprocessors(dev: &CudaDevice) -> Result<u32> {
+    SMS.get_or_init(|| {
+        dev.cuda_stream()
+            .context()
+            .attribute(driver_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map(|n| n.max(1) as u32)
+            .map_err(|e| format!("multiprocessor count: {e}"))
     })
     .clone()
     .map_err(candle_core::Error::Msg)
@@ -70,13 +84,14 @@ pub(crate) fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
         .into_cuda_function())
 }
 
-/// A grid-stride launch over `n` elements.
-pub(crate) fn elementwise(n: usize) -> LaunchConfig {
+/// A grid-stride launch over `n` elements: 256 threads a block, at most 32 blocks a multiprocessor.
+pub(crate) fn elementwise(dev: &CudaDevice, n: usize) -> Result<LaunchConfig> {
     let threads = 256u32;
-    let blocks = n.div_ceil(threads as usize).clamp(1, 132 * 32) as u32;
-    LaunchConfig {
+    let cap = multiprocessors(dev)? as usize * 32;
+    let blocks = n.div_ceil(threads as usize).clamp(1, cap) as u32;
+    Ok(LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
-    }
+    })
 }
