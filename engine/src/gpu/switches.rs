@@ -13,6 +13,10 @@
 //! | `SIZESPEC_CUDA_EVENTS` | off | `1` or `true` | cudarc's per-launch event tracking back on |
 //! | `SIZESPEC_CUDA_POOL_RELEASE` | off | `1` or `true` | the memory pool releases at every sync |
 //! | `SIZESPEC_PROFILE` | off | `1` | per-phase step timings ([`super::prof`]) |
+//!
+//! `SIZESPEC_FUSED_LORA=0` (or `SIZESPEC_FUSED=0`) keeps about twice the activation memory a layer
+//! that the training step's memory estimate assumes (`train::step::layer_graph_bytes` follows the
+//! product's path only): whoever switches it off accepts the risk of running out of memory.
 use std::sync::LazyLock;
 
 /// The switches' values for this process (see the module docs).
