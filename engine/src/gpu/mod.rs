@@ -12,16 +12,21 @@
 //! - [`dropout`]: inverted dropout whose mask is a hash of `(seed, element index)`: no random state
 //!   on the device, so a replayed forward (layer recomputation) gets the same mask from the same seed.
 //! - [`fused`]: our ops with a backward pass on our kernels (CUDA C in `engine/kernels/`, compiled
-//!   by `nvrtc`).
+//!   by `nvrtc` to a CUBIN, kept in the on-disk [`kernel_cache`]).
+//! - [`warm_up`]: a fresh process's first use of every kernel module and of cuBLAS, paid at start-up.
 //! - [`switches`]: the environment switches for A/B benchmarks (`SIZESPEC_FUSED=0`, ...), all read
 //!   once per process and documented there.
 pub mod dropout;
 pub mod fused;
+pub mod kernel_cache;
 pub mod mem;
 #[cfg(feature = "cuda")]
 pub(crate) mod nvrtc;
 pub mod prof;
 pub mod switches;
+mod warm;
+
+pub use warm::warm_up;
 
 use candle_core::{Device, Result};
 
