@@ -64,8 +64,8 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// The size given to the driver's JIT cache when the user has not chosen one: 4 GiB, the largest
-/// the driver accepts (its default is 1 GiB; candle's kernels alone are several hundred MiB of
-/// machine code over the GPU models of a fleet).
+/// value CUDA's documentation allows (the default is smaller), so that the JIT output of every
+/// model's kernels fits and none is evicted between tasks.
 pub const DRIVER_CACHE_MAXSIZE: u64 = 4 << 30;
 
 /// The driver JIT cache variables to set, from `var` (an environment lookup), for those the user has
