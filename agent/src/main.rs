@@ -146,8 +146,42 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The CUDA driver reads its JIT-cache settings when it initialises: unless the user set them,
+    // candle's kernels (PTX, compiled by the driver at first use) are cached in the kernel cache
+    // folder with room for every model's kernels (`engine::gpu::kernel_cache`).
+    for (name, value) in engine::gpu::kernel_cache::driver_cache_defaults() {
+        // SAFETY: no other thread exists yet (the runtime starts below), so nothing reads the
+        // environment while it changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(name, value)
+        };
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+/// Opens the CUDA device `ordinal` once more and runs [`engine::gpu::warm_up`] on it: the kernel
+/// modules are loaded (compiled, or read from the caches) and cuBLAS initialised before the agent
+/// registers, so the first task does not pay for them.
+async fn warm_up(ordinal: usize) -> Result<()> {
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || {
+        let dev = engine::gpu::open_cuda(ordinal)?;
+        engine::gpu::warm_up(&dev)
+    })
+    .await
+    .context("warm-up thread")?
+    .with_context(|| format!("warming up cuda:{ordinal}"))?;
+    tracing::info!("warm-up took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn run() -> Result<()> {
     engine::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -192,6 +226,9 @@ async fn main() -> Result<()> {
         WorkerRunner::spawn(spec)
             .with_context(|| format!("opening {spec} (a CUDA device needs the `cuda` build)"))?,
     );
+    if let DeviceSpec::Cuda(i) = spec {
+        warm_up(i).await?;
+    }
     let cfg = AgentConfig {
         agent_id: AgentId(
             cli.agent_id

@@ -153,7 +153,7 @@ impl CustomOp1 for HashDropout {
         let func = super::nvrtc::function(&dev, name)?;
         let stream = dev.cuda_stream();
         let (n64, seed, thr, scale) = (n as u64, self.seed, self.threshold, self.scale);
-        let cfg = super::nvrtc::elementwise(n);
+        let cfg = super::nvrtc::elementwise(&dev, n)?;
         // Input and output as typed views (f32 or bf16 each); the kernel name fixed the pair.
         let launch = |x: &dyn PushArg, y: &dyn PushArg| -> Result<()> {
             let mut b = stream.launch_builder(&func);

@@ -11,22 +11,24 @@
 //!   and for choosing how much of the backward graph to keep.
 //! - [`dropout`]: inverted dropout whose mask is a hash of `(seed, element index)`: no random state
 //!   on the device, so a replayed forward (layer recomputation) gets the same mask from the same seed.
-//!
-//! Environment switches, for A/B benchmarks only: `SIZESPEC_CUDA_EVENTS=1` keeps event tracking,
-//! `SIZESPEC_CUDA_POOL_RELEASE=1` keeps the driver's default (release at every sync).
+//! - [`fused`]: our ops with a backward pass on our kernels (CUDA C in `engine/kernels/`, compiled
+//!   by `nvrtc` to a CUBIN, kept in the on-disk [`kernel_cache`]).
+//! - [`warm_up`]: a fresh process's first use of every kernel module and of cuBLAS, paid at start-up.
+//! - [`switches`]: the environment switches for A/B benchmarks (`SIZESPEC_FUSED=0`, ...), all read
+//!   once per process and documented there.
 pub mod dropout;
 pub mod fused;
+pub mod kernel_cache;
 pub mod mem;
 #[cfg(feature = "cuda")]
 pub(crate) mod nvrtc;
 pub mod prof;
+pub mod switches;
+mod warm;
+
+pub use warm::warm_up;
 
 use candle_core::{Device, Result};
-
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn env_on(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-}
 
 /// Open CUDA device `ordinal` for this engine (see the module docs). Without the `cuda` feature
 /// this fails as `Device::new_cuda` does.
@@ -35,7 +37,7 @@ pub fn open_cuda(ordinal: usize) -> Result<Device> {
     {
         use candle_core::cuda_backend::cudarc::driver::{result::mem_pool, sys};
         let dev = candle_core::CudaDevice::new_with_stream(ordinal)?;
-        if !env_on("SIZESPEC_CUDA_EVENTS") {
+        if !switches::switches().cuda_events {
             // SAFETY: every op of this device runs on its one stream (`new_with_stream`), so
             // stream order alone keeps uses and frees ordered; this runs before any tensor exists.
             #[allow(unsafe_code)]
@@ -43,7 +45,7 @@ pub fn open_cuda(ordinal: usize) -> Result<Device> {
                 dev.disable_event_tracking()
             };
         }
-        if !env_on("SIZESPEC_CUDA_POOL_RELEASE") {
+        if !switches::switches().cuda_pool_release {
             let pool = default_pool(&dev)?;
             // SAFETY: the pool belongs to the live device; the attribute takes a u64.
             #[allow(unsafe_code)]

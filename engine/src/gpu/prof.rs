@@ -1,16 +1,14 @@
 //! Phase timing for finding where a step's time goes: with `SIZESPEC_PROFILE=1`, [`lap`] waits
 //! for the device and charges the time since the previous lap to a named phase; [`report`] prints
-//! the totals. Off (the default) it costs one relaxed atomic load per call and never synchronises.
+//! the totals. Off (the default) it costs one atomic load per call and never synchronises.
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
 fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SIZESPEC_PROFILE").is_ok_and(|v| v == "1"))
+    super::switches::switches().profile
 }
 
 #[derive(Default)]
