@@ -17,7 +17,7 @@ Runs on the GPU machine (PyTorch + transformers + peft; no network). Subcommands
       projections, no checkpointing), sdpa prefill tokens/s (b8 x 512), HF generate samples/s on 256
       prompts of ~1,200 tokens with 16 new tokens (best batch size), batch-1 greedy decode tokens/s.
 
-Shapes follow ../shared/DATA.md (the real models' config.json values).
+Shapes follow docs/gpu.md (the real models' config.json values).
 """
 import argparse
 import json

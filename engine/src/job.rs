@@ -240,7 +240,7 @@ pub fn dense_dtype(dev: &Device) -> DType {
 
 /// The 4-bit type for a model's weights: Q4K where every row length is a multiple of 256 (K-quant
 /// blocks), else Q4_0. One exception: a GGUF already shipped 4-bit, on the CPU, is converted to Q8_0
-/// (DATA.md allows it): candle has SIMD kernels for Q8_0, not Q4_1 (~2.4× faster decode), and the
+/// (docs/data.md: the offline model ships as Q4_1): candle has SIMD kernels for Q8_0, not Q4_1 (~2.4× faster decode), and the
 /// 4-bit values survive the conversion nearly exactly.
 pub fn quant_type(
     dev: &Device,

@@ -1,7 +1,7 @@
 //! The learning test: a tiny random model, a word-level tokenizer with ChatML, and a synthetic
 //! symptom → ICD-10 code task. Zero-shot it gets ~nothing right; after LoRA training it codes
 //! held-out phrasings, its validation loss fell, it stops on `<|im_end|>`, and the same seed gives
-//! the same adapter bit for bit. Plus one test per data pitfall (DATA.md 1-4).
+//! the same adapter bit for bit. Plus one test per data pitfall (docs/data.md, pitfalls 1-4).
 
 /// The allocator the engine is tuned for (`engine::alloc`), as in the binaries.
 #[global_allocator]

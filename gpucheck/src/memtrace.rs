@@ -1,7 +1,7 @@
 //! `gpucheck memtrace`: the seed experiment's six model tasks in its order on one device and one
 //! process — LLM 4-bit eval, LLM 4-bit eval, SLM finetune, SLM eval, SLM finetune, SLM eval — with
 //! the used memory before each load, at its peak, and after everything it owned was dropped, and
-//! whether it came back to the pre-load level (± a tolerance). DESIGN.md requires that it does; if
+//! whether it came back to the pre-load level (± a tolerance). docs/gpu.md requires that it does (a GPU holds one model at a time); if
 //! candle's CUDA allocator keeps freed memory cached, this shows it, and the fallback is one process
 //! per task (the coordinator's single-box mode can do that).
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //!
 //! candle's matmul backward always computes the gradient of *both* operands, so every frozen base
 //! weight would get a full-size gradient nobody reads (about 40% of a LoRA backward on CPU, see
-//! GPU.md). Here the product is computed without a graph and re-attached to `x`
+//! docs/gpu.md). Here the product is computed without a graph and re-attached to `x`
 //! ([`crate::gpu::fused::Attach`]) with a backward that returns `grad·W` only.
 use candle_core::{Result, Tensor};
 

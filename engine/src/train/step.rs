@@ -1,7 +1,7 @@
 //! One forward + backward of a batch: the answer-only cross-entropy and the LoRA gradients, either
 //! with one autograd graph for the whole model or recomputed layer by layer.
 //!
-//! Layer-by-layer recomputation (GPU.md): the forward keeps only each layer's input, without a
+//! Layer-by-layer recomputation (docs/gpu.md): the forward keeps only each layer's input, without a
 //! graph; the backward walks the layers in reverse, recomputing one layer's forward with a graph
 //! from its saved input and back-propagating the incoming gradient `g` through it (as the gradient
 //! of a scalar whose backward hands `g` to `y`: exactly the vector-Jacobian product). Only one
