@@ -53,6 +53,9 @@ pub struct TaskEntry {
     pub last_progress: Option<ProgressEvent>,
     /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
+    /// The current attempt runs because a message about it came before its accept; that accept,
+    /// when it arrives, is expected and changes nothing.
+    pub accept_implied: bool,
 }
 
 impl TaskEntry {
@@ -354,8 +357,37 @@ impl Core {
         Some((ei, t))
     }
 
+    /// A message about a task still offered to this agent (progress, predictions, a result) means
+    /// the agent took it: the offer becomes running as if its accept had come first. The agent
+    /// queues its accept before any other message about the task, but the task's state must not
+    /// hang on that order: a result the coordinator dropped would leave the task to its lease.
+    fn accept_implied(&mut self, r: &TaskRef, agent: &AgentId, session: u64, now: Instant) {
+        let lease = self.settings.lease;
+        let Some((ei, t)) = self.task_mut(r, agent, session) else {
+            return;
+        };
+        if !matches!(&t.state, TaskState::Offered { agent: held } if held == agent) {
+            return;
+        }
+        if let Err(e) = t.step(TaskEvent::Accept {
+            agent: agent.clone(),
+        }) {
+            tracing::error!(task = %r.task.0, error = %e, "implied accept refused");
+            return;
+        }
+        tracing::info!(task = %r.task.0, agent = %agent.0, "a message before the accept: taken as accepted");
+        t.deadline = Some(now + lease);
+        t.ran_on = Some(agent.clone());
+        t.accept_implied = true;
+        self.fx
+            .notices
+            .push(Notice::Task(r.experiment.clone(), r.task.clone()));
+        self.persist(ei);
+    }
+
     /// An agent's answer to an offer. Only the agent holding the offer may answer, once: any
-    /// other answer is an illegal transition, refused with nothing changed.
+    /// other answer is an illegal transition, refused with nothing changed. The one accept that
+    /// follows an implied one ([`Core::accept_implied`]) is expected and changes nothing.
     pub fn offer_reply(
         &mut self,
         agent: &AgentId,
@@ -368,6 +400,13 @@ impl Core {
         let Some((ei, t)) = self.task_mut(r, agent, session) else {
             return Ok(());
         };
+        if answer == OfferAnswer::Accept
+            && t.accept_implied
+            && matches!(&t.state, TaskState::Running { agent: held } if held == agent)
+        {
+            t.accept_implied = false;
+            return Ok(());
+        }
         let event = match &answer {
             OfferAnswer::Accept => TaskEvent::Accept {
                 agent: agent.clone(),
@@ -412,6 +451,7 @@ impl Core {
         now: Instant,
     ) {
         let lease = self.settings.lease;
+        self.accept_implied(r, agent, session, now);
         let Some((_, t)) = self.task_mut(r, agent, session) else {
             return;
         };
@@ -442,6 +482,7 @@ impl Core {
         now: Instant,
     ) {
         let lease = self.settings.lease;
+        self.accept_implied(r, agent, session, now);
         let Some((ei, t)) = self.task_mut(r, agent, session) else {
             return;
         };
@@ -470,8 +511,9 @@ impl Core {
         }
     }
 
-    /// The end of a running task as its agent reports it. A report for a task that is not running
-    /// (never accepted) is refused; so is one the transition function rejects.
+    /// The end of a running task as its agent reports it (a report for a task still offered to
+    /// this agent implies its accept). A failure a retry would repeat fails the task at once;
+    /// other failures re-queue it until its attempts are used up.
     pub fn result(
         &mut self,
         agent: &AgentId,
@@ -481,6 +523,7 @@ impl Core {
         now: Instant,
     ) -> Result<(), CoreError> {
         let max_attempts = self.settings.max_attempts;
+        self.accept_implied(r, agent, session, now);
         let Some((ei, _)) = self.task_mut(r, agent, session) else {
             return Ok(());
         };
@@ -517,6 +560,7 @@ impl Core {
             Outcome::Done(_) => TaskEvent::Succeed { agent: by() },
             Outcome::Failed(_) if t.losses + 1 >= max_attempts => TaskEvent::Fail { agent: by() },
             Outcome::Failed(_) => TaskEvent::Requeue,
+            Outcome::Rejected(_) => TaskEvent::Fail { agent: by() },
             // Not the task's fault (the agent is shutting down): back to the queue, not counted.
             Outcome::Cancelled(_) => TaskEvent::Requeue,
         };
@@ -532,6 +576,10 @@ impl Core {
                 } else {
                     tracing::warn!(task = %r.task.0, error = %why, "task failed on the agent; re-queued");
                 }
+            }
+            Outcome::Rejected(why) => {
+                t.losses += 1;
+                t.detail = format!("failed: {why} (not retried: a retry would fail the same way)");
             }
             Outcome::Cancelled(_) => {}
         }
@@ -705,6 +753,7 @@ pub(super) fn new_task(
         ran_on,
         last_progress: None,
         curve: Vec::new(),
+        accept_implied: false,
     }
 }
 

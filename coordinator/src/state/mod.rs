@@ -4,6 +4,8 @@
 //! reports back when one is written; messages to agents; watcher events). Everything else talks
 //! to it through a [`StateHandle`].
 pub mod core;
+#[cfg(test)]
+mod fault_tests;
 pub mod live;
 mod sched;
 pub mod status;

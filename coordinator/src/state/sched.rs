@@ -164,6 +164,7 @@ impl Core {
             return false;
         }
         t.attempt += 1;
+        t.accept_implied = false;
         t.placed = Some(Placement {
             agent: agent.clone(),
             session,

@@ -68,6 +68,9 @@ pub struct TaskRef {
 pub enum Outcome {
     Done(TaskOutput),
     Failed(String),
+    /// A failure a retry would repeat (a missing or malformed model file, an unsupported
+    /// architecture): the task fails at once.
+    Rejected(String),
     Cancelled(String),
 }
 

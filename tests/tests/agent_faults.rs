@@ -1,0 +1,163 @@
+//! Agents that misbehave on the wire, played by a raw gRPC client: a result sent before its
+//! accept, a failure marked permanent, a second agent registering with a live agent's id.
+use proto::pb;
+use proto::pb::agent_message::Msg;
+use proto::pb::agent_service_client::AgentServiceClient;
+use proto::pb::coordinator_message::Msg as In;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tests::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// One session of a hand-driven agent.
+struct RawAgent {
+    out: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+fn msg(m: Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(m) }
+}
+
+/// Registers `id` with one CPU device of 1000 MiB; the coordinator's refusal is the error.
+async fn register(url: &str, id: &str) -> Result<RawAgent, tonic::Status> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = AgentServiceClient::new(ch);
+    let (out, rx) = mpsc::channel(64);
+    let device = pb::Device {
+        kind: pb::DeviceKind::Cpu as i32,
+        index: 0,
+        uuid: format!("dev-{id}"),
+        name: "raw".into(),
+        total_mib: 1000,
+        free_mib: 1000,
+        driver: String::new(),
+    };
+    out.send(msg(Msg::Register(pb::Register {
+        agent_id: id.into(),
+        host: "raw".into(),
+        version: "0".into(),
+        devices: vec![device],
+    })))
+    .await
+    .expect("queue register");
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match inbound.message().await?.and_then(|m| m.msg) {
+        Some(In::Registered(_)) => Ok(RawAgent { out, inbound }),
+        other => panic!("expected `registered`, got {other:?}"),
+    }
+}
+
+/// The demo plan cut to its first task, one LLM evaluation.
+fn one_task_plan(id: &str, out: &Path) -> coordinator::experiment::ExperimentPlan {
+    let mut plan = demo_plan(id, out, 4, 100);
+    plan.tasks.truncate(1);
+    let first = plan.tasks[0].spec.id.clone();
+    plan.result_keys.retain(|t, _| *t == first);
+    plan
+}
+
+/// Answers every offer with a failed result *then* its accept (the order a job failing within
+/// milliseconds produced), counting the offers.
+fn fail_before_accepting(mut agent: RawAgent, why: &'static str, permanent: bool) -> Offers {
+    let offers = Offers::default();
+    let count = offers.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = agent.inbound.message().await {
+            let Some(In::Offer(o)) = m.msg else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            let r = pb::TaskRef {
+                experiment_id: o.experiment_id.clone(),
+                task_id: o.task.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+                attempt: o.attempt,
+            };
+            let result = pb::TaskResult {
+                task: Some(r.clone()),
+                outcome: Some(pb::task_result::Outcome::Failed(why.into())),
+                permanent,
+            };
+            let accept = pb::OfferReply {
+                task: Some(r),
+                accept: true,
+                reason: String::new(),
+                free_mib: 1000,
+            };
+            let sent = agent.out.send(msg(Msg::Result(result))).await.is_ok()
+                && agent.out.send(msg(Msg::OfferReply(accept))).await.is_ok();
+            if !sent {
+                break;
+            }
+        }
+    });
+    offers
+}
+
+type Offers = Arc<AtomicUsize>;
+
+/// The last status the watch reported for each task.
+fn final_tasks(events: &[pb::ExperimentEvent]) -> BTreeMap<String, pb::TaskStatus> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        if let Some(pb::experiment_event::Event::Task(t)) = &e.event {
+            out.insert(t.task_id.clone(), t.clone());
+        }
+    }
+    out
+}
+
+/// Runs the one-task plan against a raw agent that reports failure before accepting.
+async fn run_failing(why: &'static str, permanent: bool) -> (pb::TaskStatus, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let plan = one_task_plan("race", &dir.path().join("out"));
+    let c = start_coordinator(&dir.path().join("data"), plan, None, stop.clone()).await;
+    let url = format!("http://{}", c.addr);
+    let agent = register(&url, "raw-1").await.expect("registered");
+    let offers = fail_before_accepting(agent, why, permanent);
+    let (_, state, events) = submit_and_wait(&url, None, LIMIT).await;
+    assert_eq!(
+        state,
+        pb::ExperimentStateKind::ExperimentStateFailed as i32,
+        "{events:?}"
+    );
+    let task = final_tasks(&events)
+        .remove("eval:LLM_Llama-8B")
+        .expect("the task's status");
+    stop.cancel();
+    (task, offers.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_before_its_accept_keeps_the_real_error_instead_of_lease_expired() {
+    let why = "fake/LLM_Llama-8B: missing from the hub cache and HF_HUB_OFFLINE=1";
+    let (task, offers) = run_failing(why, false).await;
+    assert_eq!(task.state, pb::TaskStateKind::TaskStateFailed as i32);
+    assert!(task.detail.contains(why), "{}", task.detail);
+    assert!(!task.detail.contains("lease"), "{}", task.detail);
+    // Retried up to the attempts (fast_settings: 3), each attempt's result counted once.
+    assert_eq!(offers, 3, "{}", task.detail);
+    assert!(task.detail.starts_with("failed 3 times"), "{}", task.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_fails_the_task_at_once_with_its_message() {
+    let why = "m.bin: a model file must be a `.gguf`; an HF model is a folder";
+    let (task, offers) = run_failing(why, true).await;
+    assert_eq!(task.state, pb::TaskStateKind::TaskStateFailed as i32);
+    assert!(task.detail.contains(why), "{}", task.detail);
+    assert!(task.detail.contains("not retried"), "{}", task.detail);
+    assert_eq!((offers, task.attempt), (1, 1), "{}", task.detail);
+}
