@@ -53,6 +53,8 @@ pub struct TaskEntry {
     pub last_progress: Option<ProgressEvent>,
     /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
+    /// Why it is ready but not placed (`None` once placed).
+    pub wait: Option<super::wait::Wait>,
     /// The current attempt runs because a message about it came before its accept; that accept,
     /// when it arrives, is expected and changes nothing.
     pub accept_implied: bool,
@@ -753,6 +755,7 @@ pub(super) fn new_task(
         ran_on,
         last_progress: None,
         curve: Vec::new(),
+        wait: None,
         accept_implied: false,
     }
 }

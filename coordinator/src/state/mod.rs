@@ -12,6 +12,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 mod types;
+pub mod wait;
 
 use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef, ToAgent};
 use self::status::{ExperimentEvent, StatusReport};

@@ -96,6 +96,7 @@ pub(super) fn settings() -> Settings {
         heartbeat_interval: Duration::from_millis(100),
         lease: Duration::from_secs(1),
         max_attempts: 2,
+        unplaceable_timeout: Duration::from_secs(30),
     }
 }
 
