@@ -1,5 +1,6 @@
 //! Agents that misbehave on the wire, played by a raw gRPC client: a result sent before its
 //! accept, a failure marked permanent, a second agent registering with a live agent's id.
+use agent::rpc::runner::{RunEvent, RunJob, TaskRunner};
 use proto::pb;
 use proto::pb::agent_message::Msg;
 use proto::pb::agent_service_client::AgentServiceClient;
@@ -160,4 +161,69 @@ async fn a_permanent_failure_fails_the_task_at_once_with_its_message() {
     assert!(task.detail.contains(why), "{}", task.detail);
     assert!(task.detail.contains("not retried"), "{}", task.detail);
     assert_eq!((offers, task.attempt), (1, 1), "{}", task.detail);
+}
+
+/// The fake engine, except that every finetune fails for good.
+struct FinetunesFail(FakeRunner);
+
+impl TaskRunner for FinetunesFail {
+    fn run(&self, job: RunJob, cancel: CancellationToken) -> mpsc::Receiver<RunEvent> {
+        if let RunJob::Finetune { .. } = job {
+            let (tx, rx) = mpsc::channel(1);
+            let why = "fake/SLM_Qwen-3B: config.json: unsupported architecture `GPT2LMHeadModel`";
+            tx.try_send(RunEvent::Rejected(why.into())).expect("room");
+            return rx;
+        }
+        self.0.run(job, cancel)
+    }
+}
+
+/// A model whose finetune failed for good: results.json names it under `meta.failed` with the
+/// finetune and its error, the other models keep their entries, and the report says it is partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_failed_for_good_is_named_in_the_results_and_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let stop = CancellationToken::new();
+    let c = start_coordinator(
+        &dir.path().join("data"),
+        demo_plan("partial", &out, 6, 100),
+        None,
+        stop.clone(),
+    )
+    .await;
+    let url = format!("http://{}", c.addr);
+    let runner = FinetunesFail(FakeRunner {
+        batch_delay: Duration::from_millis(1),
+        batch_size: 3,
+        counts: Arc::default(),
+    });
+    let _agent = start_agent(&url, "a", 1000, Arc::new(runner), None, dir.path());
+    let (_, state, events) = submit_and_wait(&url, None, LIMIT).await;
+    assert_eq!(
+        state,
+        pb::ExperimentStateKind::ExperimentStateFailed as i32,
+        "{events:?}"
+    );
+    let text = std::fs::read_to_string(out.join("results.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v.get("LLM_Llama-8B_untrained").is_some(), "{text}");
+    assert!(v.get("LLM_Mistral-7B_untrained").is_some(), "{text}");
+    assert!(v.get("SLM_Qwen-3B_finetuned").is_none(), "{text}");
+    let failed = v["meta"]["failed"].as_array().expect("meta.failed");
+    assert_eq!(failed.len(), 1, "{text}");
+    assert_eq!(failed[0]["model"], "SLM_Qwen-3B_finetuned");
+    assert_eq!(failed[0]["task"], "finetune:SLM_Qwen-3B");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.contains("unsupported architecture"), "{error}");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(
+        md.contains("Partial result: 1 of 3 planned models failed"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Qwen-3B LoRA: task `finetune:SLM_Qwen-3B` failed"),
+        "{md}"
+    );
+    stop.cancel();
 }
