@@ -227,3 +227,39 @@ async fn a_model_that_failed_for_good_is_named_in_the_results_and_the_report() {
     );
     stop.cancel();
 }
+
+/// Two agents with one id: the second is refused while the first's session lives, with an error
+/// that says so; once the first's stream is gone, the same registration is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_with_a_connected_agents_id_is_refused_until_the_first_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let plan = one_task_plan("twins", &dir.path().join("out"));
+    let c = start_coordinator(&dir.path().join("data"), plan, None, stop.clone()).await;
+    let url = format!("http://{}", c.addr);
+    let first = register(&url, "twin").await.expect("first registers");
+    let Err(refused) = register(&url, "twin").await else {
+        panic!("a second agent with the same id was accepted");
+    };
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("agent id `twin` is already connected"),
+        "{}",
+        refused.message()
+    );
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match register(&url, "twin").await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the id stayed taken after the first agent left: {e:?}"),
+        }
+    }
+    stop.cancel();
+}

@@ -24,6 +24,8 @@ pub struct AgentEntry {
     /// Increments per connection, so a stale session's disconnect is not mistaken for the new one's.
     pub session: u64,
     pub devices: Vec<DeviceSlot>,
+    /// When the session registered or last sent a heartbeat.
+    pub last_seen: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +146,15 @@ pub enum CoreError {
     UnknownExperiment(String),
     #[error("agent `{0}` registered no device")]
     NoDevices(String),
+    /// Another agent with this id is connected and alive: two agents must not share an id.
+    #[error(
+        "agent id `{agent}` is already connected from host `{host}` (heard from {secs} s ago): a second agent with the same id is refused; give each agent its own --agent-id (SIZESPEC_AGENT_ID)"
+    )]
+    DuplicateAgent {
+        agent: String,
+        host: String,
+        secs: u64,
+    },
     #[error(
         "experiment `{experiment}`, task `{}`: a result for a task in state {state:?} (not running); refused",
         task.0
@@ -263,7 +274,21 @@ impl Core {
             return Err(CoreError::NoDevices(reg.agent.0.clone()));
         }
         let id = reg.agent.clone();
-        if self.agents.contains_key(&id) {
+        if let Some(old) = self.agents.get(&id) {
+            // The first session was heard from within a lease: it is alive, and this is a second
+            // agent with its id. Silent longer, it is gone (a half-open connection the coordinator
+            // has not noticed yet) and this is its reconnect.
+            let silent = now.saturating_duration_since(old.last_seen);
+            if silent < self.settings.lease {
+                let err = CoreError::DuplicateAgent {
+                    agent: id.0.clone(),
+                    host: old.reg.host.clone(),
+                    secs: silent.as_secs(),
+                };
+                tracing::error!(agent = %id.0, host = %reg.host, "registration refused: {err}");
+                return Err(err);
+            }
+            tracing::warn!(agent = %id.0, host = %reg.host, silent_s = silent.as_secs(), "agent id taken over: its previous session was silent");
             // A reconnect: whatever the old session was running is lost.
             self.lose_agent_tasks(&id, "the agent reconnected", now);
         }
@@ -284,6 +309,7 @@ impl Core {
                 reg,
                 session,
                 devices,
+                last_seen: now,
             },
         );
         self.schedule(now);
@@ -312,6 +338,7 @@ impl Core {
         let Some(a) = self.agents.get_mut(agent).filter(|a| a.session == session) else {
             return;
         };
+        a.last_seen = now;
         let mut changed = Vec::new();
         for (uuid, mib) in free {
             if let Some(d) = a.devices.iter_mut().find(|d| &d.info.uuid == uuid)

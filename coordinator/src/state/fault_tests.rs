@@ -224,3 +224,37 @@ fn a_finished_task_shows_no_stage() {
     assert_eq!(core.experiments[0].tasks[0].state, TaskState::Succeeded);
     assert_eq!(detail(&core, 0), "");
 }
+
+/// A second agent registering with the id of one heard from within a lease is refused with an
+/// error naming the id and the first one's host; once the first has been silent for a lease, the
+/// registration is its reconnect and takes over.
+#[test]
+fn a_second_agent_with_a_live_agents_id_is_refused() {
+    let t0 = Instant::now();
+    let mut core = Core::new(settings());
+    let a = AgentId("a".into());
+    let first = core.register(reg("a", 1000), t0).unwrap();
+    let mut twin = reg("a", 1000);
+    twin.host = "other-host".into();
+    let err = core
+        .register(twin.clone(), t0 + Duration::from_millis(500))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::DuplicateAgent { agent, host, .. } if agent == "a" && host == "h"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already connected"), "{err}");
+    assert_eq!(core.agents[&a].session, first, "the first keeps its place");
+    // Heartbeats keep the first alive...
+    core.heartbeat(&a, first, &[], &[], t0 + Duration::from_millis(900));
+    assert!(
+        core.register(twin.clone(), t0 + Duration::from_millis(1800))
+            .is_err()
+    );
+    // ...silence for a lease (1 s here) means it is gone.
+    let second = core
+        .register(twin, t0 + Duration::from_millis(2000))
+        .unwrap();
+    assert_ne!(second, first);
+    assert_eq!(core.agents[&a].reg.host, "other-host");
+}

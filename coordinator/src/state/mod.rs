@@ -209,6 +209,15 @@ impl Owner {
             }
             Command::Register { reg, tx, reply } => {
                 let agent = reg.agent.clone();
+                // The previous session's stream is closed (its disconnect not handled yet): it is
+                // gone, so this registration takes its place.
+                if let Some((session, old)) = self.agents.get(&agent)
+                    && old.is_closed()
+                {
+                    let session = *session;
+                    self.agents.remove(&agent);
+                    self.core.disconnect(&agent, session, now);
+                }
                 let res = self.core.register(reg, now);
                 if let Ok(session) = res {
                     // Sent here, before this command's effects, so `registered` precedes any offer.
