@@ -365,7 +365,7 @@ impl Core {
     }
 
     /// Finds the task a message refers to, if it is still placed on this agent's session at this attempt.
-    fn task_mut(
+    pub(super) fn task_mut(
         &mut self,
         r: &TaskRef,
         agent: &AgentId,
@@ -386,37 +386,9 @@ impl Core {
         Some((ei, t))
     }
 
-    /// A message about a task still offered to this agent (progress, predictions, a result) means
-    /// the agent took it: the offer becomes running as if its accept had come first. The agent
-    /// queues its accept before any other message about the task, but the task's state must not
-    /// hang on that order: a result the coordinator dropped would leave the task to its lease.
-    fn accept_implied(&mut self, r: &TaskRef, agent: &AgentId, session: u64, now: Instant) {
-        let lease = self.settings.lease;
-        let Some((ei, t)) = self.task_mut(r, agent, session) else {
-            return;
-        };
-        if !matches!(&t.state, TaskState::Offered { agent: held } if held == agent) {
-            return;
-        }
-        if let Err(e) = t.step(TaskEvent::Accept {
-            agent: agent.clone(),
-        }) {
-            tracing::error!(task = %r.task.0, error = %e, "implied accept refused");
-            return;
-        }
-        tracing::info!(task = %r.task.0, agent = %agent.0, "a message before the accept: taken as accepted");
-        t.deadline = Some(now + lease);
-        t.ran_on = Some(agent.clone());
-        t.accept_implied = true;
-        self.fx
-            .notices
-            .push(Notice::Task(r.experiment.clone(), r.task.clone()));
-        self.persist(ei);
-    }
-
     /// An agent's answer to an offer. Only the agent holding the offer may answer, once: any
     /// other answer is an illegal transition, refused with nothing changed. The one accept that
-    /// follows an implied one ([`Core::accept_implied`]) is expected and changes nothing.
+    /// follows an implied one (`accept.rs`) is expected and changes nothing.
     pub fn offer_reply(
         &mut self,
         agent: &AgentId,

@@ -3,6 +3,7 @@
 //! blocking pool, awaited; finished experiments' output folders handed to the output writer, which
 //! reports back when one is written; messages to agents; watcher events). Everything else talks
 //! to it through a [`StateHandle`].
+mod accept;
 pub mod core;
 #[cfg(test)]
 mod fault_tests;
