@@ -2,7 +2,7 @@
 //!
 //! No tensor op runs on a tokio worker. [`Worker::spawn`] starts the thread for one device;
 //! [`Worker::submit`] hands it a [`Job`] and returns a bounded tokio channel of [`WorkerEvent`]s
-//! (progress, prediction batches, then exactly one `Finished` or `Failed`). Jobs run one at a time
+//! (progress, prediction batches, then exactly one `Finished`, `Failed` or `Rejected`). Jobs run one at a time
 //! in submission order; each job ([`engine::job::run`]) checks its `CancellationToken` between
 //! steps (decode steps, optimiser steps). After a job, everything the model owned is dropped before
 //! the next starts.
@@ -25,7 +25,7 @@ pub use engine::job::{DeviceSpec, EvalPerf, Job, JobConfig, JobOutput, TrainSumm
 const EVENT_BUFFER: usize = 256;
 
 /// What a job reports, in order: any number of `Progress` / `Predictions`, then one terminal
-/// `Finished` or `Failed`.
+/// `Finished`, `Failed` or `Rejected`.
 #[derive(Debug, Clone)]
 pub enum WorkerEvent {
     Progress(ProgressEvent),
@@ -34,6 +34,9 @@ pub enum WorkerEvent {
     Finished(JobOutput),
     /// The job failed or was cancelled (the message says which and why).
     Failed(String),
+    /// The job cannot run with these inputs (a missing or malformed model file, an unsupported
+    /// architecture): a retry would fail the same way.
+    Rejected(String),
 }
 
 /// One queued job with its cancellation token and the channel its events go to.
@@ -160,6 +163,7 @@ fn run_one(dev: &Device, spec: DeviceSpec, config: &JobConfig, env: Envelope) {
     }));
     let terminal = match outcome {
         Ok(Ok(out)) => WorkerEvent::Finished(out),
+        Ok(Err(e)) if e.is_permanent() => WorkerEvent::Rejected(e.to_string()),
         Ok(Err(e)) => WorkerEvent::Failed(e.to_string()),
         Err(p) => {
             let msg = p

@@ -95,7 +95,10 @@ fn drain(
     let mut out = Vec::new();
     while let Some(e) = rx.blocking_recv() {
         on(&e);
-        let terminal = matches!(e, WorkerEvent::Finished(_) | WorkerEvent::Failed(_));
+        let terminal = matches!(
+            e,
+            WorkerEvent::Finished(_) | WorkerEvent::Failed(_) | WorkerEvent::Rejected(_)
+        );
         out.push(e);
         if terminal {
             break;
@@ -240,8 +243,9 @@ fn cancellation_stops_training_between_steps() {
         adapter_dir: None,
     };
     match drain(worker.submit(bad, CancellationToken::new()), |_| {}).last() {
-        Some(WorkerEvent::Failed(msg)) => assert!(msg.contains("missing.gguf"), "{msg}"),
-        other => panic!("expected a failure naming the file, got {other:?}"),
+        // A missing model file is the input's fault: rejected, so the coordinator does not retry.
+        Some(WorkerEvent::Rejected(msg)) => assert!(msg.contains("missing.gguf"), "{msg}"),
+        other => panic!("expected a rejection naming the file, got {other:?}"),
     }
 }
 
@@ -272,7 +276,7 @@ fn a_job_whose_consumer_went_away_is_cancelled() {
     };
     assert!(matches!(
         drain(worker.submit(bad, CancellationToken::new()), |_| {}).last(),
-        Some(WorkerEvent::Failed(_))
+        Some(WorkerEvent::Rejected(_))
     ));
     assert!(
         started.elapsed().as_secs() < 60,

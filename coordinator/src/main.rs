@@ -152,6 +152,10 @@ struct SchedArgs {
     /// Attempts per task before it fails for good.
     #[arg(long, env = "SIZESPEC_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
+    /// A ready task fails after this long when every connected device large enough for it is
+    /// idle yet none has its estimate free (waiting for a busy device never times out), seconds.
+    #[arg(long, env = "SIZESPEC_UNPLACEABLE_TIMEOUT_S", default_value_t = 600)]
+    unplaceable_timeout_s: u64,
 }
 
 impl SchedArgs {
@@ -160,6 +164,7 @@ impl SchedArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(50)),
             lease: Duration::from_secs(self.lease_s.max(1)),
             max_attempts: self.max_attempts.max(1),
+            unplaceable_timeout: Duration::from_secs(self.unplaceable_timeout_s),
         }
     }
 }

@@ -90,6 +90,7 @@ fn synthetic_dir(dir: &Path, with_counts: bool) {
             tool_version: "sizespec test".into(),
             converted_from_old: false,
             dataset: None,
+            failed: Vec::new(),
         }),
         entries: BTreeMap::new(),
     };
@@ -444,5 +445,71 @@ fn the_configured_confidence_level_is_used_everywhere() {
     assert!(
         html.contains("accuracy per model (90% CI)"),
         "the plot title follows the config"
+    );
+}
+
+#[test]
+fn the_configured_bootstrap_resamples_are_used_and_a_low_count_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_dir(dir.path(), true);
+    write(
+        &dir.path().join("config.resolved.toml"),
+        "name = \"synthetic\"\n\n[evaluation]\nbootstrap_resamples = 100\n",
+    );
+    let paths = build(dir.path()).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(md.contains("percentile bootstrap, 100 resamples"), "{md}");
+    assert!(
+        md.contains("bootstrap_resamples = 100 (as configured) is below 1000"),
+        "{md}"
+    );
+}
+
+#[test]
+fn zero_bootstrap_resamples_mean_no_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_dir(dir.path(), true);
+    write(
+        &dir.path().join("config.resolved.toml"),
+        "name = \"synthetic\"\n\n[evaluation]\nbootstrap_resamples = 0\n",
+    );
+    let paths = build(dir.path()).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    let html = std::fs::read_to_string(&paths.html).unwrap();
+    assert!(md.contains("Confidence intervals: none"), "{md}");
+    assert!(md.contains("(no CI)"), "{md}");
+    assert!(!md.contains("NaN") && !html.contains("NaN"), "{md}");
+    // McNemar decides: the synthetic finetuned SLM is 30 points ahead of the 8B model.
+    assert!(
+        md.contains("beats") && md.contains("(no bootstrap CI), McNemar p"),
+        "{md}"
+    );
+}
+
+#[test]
+fn failed_models_are_named_and_the_verdict_says_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_dir(dir.path(), true);
+    let path = dir.path().join("results.json");
+    let mut r = Results::read(&path).unwrap();
+    r.meta.as_mut().unwrap().failed = vec![shared::results::FailedModel {
+        model: "LLM_Huge-70B_untrained".into(),
+        task: "eval:LLM_Huge-70B".into(),
+        error: "failed 3 times; last error: out of memory".into(),
+    }];
+    r.write(&path).unwrap();
+    let paths = build(dir.path()).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    let html = std::fs::read_to_string(&paths.html).unwrap();
+    assert!(
+        md.contains("**Partial result: 1 of 5 planned models failed"),
+        "{md}"
+    );
+    let line = "Huge-70B zero-shot: task `eval:LLM_Huge-70B` failed: failed 3 times; last error: out of memory";
+    assert!(md.contains(line), "{md}");
+    assert!(
+        html.contains("Partial result: 1 of 5 planned models failed")
+            && html.contains("<code>eval:LLM_Huge-70B</code>"),
+        "{html}"
     );
 }

@@ -49,6 +49,22 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The inputs themselves are at fault (a missing or malformed model file, config.json,
+    /// tokenizer or template, weights of the wrong shape, an architecture we do not implement):
+    /// running the same job again fails the same way, so it is not worth a retry. Device errors
+    /// (out of memory), I/O, the hub and cancellation are not: another attempt may succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::BadFile { .. }
+                | Self::MissingFile { .. }
+                | Self::UnsupportedModel(_)
+                | Self::Weight { .. }
+                | Self::Tokenizer(_)
+                | Self::Template(_)
+        )
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
@@ -60,3 +76,26 @@ impl EngineError {
 
 /// The crate's result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_inputs_are_permanent_and_device_or_transfer_trouble_is_not() {
+        let missing = EngineError::MissingFile {
+            path: "m.gguf".into(),
+            what: "model".into(),
+        };
+        let bad = EngineError::BadFile {
+            path: "config.json".into(),
+            reason: "not JSON".into(),
+        };
+        assert!(missing.is_permanent() && bad.is_permanent());
+        assert!(EngineError::UnsupportedModel("gpt2".into()).is_permanent());
+        assert!(!EngineError::Hub("connection reset".into()).is_permanent());
+        assert!(!EngineError::Cancelled.is_permanent());
+        let io = EngineError::io("x", std::io::Error::other("disk"));
+        assert!(!io.is_permanent());
+    }
+}

@@ -166,6 +166,18 @@ pub enum JobError {
     Task { task: String, what: String },
 }
 
+impl JobError {
+    /// A retry would fail the same way: the engine's inputs are at fault
+    /// ([`EngineError::is_permanent`]), or the task itself is (nothing to evaluate).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            JobError::Engine(e) => e.is_permanent(),
+            JobError::Task { .. } => true,
+            JobError::Train(_) | JobError::Peft(_) | JobError::Candle(_) => false,
+        }
+    }
+}
+
 /// A device's name for reports.
 pub fn device_name(spec: DeviceSpec) -> String {
     match spec {

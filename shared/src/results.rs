@@ -196,6 +196,21 @@ pub struct ResultsMeta {
     /// the embedded dataset and local files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<HubDataset>,
+    /// Planned models that have no entry because a task failed for good (the model's own
+    /// evaluation, or a task it depends on such as its finetune): the results are partial.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedModel>,
+}
+
+/// A planned model missing from the results, with the task at fault and its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedModel {
+    /// The key the model would have had (`SLM_Qwen-3B_finetuned`).
+    pub model: String,
+    /// The task that failed (`finetune:SLM_Qwen-3B`).
+    pub task: String,
+    pub error: String,
 }
 
 /// Which hub file, at which commit, with which content, a run's dataset came from: enough to

@@ -34,6 +34,7 @@ pub fn fast_settings() -> Settings {
         heartbeat_interval: Duration::from_millis(100),
         lease: Duration::from_millis(1500),
         max_attempts: 3,
+        unplaceable_timeout: Duration::from_secs(600),
     }
 }
 

@@ -53,7 +53,7 @@ pub struct FinetuneReport {
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
 }
 
-/// What a running job reports. The stream ends after one of the last three.
+/// What a running job reports. The stream ends after one of the last four.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
     Progress(ProgressEvent),
@@ -61,6 +61,9 @@ pub enum RunEvent {
     Evaluated(EvalReport),
     Finetuned(FinetuneReport),
     Failed(String),
+    /// A failure a retry would repeat (a missing or malformed model file, an unsupported
+    /// architecture): the coordinator fails the task at once.
+    Rejected(String),
     /// Stopped by the cancellation token (after checkpointing, for a finetune).
     Cancelled,
 }

@@ -145,10 +145,15 @@ async fn session(
             m = inbound.message() => match m {
                 Ok(Some(pb::CoordinatorMessage { msg: Some(m) })) => match m {
                     pb::coordinator_message::Msg::Offer(offer) => {
-                        if let Some(reply) = take_offer(offer, probe, &ctx, &mut current)
-                            && out.send(msg(Msg::OfferReply(reply))).await.is_err()
-                        {
+                        let (reply, start) = take_offer(offer, probe, current.as_ref());
+                        // The accept is queued before the job starts, so everything the job sends
+                        // (progress, or the result of a failure within milliseconds) follows it on
+                        // the stream: the coordinator never hears of a task it has not seen accepted.
+                        if out.send(msg(Msg::OfferReply(reply))).await.is_err() {
                             break Err(RpcError::Protocol("outbound stream closed".into()));
+                        }
+                        if let Some((offer, r)) = start {
+                            current = Some(start_task(offer, r, &ctx));
                         }
                     }
                     pb::coordinator_message::Msg::Cancel(c) => {
@@ -195,13 +200,13 @@ struct TaskCtx {
     work_dir: PathBuf,
 }
 
-/// Accepts (and starts) or declines an offer after re-reading free memory.
+/// Accepts or declines an offer after re-reading free memory. An accepted offer comes back with
+/// what [`start_task`] needs; the caller starts it only once the accept is queued.
 fn take_offer(
     offer: pb::TaskOffer,
     probe: &Arc<dyn Probe>,
-    ctx: &TaskCtx,
-    current: &mut Option<Current>,
-) -> Option<pb::OfferReply> {
+    current: Option<&Current>,
+) -> (pb::OfferReply, Option<(pb::TaskOffer, pb::TaskRef)>) {
     let task_id = offer
         .task
         .as_ref()
@@ -213,34 +218,35 @@ fn take_offer(
         attempt: offer.attempt,
     };
     let free = probe.free_mib().unwrap_or(0);
-    let decline = |reason: String| {
-        Some(pb::OfferReply {
-            task: Some(r.clone()),
-            accept: false,
-            reason,
-            free_mib: free,
-        })
+    let reply = |accept: bool, reason: String| pb::OfferReply {
+        task: Some(r.clone()),
+        accept,
+        reason,
+        free_mib: free,
     };
     if let Some(c) = current {
-        return decline(format!("busy with `{}`", c.task.task_id));
+        return (
+            reply(false, format!("busy with `{}`", c.task.task_id)),
+            None,
+        );
     }
     let estimate = offer.task.as_ref().map_or(0, |t| t.estimate_mib);
     if free < estimate {
-        return decline(format!("needs {estimate} MiB, {free} MiB free"));
+        let why = format!("needs {estimate} MiB, {free} MiB free");
+        return (reply(false, why), None);
     }
+    (reply(true, String::new()), Some((offer, r.clone())))
+}
+
+/// Starts an accepted task on its own tokio task.
+fn start_task(offer: pb::TaskOffer, r: pb::TaskRef, ctx: &TaskCtx) -> Current {
     let cancel = CancellationToken::new();
     let done = tokio::spawn(execute(offer, r.clone(), ctx.clone(), cancel.clone()));
-    *current = Some(Current {
-        task: r.clone(),
+    Current {
+        task: r,
         cancel,
         done,
-    });
-    Some(pb::OfferReply {
-        task: Some(r),
-        accept: true,
-        reason: String::new(),
-        free_mib: free,
-    })
+    }
 }
 
 /// File-name-safe form of a task id (`finetune:SLM_Qwen-3B` → `finetune_SLM_Qwen-3B`).
@@ -264,17 +270,39 @@ async fn execute(
     cancel: CancellationToken,
 ) {
     use pb::task_result::Outcome;
-    let outcome = match run_task(offer, &r, &mut ctx, cancel).await {
-        Ok(o) => o,
-        Err(e) => Outcome::Failed(e),
+    let (outcome, permanent) = match run_task(offer, &r, &mut ctx, cancel).await {
+        Ok(o) => (o, false),
+        Err(f) => (Outcome::Failed(f.why), f.permanent),
     };
     let _ = ctx
         .out
         .send(msg(Msg::Result(pb::TaskResult {
             task: Some(r),
             outcome: Some(outcome),
+            permanent,
         })))
         .await;
+}
+
+/// Why a task did not finish; `permanent` when a retry would fail the same way.
+struct Failure {
+    why: String,
+    permanent: bool,
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure {
+            why,
+            permanent: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Self {
+        why.to_string().into()
+    }
 }
 
 async fn run_task(
@@ -282,7 +310,7 @@ async fn run_task(
     r: &pb::TaskRef,
     ctx: &mut TaskCtx,
     cancel: CancellationToken,
-) -> Result<pb::task_result::Outcome, String> {
+) -> Result<pb::task_result::Outcome, Failure> {
     use pb::task_result::Outcome;
     let spec: TaskSpec = offer
         .task
@@ -355,6 +383,12 @@ async fn run_task(
                 )));
             }
             RunEvent::Failed(why) => return Ok(Outcome::Failed(why)),
+            RunEvent::Rejected(why) => {
+                return Err(Failure {
+                    why,
+                    permanent: true,
+                });
+            }
             RunEvent::Cancelled => return Ok(Outcome::Cancelled("cancelled on the agent".into())),
         }
     }

@@ -92,6 +92,7 @@ impl TaskRunner for WorkerRunner {
                     // The worker reports a cancelled job as a failure; say which it was.
                     WorkerEvent::Failed(_) if cancel.is_cancelled() => RunEvent::Cancelled,
                     WorkerEvent::Failed(why) => RunEvent::Failed(why),
+                    WorkerEvent::Rejected(why) => RunEvent::Rejected(why),
                 };
                 if tx.send(out).await.is_err() {
                     break;

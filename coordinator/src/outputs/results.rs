@@ -4,8 +4,8 @@ use super::{OutputsError, OutputsInput, results_key};
 use crate::outcome::{TaskOutput, TrainingOutcome};
 use sha2::{Digest, Sha256};
 use shared::results::{
-    CurvePoint, Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics, TrainingStatus,
-    parse_result_key, tool_version,
+    CurvePoint, FailedModel, Performance, ResultEntry, Results, ResultsMeta, TrainingMetrics,
+    TrainingStatus, parse_result_key, tool_version,
 };
 use shared::task::{TaskKind, TaskState};
 
@@ -31,8 +31,65 @@ fn training_metrics(t: &TrainingOutcome) -> TrainingMetrics {
     }
 }
 
+/// The task at fault for task `i` not succeeding, and its error: a task cancelled because a task
+/// it depends on did not succeed points at that task (and so on down the chain).
+fn failure_of(input: &OutputsInput, i: usize) -> (String, String) {
+    let mut seen = vec![i];
+    let mut i = i;
+    loop {
+        let t = &input.tasks[i];
+        let dep = (t.state == TaskState::Cancelled)
+            .then(|| {
+                t.spec.depends_on.iter().find_map(|d| {
+                    input
+                        .tasks
+                        .iter()
+                        .position(|x| &x.spec.id == d && x.state != TaskState::Succeeded)
+                })
+            })
+            .flatten()
+            .filter(|d| !seen.contains(d));
+        match dep {
+            Some(d) => {
+                seen.push(d);
+                i = d;
+            }
+            None => {
+                let error = if t.detail.is_empty() {
+                    format!("ended {:?}", t.state)
+                } else {
+                    t.detail.clone()
+                };
+                return (t.spec.id.0.clone(), error);
+            }
+        }
+    }
+}
+
+/// Every planned evaluation that did not succeed, under the key its model would have had.
+fn failed_models(input: &OutputsInput) -> Vec<FailedModel> {
+    input
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.spec.kind == TaskKind::Evaluate)
+        .filter(|(_, t)| {
+            !(t.state == TaskState::Succeeded && matches!(t.output, Some(TaskOutput::Evaluated(_))))
+        })
+        .map(|(i, t)| {
+            let (task, error) = failure_of(input, i);
+            FailedModel {
+                model: results_key(&input.plan, &t.spec),
+                task,
+                error,
+            }
+        })
+        .collect()
+}
+
 /// Every succeeded evaluation becomes one entry; a finetuned entry also carries its finetune's
-/// training metrics. `created` is the caller's timestamp (kept out so the rest is reproducible).
+/// training metrics; every other planned evaluation is named in `meta.failed` with the task at
+/// fault. `created` is the caller's timestamp (kept out so the rest is reproducible).
 pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
     let mut results = Results {
         meta: Some(ResultsMeta {
@@ -45,6 +102,7 @@ pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
             tool_version: tool_version(),
             converted_from_old: false,
             dataset: input.plan.dataset.clone(),
+            failed: failed_models(input),
         }),
         entries: Default::default(),
     };

@@ -6,7 +6,7 @@ use serde::Serialize;
 use shared::icd10;
 use shared::task::{ModelRole, PredictionRow};
 
-use super::input::{ModelInput, ReportInput, Training};
+use super::input::{ModelInput, ModelKey, ReportInput, Training};
 use super::mcnemar::{McNemar, mcnemar};
 use super::stats::{
     BootstrapConfig, Estimate, LabelIndex, SampleOutcome, bootstrap, paired_bootstrap,
@@ -177,6 +177,9 @@ fn sentence(
 ) -> (Outcome, String) {
     let c = (conf * 100.0).round();
     let tail = format!("McNemar p {} (n = {n} paired samples)", format_p(t.p_value));
+    if d.lo.is_nan() || d.hi.is_nan() {
+        return without_ci(first, second, d.point, t, &tail, conf);
+    }
     if !d.excludes_zero() {
         let s = format!(
             "No significant difference between {first} and {second} on exact match: {:+.1} pts, {c}% CI [{:+.1}, {:+.1}], {tail}.",
@@ -198,6 +201,52 @@ fn sentence(
         pct(hi)
     );
     (outcome, s)
+}
+
+/// The verdict of a comparison with no bootstrap (`bootstrap_resamples = 0`): McNemar's test at
+/// the level `1 − conf` decides.
+fn without_ci(
+    first: &str,
+    second: &str,
+    point: f64,
+    t: &McNemar,
+    tail: &str,
+    conf: f64,
+) -> (Outcome, String) {
+    if t.p_value >= 1.0 - conf || point == 0.0 {
+        let s = format!(
+            "No significant difference between {first} and {second} on exact match: {:+.1} pts (no bootstrap CI), {tail}.",
+            pct(point)
+        );
+        return (Outcome::NoSignificantDifference, s);
+    }
+    let (outcome, winner, loser, p) = if point > 0.0 {
+        (Outcome::FirstBetter, first, second, point)
+    } else {
+        (Outcome::SecondBetter, second, first, -point)
+    };
+    let s = format!(
+        "{winner} beats {loser} on exact match by {:+.1} pts (no bootstrap CI), {tail}.",
+        pct(p)
+    );
+    (outcome, s)
+}
+
+/// The verdict's opening when planned models failed: the comparisons are partial.
+fn partial(failed: &[shared::results::FailedModel], reported: usize) -> Option<String> {
+    if failed.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = failed
+        .iter()
+        .map(|f| ModelKey::parse(&f.model).map_or_else(|| f.model.clone(), |k| k.display()))
+        .collect();
+    let n = failed.len();
+    Some(format!(
+        "Partial result: {n} of {} planned models failed and take part in no comparison ({}).",
+        n + reported,
+        names.join(", ")
+    ))
 }
 
 struct Scored<'a> {
@@ -456,6 +505,10 @@ pub fn analyse(input: &ReportInput, cfg: &BootstrapConfig) -> Analysis {
     let headline = match point_headline(&models) {
         Some(h) if comparisons.is_empty() => h,
         _ => headline(&comparisons, challengers.len(), llms.len()),
+    };
+    let headline = match partial(&input.failed, input.models.len()) {
+        Some(p) => format!("{p} {headline}"),
+        None => headline,
     };
     let zero_shot_comparisons = if finetuned.is_empty() {
         Vec::new()

@@ -131,6 +131,8 @@ pub struct ReportInput {
     pub created: Option<String>,
     /// `results.json` was in the old shape (converted in memory) or says it was converted.
     pub converted_from_old: bool,
+    /// Planned models with no results because a task failed for good (`meta.failed`).
+    pub failed: Vec<shared::results::FailedModel>,
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, ReportError> {
@@ -373,6 +375,7 @@ pub fn load(dir: &Path) -> Result<ReportInput, ReportError> {
         experiment: meta.as_ref().map(|m| m.experiment.clone()),
         created: meta.as_ref().and_then(|m| m.created.clone()),
         converted_from_old,
+        failed: meta.map(|m| m.failed).unwrap_or_default(),
     })
 }
 

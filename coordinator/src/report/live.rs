@@ -121,6 +121,8 @@ pub struct LiveTask {
     pub progress: Option<LiveProgress>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Why a ready task is not placed yet (no agent, devices busy, not enough free memory).
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -198,6 +200,7 @@ mod tests {
                     memory_mib: Some(6800),
                 }),
                 error: None,
+                waiting: None,
             }],
             curves: vec![LiveCurve {
                 model: "SLM_Qwen-3B".into(),
@@ -261,6 +264,7 @@ mod tests {
             ".report",
             ".estimate_mib",
             ".error",
+            ".waiting",
         ] {
             assert!(LIVE_PAGE.contains(field), "the page never reads {field}");
         }

@@ -65,12 +65,13 @@ pub struct ReportPaths {
     pub plots: Vec<PathBuf>,
 }
 
-/// Fewest bootstrap resamples the report uses, whatever the config says (fewer make the
-/// percentile interval's ends noisy).
+/// Fewer bootstrap resamples than this make the percentile interval's ends noisy: the report
+/// uses what the config asks and says so.
 pub const MIN_RESAMPLES: usize = 1000;
 
 /// Bootstrap settings from `config.resolved.toml`'s `[evaluation]` when it parses, else defaults
-/// (1000 resamples, 95%, seed 42 — the config's own defaults).
+/// (1000 resamples, 95%, seed 42 — the config's own defaults). `bootstrap_resamples = 0` means no
+/// intervals.
 fn bootstrap_config(input: &input::ReportInput) -> BootstrapConfig {
     let cfg = input
         .config_toml
@@ -79,7 +80,7 @@ fn bootstrap_config(input: &input::ReportInput) -> BootstrapConfig {
         .map(|c| c.evaluation)
         .unwrap_or_default();
     BootstrapConfig {
-        resamples: (cfg.bootstrap_resamples as usize).max(MIN_RESAMPLES),
+        resamples: cfg.bootstrap_resamples as usize,
         confidence: cfg.confidence,
         seed: cfg.bootstrap_seed,
     }

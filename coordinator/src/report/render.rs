@@ -54,8 +54,17 @@ struct Table {
 }
 
 #[derive(Serialize)]
+struct FailedRow {
+    model: String,
+    task: String,
+    error: String,
+}
+
+#[derive(Serialize)]
 struct Context<'a> {
     title: String,
+    /// Planned models with no results, each with the task that failed and why.
+    failed: Vec<FailedRow>,
     /// The CI level in percent, e.g. 95 (an integer, so templates print no decimals).
     conf: u32,
     headline: &'a str,
@@ -79,6 +88,9 @@ fn ci(e: Option<Estimate>, precision: Precision) -> String {
     match (e, precision) {
         (None, _) => "–".to_string(),
         (Some(e), Precision::PointOnly) => format!("{:.1} (no CI)", e.point * 100.0),
+        (Some(e), Precision::Bootstrap) if e.lo.is_nan() => {
+            format!("{:.1} (no CI)", e.point * 100.0)
+        }
         (Some(e), Precision::Bootstrap) => interval(&e),
     }
 }
@@ -93,6 +105,9 @@ fn interval(e: &Estimate) -> String {
 }
 
 fn diff(e: &Estimate) -> String {
+    if e.lo.is_nan() {
+        return format!("{:+.1} (no CI)", e.point * 100.0);
+    }
     format!(
         "{:+.1} [{:+.1}, {:+.1}]",
         e.point * 100.0,
@@ -241,21 +256,43 @@ pub fn render(
 ) -> Result<(String, String), ReportError> {
     let b = &analysis.bootstrap;
     let conf = (b.confidence * 100.0).round();
-    let method = vec![
-        format!(
-            "Confidence intervals: percentile bootstrap, {} resamples of the samples with replacement (ChaCha8 seed {}), {conf}% interval = the {:.1}th and {:.1}th percentiles of the resampled statistic (linear interpolation).",
-            b.resamples,
-            b.seed,
-            (1.0 - b.confidence) * 50.0,
-            100.0 - (1.0 - b.confidence) * 50.0
-        ),
-        "Differences: paired bootstrap over the samples both models evaluated (the same resampled indices for both); a difference is significant when its CI excludes 0.".to_string(),
+    let bootstrap = if b.resamples == 0 {
+        [
+            "Confidence intervals: none (`bootstrap_resamples = 0`).".to_string(),
+            format!(
+                "Differences: a difference is significant when McNemar's p is below {:.2}.",
+                1.0 - b.confidence
+            ),
+        ]
+    } else {
+        [
+            format!(
+                "Confidence intervals: percentile bootstrap, {} resamples of the samples with replacement (ChaCha8 seed {}), {conf}% interval = the {:.1}th and {:.1}th percentiles of the resampled statistic (linear interpolation).",
+                b.resamples,
+                b.seed,
+                (1.0 - b.confidence) * 50.0,
+                100.0 - (1.0 - b.confidence) * 50.0
+            ),
+            "Differences: paired bootstrap over the samples both models evaluated (the same resampled indices for both); a difference is significant when its CI excludes 0.".to_string(),
+        ]
+    };
+    let mut method = bootstrap.to_vec();
+    method.extend([
         format!(
             "McNemar's test on exact match: exact two-sided binomial test when the discordant pairs number fewer than {EXACT_BELOW}, otherwise chi-square with continuity correction, (|b − c| − 1)² / (b + c), 1 df."
         ),
         "Exact match: the first valid ICD-10-CM code extracted from the output equals the reference. Category match: same 3-character category. Macro-F1: unweighted mean of per-code F1 over the codes occurring in the references or the predictions; a missing code is a false negative for its reference.".to_string(),
-    ];
+    ]);
     let mut notes = Vec::new();
+    if b.resamples == 0 {
+        notes.push("bootstrap_resamples = 0: no confidence intervals; comparisons are decided by McNemar's test alone.".to_string());
+    } else if b.resamples < super::MIN_RESAMPLES {
+        notes.push(format!(
+            "bootstrap_resamples = {} (as configured) is below {}: the interval ends are noisy.",
+            b.resamples,
+            super::MIN_RESAMPLES
+        ));
+    }
     for m in &input.models {
         if m.rows.is_empty() {
             notes.push(format!(
@@ -284,7 +321,18 @@ pub fn render(
     }
     breakdowns.push(breakdown_table(&analysis.by_chapter));
     let (performance, training) = perf_tables(input);
+    let failed = input
+        .failed
+        .iter()
+        .map(|f| FailedRow {
+            model: super::input::ModelKey::parse(&f.model)
+                .map_or_else(|| f.model.clone(), |k| k.display()),
+            task: f.task.clone(),
+            error: f.error.clone(),
+        })
+        .collect();
     let ctx = Context {
+        failed,
         conf: conf as u32,
         title: match &input.experiment {
             Some(e) => format!("sizespec report: {e}"),

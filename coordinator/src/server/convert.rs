@@ -146,6 +146,7 @@ pub fn agent_event(m: pb::AgentMessage) -> Result<Option<AgentEvent>, ConvertErr
                 let outcome = match r.outcome.ok_or(ConvertError::Missing("result.outcome"))? {
                     O::Evaluated(p) => Outcome::Done(TaskOutput::Evaluated(eval_perf(p))),
                     O::Finetuned(t) => Outcome::Done(TaskOutput::Finetuned(training(t))),
+                    O::Failed(why) if r.permanent => Outcome::Rejected(why),
                     O::Failed(why) => Outcome::Failed(why),
                     O::Cancelled(why) => Outcome::Cancelled(why),
                 };

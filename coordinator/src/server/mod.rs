@@ -89,6 +89,9 @@ impl From<ServerError> for tonic::Status {
         match &e {
             ServerError::Core(CoreError::UnknownExperiment(_)) => Status::not_found(e.to_string()),
             ServerError::Core(CoreError::NoDevices(_)) => Status::invalid_argument(e.to_string()),
+            ServerError::Core(CoreError::DuplicateAgent { .. }) => {
+                Status::already_exists(e.to_string())
+            }
             ServerError::Artifact(a) => Status::from_artifact(a),
             ServerError::Closed(_) => Status::unavailable(e.to_string()),
             _ => Status::internal(e.to_string()),

@@ -24,6 +24,8 @@ pub struct AgentEntry {
     /// Increments per connection, so a stale session's disconnect is not mistaken for the new one's.
     pub session: u64,
     pub devices: Vec<DeviceSlot>,
+    /// When the session registered or last sent a heartbeat.
+    pub last_seen: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,11 @@ pub struct TaskEntry {
     pub last_progress: Option<ProgressEvent>,
     /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
+    /// Why it is ready but not placed (`None` once placed).
+    pub wait: Option<super::wait::Wait>,
+    /// The current attempt runs because a message about it came before its accept; that accept,
+    /// when it arrives, is expected and changes nothing.
+    pub accept_implied: bool,
 }
 
 impl TaskEntry {
@@ -139,6 +146,15 @@ pub enum CoreError {
     UnknownExperiment(String),
     #[error("agent `{0}` registered no device")]
     NoDevices(String),
+    /// Another agent with this id is connected and alive: two agents must not share an id.
+    #[error(
+        "agent id `{agent}` is already connected from host `{host}` (heard from {secs} s ago): a second agent with the same id is refused; give each agent its own --agent-id (SIZESPEC_AGENT_ID)"
+    )]
+    DuplicateAgent {
+        agent: String,
+        host: String,
+        secs: u64,
+    },
     #[error(
         "experiment `{experiment}`, task `{}`: a result for a task in state {state:?} (not running); refused",
         task.0
@@ -258,7 +274,21 @@ impl Core {
             return Err(CoreError::NoDevices(reg.agent.0.clone()));
         }
         let id = reg.agent.clone();
-        if self.agents.contains_key(&id) {
+        if let Some(old) = self.agents.get(&id) {
+            // The first session was heard from within a lease: it is alive, and this is a second
+            // agent with its id. Silent longer, it is gone (a half-open connection the coordinator
+            // has not noticed yet) and this is its reconnect.
+            let silent = now.saturating_duration_since(old.last_seen);
+            if silent < self.settings.lease {
+                let err = CoreError::DuplicateAgent {
+                    agent: id.0.clone(),
+                    host: old.reg.host.clone(),
+                    secs: silent.as_secs(),
+                };
+                tracing::error!(agent = %id.0, host = %reg.host, "registration refused: {err}");
+                return Err(err);
+            }
+            tracing::warn!(agent = %id.0, host = %reg.host, silent_s = silent.as_secs(), "agent id taken over: its previous session was silent");
             // A reconnect: whatever the old session was running is lost.
             self.lose_agent_tasks(&id, "the agent reconnected", now);
         }
@@ -279,6 +309,7 @@ impl Core {
                 reg,
                 session,
                 devices,
+                last_seen: now,
             },
         );
         self.schedule(now);
@@ -307,6 +338,7 @@ impl Core {
         let Some(a) = self.agents.get_mut(agent).filter(|a| a.session == session) else {
             return;
         };
+        a.last_seen = now;
         let mut changed = Vec::new();
         for (uuid, mib) in free {
             if let Some(d) = a.devices.iter_mut().find(|d| &d.info.uuid == uuid)
@@ -333,7 +365,7 @@ impl Core {
     }
 
     /// Finds the task a message refers to, if it is still placed on this agent's session at this attempt.
-    fn task_mut(
+    pub(super) fn task_mut(
         &mut self,
         r: &TaskRef,
         agent: &AgentId,
@@ -355,7 +387,8 @@ impl Core {
     }
 
     /// An agent's answer to an offer. Only the agent holding the offer may answer, once: any
-    /// other answer is an illegal transition, refused with nothing changed.
+    /// other answer is an illegal transition, refused with nothing changed. The one accept that
+    /// follows an implied one (`accept.rs`) is expected and changes nothing.
     pub fn offer_reply(
         &mut self,
         agent: &AgentId,
@@ -368,6 +401,13 @@ impl Core {
         let Some((ei, t)) = self.task_mut(r, agent, session) else {
             return Ok(());
         };
+        if answer == OfferAnswer::Accept
+            && t.accept_implied
+            && matches!(&t.state, TaskState::Running { agent: held } if held == agent)
+        {
+            t.accept_implied = false;
+            return Ok(());
+        }
         let event = match &answer {
             OfferAnswer::Accept => TaskEvent::Accept {
                 agent: agent.clone(),
@@ -412,6 +452,7 @@ impl Core {
         now: Instant,
     ) {
         let lease = self.settings.lease;
+        self.accept_implied(r, agent, session, now);
         let Some((_, t)) = self.task_mut(r, agent, session) else {
             return;
         };
@@ -442,6 +483,7 @@ impl Core {
         now: Instant,
     ) {
         let lease = self.settings.lease;
+        self.accept_implied(r, agent, session, now);
         let Some((ei, t)) = self.task_mut(r, agent, session) else {
             return;
         };
@@ -470,8 +512,9 @@ impl Core {
         }
     }
 
-    /// The end of a running task as its agent reports it. A report for a task that is not running
-    /// (never accepted) is refused; so is one the transition function rejects.
+    /// The end of a running task as its agent reports it (a report for a task still offered to
+    /// this agent implies its accept). A failure a retry would repeat fails the task at once;
+    /// other failures re-queue it until its attempts are used up.
     pub fn result(
         &mut self,
         agent: &AgentId,
@@ -481,6 +524,7 @@ impl Core {
         now: Instant,
     ) -> Result<(), CoreError> {
         let max_attempts = self.settings.max_attempts;
+        self.accept_implied(r, agent, session, now);
         let Some((ei, _)) = self.task_mut(r, agent, session) else {
             return Ok(());
         };
@@ -517,6 +561,7 @@ impl Core {
             Outcome::Done(_) => TaskEvent::Succeed { agent: by() },
             Outcome::Failed(_) if t.losses + 1 >= max_attempts => TaskEvent::Fail { agent: by() },
             Outcome::Failed(_) => TaskEvent::Requeue,
+            Outcome::Rejected(_) => TaskEvent::Fail { agent: by() },
             // Not the task's fault (the agent is shutting down): back to the queue, not counted.
             Outcome::Cancelled(_) => TaskEvent::Requeue,
         };
@@ -532,6 +577,10 @@ impl Core {
                 } else {
                     tracing::warn!(task = %r.task.0, error = %why, "task failed on the agent; re-queued");
                 }
+            }
+            Outcome::Rejected(why) => {
+                t.losses += 1;
+                t.detail = format!("failed: {why} (not retried: a retry would fail the same way)");
             }
             Outcome::Cancelled(_) => {}
         }
@@ -705,6 +754,8 @@ pub(super) fn new_task(
         ran_on,
         last_progress: None,
         curve: Vec::new(),
+        wait: None,
+        accept_implied: false,
     }
 }
 

@@ -108,6 +108,7 @@ pub fn live_state(core: &Core, updated: String) -> (LiveState, Option<PathBuf>) 
                 estimate_mib: p.spec.estimate_mib,
                 progress: t.last_progress.as_ref().and_then(progress),
                 error: (!t.detail.is_empty()).then(|| t.detail.clone()),
+                waiting: super::wait::shown(&t.state, t.wait.as_ref()),
             }
         })
         .collect();

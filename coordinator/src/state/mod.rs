@@ -3,13 +3,17 @@
 //! blocking pool, awaited; finished experiments' output folders handed to the output writer, which
 //! reports back when one is written; messages to agents; watcher events). Everything else talks
 //! to it through a [`StateHandle`].
+mod accept;
 pub mod core;
+#[cfg(test)]
+mod fault_tests;
 pub mod live;
 mod sched;
 pub mod status;
 #[cfg(test)]
 mod tests;
 mod types;
+pub mod wait;
 
 use self::core::{Core, CoreError, Io, OfferAnswer, Outcome, Registration, TaskRef, ToAgent};
 use self::status::{ExperimentEvent, StatusReport};
@@ -206,6 +210,15 @@ impl Owner {
             }
             Command::Register { reg, tx, reply } => {
                 let agent = reg.agent.clone();
+                // The previous session's stream is closed (its disconnect not handled yet): it is
+                // gone, so this registration takes its place.
+                if let Some((session, old)) = self.agents.get(&agent)
+                    && old.is_closed()
+                {
+                    let session = *session;
+                    self.agents.remove(&agent);
+                    self.core.disconnect(&agent, session, now);
+                }
                 let res = self.core.register(reg, now);
                 if let Ok(session) = res {
                     // Sent here, before this command's effects, so `registered` precedes any offer.

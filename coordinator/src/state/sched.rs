@@ -25,7 +25,7 @@ impl Core {
             let mut changed = self.promote(ei, largest);
             for ti in 0..self.experiments[ei].tasks.len() {
                 if self.experiments[ei].tasks[ti].state == TaskState::Ready
-                    && self.place(ei, ti, now)
+                    && (self.place(ei, ti, now) || self.note_wait(ei, ti, now))
                 {
                     changed = true;
                 }
@@ -164,6 +164,8 @@ impl Core {
             return false;
         }
         t.attempt += 1;
+        t.accept_implied = false;
+        t.wait = None;
         t.placed = Some(Placement {
             agent: agent.clone(),
             session,

@@ -16,7 +16,8 @@ pub struct TaskStatus {
     /// The agent holding it, else the agent that ran it.
     pub agent: Option<AgentId>,
     pub attempt: u32,
-    /// Why it failed or was cancelled; while it runs, the stage it reported last.
+    /// Why it failed or was cancelled; while it runs, the stage it reported last; while it is
+    /// ready but not placed, why it waits.
     pub detail: String,
     /// Predictions received so far.
     pub predictions: u64,
@@ -77,9 +78,12 @@ impl ExperimentEvent {
 fn task_status(e: &ExperimentEntry, i: usize) -> TaskStatus {
     let spec = &e.plan.tasks[i].spec;
     let t = &e.tasks[i];
+    // A stage is shown only while the task runs: a finished finetune's last stage ("saving
+    // adapter") is not what it is doing now.
     let detail = match (&t.state, &t.last_progress) {
         (TaskState::Failed | TaskState::Cancelled, _) => t.detail.clone(),
-        (_, Some(ProgressEvent::Stage { name })) => name.clone(),
+        (TaskState::Ready, _) => super::wait::shown(&t.state, t.wait.as_ref()).unwrap_or_default(),
+        (TaskState::Running { .. }, Some(ProgressEvent::Stage { name })) => name.clone(),
         _ => String::new(),
     };
     TaskStatus {

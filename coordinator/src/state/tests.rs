@@ -5,7 +5,7 @@ use shared::config::{GenerationConfig, LoraConfig, PromptConfig, TrainingConfig}
 use shared::task::*;
 use std::time::{Duration, Instant};
 
-fn spec(id: &str, kind: TaskKind, deps: &[&str], mib: u64) -> TaskSpec {
+pub(super) fn spec(id: &str, kind: TaskKind, deps: &[&str], mib: u64) -> TaskSpec {
     TaskSpec {
         id: TaskId(id.into()),
         kind,
@@ -23,7 +23,7 @@ fn spec(id: &str, kind: TaskKind, deps: &[&str], mib: u64) -> TaskSpec {
     }
 }
 
-fn plan() -> ExperimentPlan {
+pub(super) fn plan() -> ExperimentPlan {
     let eval = |s| PlannedTask {
         spec: s,
         payload: TaskPayload::Evaluate(EvalPayload {
@@ -64,7 +64,7 @@ fn plan() -> ExperimentPlan {
     }
 }
 
-fn reg(id: &str, mib: u64) -> Registration {
+pub(super) fn reg(id: &str, mib: u64) -> Registration {
     Registration {
         agent: AgentId(id.into()),
         host: "h".into(),
@@ -81,7 +81,7 @@ fn reg(id: &str, mib: u64) -> Registration {
     }
 }
 
-fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
+pub(super) fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
     fx.to_agents
         .iter()
         .filter_map(|(a, _, m)| match m {
@@ -91,11 +91,12 @@ fn offers(fx: &Effects) -> Vec<(String, String, u32)> {
         .collect()
 }
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         heartbeat_interval: Duration::from_millis(100),
         lease: Duration::from_secs(1),
         max_attempts: 2,
+        unplaceable_timeout: Duration::from_secs(30),
     }
 }
 
@@ -398,7 +399,7 @@ fn an_illegal_transition_is_refused_and_changes_nothing() {
 }
 
 /// An eval-only plan with no samples: done as soon as its agent reports success.
-fn one_eval_plan(output_dir: &std::path::Path) -> ExperimentPlan {
+pub(super) fn one_eval_plan(output_dir: &std::path::Path) -> ExperimentPlan {
     let mut p = plan();
     let mut eval = p.tasks.pop().unwrap();
     eval.spec.depends_on.clear();

@@ -15,6 +15,9 @@ pub struct Settings {
     pub lease: Duration,
     /// A task lost or failed this many times fails for good.
     pub max_attempts: u32,
+    /// A ready task that every connected device large enough leaves idle, none with its estimate
+    /// free, fails after waiting this long (`state::wait`).
+    pub unplaceable_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -23,6 +26,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(2),
             lease: Duration::from_secs(20),
             max_attempts: 3,
+            unplaceable_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -68,6 +72,9 @@ pub struct TaskRef {
 pub enum Outcome {
     Done(TaskOutput),
     Failed(String),
+    /// A failure a retry would repeat (a missing or malformed model file, an unsupported
+    /// architecture): the task fails at once.
+    Rejected(String),
     Cancelled(String),
 }
 

@@ -311,6 +311,7 @@ pub fn convert_old(old: Value) -> Result<Results, ResultsError> {
         tool_version: tool_version(),
         converted_from_old: true,
         dataset: None,
+        failed: Vec::new(),
     });
     Ok(results)
 }

@@ -44,6 +44,11 @@ fn sample() -> Results {
                 commit: "0123456789abcdef0123456789abcdef01234567".into(),
                 sha256: "ef".repeat(32),
             }),
+            failed: vec![FailedModel {
+                model: "LLM_Mistral-7B_untrained".into(),
+                task: "eval:LLM_Mistral-7B".into(),
+                error: "failed 3 times; last error: out of memory".into(),
+            }],
         }),
         entries: Default::default(),
     };
@@ -158,6 +163,9 @@ fn serde_round_trip_keeps_a_flat_map_with_meta() {
             .get("training_metrics")
             .is_none()
     );
+    // A model that failed for good is named under `meta.failed`, never as a key.
+    assert_eq!(v["meta"]["failed"][0]["model"], "LLM_Mistral-7B_untrained");
+    assert_eq!(v["meta"]["failed"][0]["task"], "eval:LLM_Mistral-7B");
     assert_eq!(Results::from_json_str(&text, "results.json").unwrap(), r);
 
     let dir = tempfile::tempdir().unwrap();
