@@ -148,7 +148,7 @@ pub async fn start(
         shutdown.clone(),
     );
     let store = ArtifactStore::new(opts.data_dir.join("artifacts"));
-    let auth = RequireToken(opts.token.clone());
+    let auth = RequireToken::new(opts.token.clone());
     let max = opts.max_message_bytes;
     let agent = AgentServiceServer::new(agent_svc::AgentSvc {
         state: state.clone(),
