@@ -221,6 +221,8 @@ impl ArtifactStore {
         w.finish()
     }
 
+    /// A whole artifact in memory (tests; the service streams with [`ArtifactStore::open`]).
+    #[cfg(test)]
     pub fn get(&self, name: &ArtifactName) -> Result<Vec<u8>, ArtifactError> {
         let mut r = self.open(name)?;
         let mut out = Vec::with_capacity(usize::try_from(r.size).unwrap_or(0));
