@@ -1,8 +1,10 @@
 //! The artifact store: adapter files uploaded by agents, kept under `<data dir>/artifacts/<name>`.
 //! Names are validated (no path traversal) and every file is SHA-256 checked on the way in.
+//! Files move in pieces both ways ([`ArtifactWriter`], [`ArtifactReader`]): an artifact of any
+//! size costs a chunk of memory, never the whole file.
 use sha2::{Digest, Sha256};
 use shared::fsutil::AtomicFile;
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// An artifact problem; messages name the artifact.
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 pub enum ArtifactError {
     #[error("artifact name `{name}` is not allowed: {why}")]
     BadName { name: String, why: &'static str },
-    #[error("artifact `{name}`: {size} bytes is over the {max}-byte limit")]
+    #[error(
+        "artifact `{name}`: {size} bytes is over the {max}-byte limit (`coordinator serve --max-artifact-mib`)"
+    )]
     TooLarge { name: String, size: u64, max: u64 },
     #[error("artifact `{name}`: received {got} bytes, the header announced {want}")]
     SizeMismatch { name: String, got: u64, want: u64 },
@@ -137,6 +141,37 @@ impl ArtifactWriter {
     }
 }
 
+/// A stored artifact being read for a download: its size and SHA-256 (known before the first
+/// chunk), then its bytes chunk by chunk. Blocking I/O: `spawn_blocking`.
+#[derive(Debug)]
+pub struct ArtifactReader {
+    name: ArtifactName,
+    file: std::fs::File,
+    pub size: u64,
+    pub sha256: String,
+    read: u64,
+}
+
+impl ArtifactReader {
+    /// The next at most `max` bytes; `None` at the end. A file cut short since it was hashed is an
+    /// error.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>, ArtifactError> {
+        let left = self.size - self.read;
+        if left == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; usize::try_from(left).map_or(max, |l| l.min(max))];
+        self.file
+            .read_exact(&mut buf)
+            .map_err(|source| ArtifactError::Io {
+                name: self.name.to_string(),
+                source,
+            })?;
+        self.read += buf.len() as u64;
+        Ok(Some(buf))
+    }
+}
+
 /// Files under one root folder. Methods do blocking I/O: call them from `spawn_blocking`.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
@@ -186,8 +221,22 @@ impl ArtifactStore {
         w.finish()
     }
 
+    /// A whole artifact in memory (tests; the service streams with [`ArtifactStore::open`]).
+    #[cfg(test)]
     pub fn get(&self, name: &ArtifactName) -> Result<Vec<u8>, ArtifactError> {
-        std::fs::read(self.path(name)).map_err(|source| match source.kind() {
+        let mut r = self.open(name)?;
+        let mut out = Vec::with_capacity(usize::try_from(r.size).unwrap_or(0));
+        while let Some(chunk) = r.next_chunk(1 << 20)? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Opens a stored artifact for a download: hashes it in one pass (for the header), then
+    /// reads it from the start in chunks. The open file is the version hashed even if an upload
+    /// replaces the artifact meanwhile (the rename gives the new version a new inode).
+    pub fn open(&self, name: &ArtifactName) -> Result<ArtifactReader, ArtifactError> {
+        let io = |source: std::io::Error| match source.kind() {
             std::io::ErrorKind::NotFound => ArtifactError::NotFound {
                 name: name.to_string(),
             },
@@ -195,6 +244,26 @@ impl ArtifactStore {
                 name: name.to_string(),
                 source,
             },
+        };
+        let mut file = std::fs::File::open(self.path(name)).map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        file.rewind().map_err(io)?;
+        Ok(ArtifactReader {
+            name: name.clone(),
+            file,
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            read: 0,
         })
     }
 

@@ -134,11 +134,35 @@ struct ServeArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, env = "SIZESPEC_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Also serve the live experiment page (plain HTTP, no token) on this address, e.g. 127.0.0.1:8080.
+    /// Also serve the live experiment page (plain HTTP, unauthenticated) on this address, e.g.
+    /// 127.0.0.1:8080; a bare port listens on loopback only.
     #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// A host name the live page also answers for (repeatable), e.g. the name of a reverse proxy
+    /// in front of it. Without it, only localhost, 127.0.0.1, [::1] and the address a request
+    /// arrives on are answered (DNS rebinding protection).
+    #[arg(
+        long = "allowed-host",
+        env = "SIZESPEC_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+    /// Largest artifact file (an uploaded adapter) accepted, MiB.
+    #[arg(long, env = "SIZESPEC_MAX_ARTIFACT_MIB", default_value_t = proto::limits::MAX_ARTIFACT_BYTES >> 20)]
+    max_artifact_mib: u64,
+    /// Artifact uploads written at once; further ones wait for a slot.
+    #[arg(long, env = "SIZESPEC_MAX_UPLOADS", default_value_t = 4)]
+    max_uploads: usize,
     #[command(flatten)]
     sched: SchedArgs,
+}
+
+/// `--http-listen`: a bare port means loopback only.
+fn live_listen_addr(arg: &str) -> String {
+    match arg.parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => arg.to_string(),
+    }
 }
 
 #[derive(Args)]
@@ -200,7 +224,8 @@ struct RunArgs {
     /// outputs.
     #[arg(long)]
     no_report: bool,
-    /// Serve the live experiment page on this address while it runs, e.g. 127.0.0.1:8080.
+    /// Serve the live experiment page (unauthenticated) on this address while it runs, e.g.
+    /// 127.0.0.1:8080; a bare port listens on loopback only.
     #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
     http_listen: Option<String>,
     #[command(flatten)]
@@ -353,13 +378,18 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", a.listen))?;
     let env = shared::config::env_overrides_from(std::env::vars());
+    let hosts = coordinator::server::live_http::AllowedHosts::new(&a.allowed_hosts)
+        .map_err(anyhow::Error::msg)?;
     let planner = coordinator::prepare::ConfigPlanner {
         models_dir: a.models_dir.clone(),
+        outputs_root: a.data_dir.join("outputs"),
         env,
         hub: hubclient::HubSettings::from_env(),
     };
     let mut opts = ServeOptions::new(a.data_dir.clone(), std::sync::Arc::new(planner));
     opts.settings = a.sched.settings();
+    opts.uploads.max_bytes = a.max_artifact_mib.max(1) << 20;
+    opts.uploads.concurrent = a.max_uploads.max(1);
     opts.token = a.token.load()?;
     if opts.token.is_none() {
         tracing::warn!(
@@ -377,13 +407,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
         });
     let shutdown = shutdown_on_signals();
     let running = coordinator::server::start(listener, opts, shutdown.clone()).await?;
-    if let Some(addr) = &a.http_listen {
-        let l = tokio::net::TcpListener::bind(addr)
+    if let Some(addr) = a.http_listen.as_deref().map(live_listen_addr) {
+        let l = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tokio::spawn(coordinator::server::live_http::serve_live(
+        tokio::spawn(coordinator::server::live_http::serve_live_allowing(
             l,
             running.state.clone(),
+            hosts,
             shutdown.clone(),
         ));
     }
@@ -442,7 +473,7 @@ async fn run(a: RunArgs) -> Result<()> {
         data_dir: output.join(".sizespec"),
         display: display(),
         settings: a.sched.settings(),
-        http_listen: a.http_listen,
+        http_listen: a.http_listen.as_deref().map(live_listen_addr),
     };
     let outcome = single_box::run(plan, opts, shutdown_on_signals()).await?;
     let state = outcome.state;

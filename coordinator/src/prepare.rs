@@ -169,9 +169,14 @@ pub trait Planner: Send + Sync + 'static {
 }
 
 /// The planner `serve` uses for `Submit`: parses the TOML (plus `SIZESPEC_*` overrides taken when
-/// the server started) and resolves the models folder placeholder.
+/// the server started) and resolves the models folder placeholder. A submitted config does not
+/// choose where outputs go: every experiment writes to `<outputs_root>/<experiment id>` (ids are
+/// path-safe and distinct per experiment), whatever its `output` says — a client must not make
+/// the coordinator write to `/etc/…` or `../../…`, and two experiments never share a folder.
 pub struct ConfigPlanner {
     pub models_dir: Option<PathBuf>,
+    /// Parent of every experiment's output folder (`serve`: `<data dir>/outputs`).
+    pub outputs_root: PathBuf,
     pub env: std::collections::BTreeMap<String, String>,
     /// The hub settings (`HF_*`) taken when the server started.
     pub hub: HubSettings,
@@ -204,7 +209,16 @@ impl Planner for ConfigPlanner {
                 }
             }
         }
-        prepare(&cfg, &self.hub).map_err(|e| e.to_string())
+        let requested = cfg.output.clone();
+        let mut plan = prepare(&cfg, &self.hub).map_err(|e| e.to_string())?;
+        plan.output_dir = self.outputs_root.join(&plan.id.0);
+        tracing::info!(
+            experiment = %plan.id,
+            output = %plan.output_dir.display(),
+            config_output = %requested.display(),
+            "outputs go under the coordinator's data dir (a submitted config's `output` is not used)"
+        );
+        Ok(plan)
     }
 }
 
@@ -225,6 +239,7 @@ mod tests {
         let text = cfg.to_toml().unwrap();
         let planner = ConfigPlanner {
             models_dir: Some(PathBuf::from("/models")),
+            outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
         };
@@ -292,6 +307,7 @@ mod tests {
     fn the_models_placeholder_without_a_models_folder_is_refused() {
         let planner = ConfigPlanner {
             models_dir: None,
+            outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
         };
@@ -307,6 +323,7 @@ mod tests {
     fn the_experiment_scope_selects_the_tasks() {
         let planner = ConfigPlanner {
             models_dir: Some(PathBuf::from("/models")),
+            outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
         };
@@ -330,10 +347,59 @@ mod tests {
     fn a_bad_config_is_refused_with_its_error() {
         let planner = ConfigPlanner {
             models_dir: None,
+            outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
         };
         let err = planner.plan("[training]\nlearnin_rate = 1\n").unwrap_err();
         assert!(err.contains("learnin_rate"), "{err}");
+    }
+
+    #[test]
+    fn a_submitted_output_path_is_replaced_by_a_folder_per_experiment() {
+        let planner = ConfigPlanner {
+            models_dir: Some(PathBuf::from("/models")),
+            outputs_root: PathBuf::from("/data/outputs"),
+            env: Default::default(),
+            hub: no_hub(),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for output in ["/etc/x", "../../x", "runs/offline-smollm2"] {
+            let mut cfg = ExperimentConfig::offline_default();
+            cfg.output = PathBuf::from(output);
+            let plan = planner.plan(&cfg.to_toml().unwrap()).unwrap();
+            assert_eq!(
+                plan.output_dir,
+                PathBuf::from("/data/outputs").join(&plan.id.0),
+                "`output = {output:?}`"
+            );
+            assert!(
+                plan.output_dir.components().all(|c| matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )),
+                "{}",
+                plan.output_dir.display()
+            );
+            seen.insert(plan.output_dir);
+        }
+        assert_eq!(
+            seen.len(),
+            3,
+            "each experiment has its own folder: {seen:?}"
+        );
+        // The server's own SIZESPEC_OUTPUT does not pick a shared folder either.
+        let env_planner = ConfigPlanner {
+            env: [("SIZESPEC_OUTPUT".to_string(), "/tmp/shared".to_string())].into(),
+            ..planner
+        };
+        let plan = env_planner
+            .plan(&ExperimentConfig::offline_default().to_toml().unwrap())
+            .unwrap();
+        assert!(
+            plan.output_dir.starts_with("/data/outputs"),
+            "{}",
+            plan.output_dir.display()
+        );
     }
 }

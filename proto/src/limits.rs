@@ -11,8 +11,9 @@ pub const MAX_CONTROL_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Artifact chunk size on the wire.
 pub const ARTIFACT_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// Largest single artifact file accepted (a LoRA adapter of a 3B model at r=64 is ~120 MiB in f32).
-pub const MAX_ARTIFACT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Default cap on one artifact file (`coordinator serve --max-artifact-mib`): a LoRA adapter of an
+/// 8B model at r=64 on all seven projections is under 1 GiB in f32, so 8 GiB is generous.
+pub const MAX_ARTIFACT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
 /// Largest prediction batch accepted in one message.
 pub const MAX_PREDICTION_BATCH: usize = 4096;

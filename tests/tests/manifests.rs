@@ -607,14 +607,21 @@ fn the_cpu_overlay_runs_an_experiment_with_the_real_binaries() {
         .finish(Duration::from_secs(400));
     assert!(st.success(), "the submit Job failed ({st}):\n{out}\n{err}");
     assert!(out.contains("succeeded"), "{out}");
-    let cwd = server.cwd.clone().expect("the coordinator's workingDir");
+    // Serve mode writes each experiment's outputs to <data dir>/outputs/<experiment id> (a
+    // submitted config's `output` is not used), which must be on the data volume.
+    let data_dir = server
+        .argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--data-dir="))
+        .map(PathBuf::from)
+        .expect("the coordinator's --data-dir");
     let data_pvc = cluster.tmp.path().join("pvc/sizespec-data");
     assert!(
-        cwd.starts_with(&data_pvc),
-        "the coordinator's working dir (relative outputs) is on the data volume"
+        data_dir.starts_with(&data_pvc),
+        "the coordinator's data dir (journal, artifacts, outputs) is on the data volume"
     );
-    let runs: Vec<PathBuf> = std::fs::read_dir(cwd.join("runs"))
-        .expect("outputs under <workingDir>/runs")
+    let runs: Vec<PathBuf> = std::fs::read_dir(data_dir.join("outputs"))
+        .expect("outputs under <data dir>/outputs")
         .map(|e| e.expect("entry").path())
         .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");

@@ -1,14 +1,74 @@
-//! `ArtifactService`: chunked, SHA-256-checked adapter uploads and downloads.
-use crate::artifacts::{ArtifactError, ArtifactName, ArtifactStore, ArtifactWriter, sha256_hex};
+//! `ArtifactService`: chunked, SHA-256-checked adapter uploads and downloads. Uploads stream into
+//! a temp file beside the artifact (never held whole in memory), under [`UploadLimits`]: a size
+//! cap checked against the announced size and the bytes received, a bound on concurrent uploads,
+//! and an idle timeout so a stalled client cannot hold a slot.
+use crate::artifacts::{ArtifactError, ArtifactName, ArtifactStore, ArtifactWriter};
 use proto::limits::{ARTIFACT_CHUNK_BYTES, MAX_ARTIFACT_BYTES};
 use proto::pb;
 use proto::pb::artifact_service_server::ArtifactService;
 use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Bounds on artifact uploads (`coordinator serve --max-artifact-mib / --max-uploads`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Largest artifact file accepted, bytes.
+    pub max_bytes: u64,
+    /// Uploads written at once; further ones wait for a slot.
+    pub concurrent: usize,
+    /// How long an upload waits for a slot before it is refused (`RESOURCE_EXHAUSTED`).
+    pub slot_wait: Duration,
+    /// How long an upload may go without a chunk before it is dropped (`DEADLINE_EXCEEDED`).
+    pub idle: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_bytes: MAX_ARTIFACT_BYTES,
+            concurrent: 4,
+            // An adapter upload over a LAN takes seconds; a queue of a few such uploads, minutes.
+            slot_wait: Duration::from_secs(300),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
+
 pub struct ArtifactSvc {
-    pub store: ArtifactStore,
+    store: ArtifactStore,
+    limits: UploadLimits,
+    slots: Semaphore,
+}
+
+impl ArtifactSvc {
+    pub fn new(store: ArtifactStore, limits: UploadLimits) -> ArtifactSvc {
+        let slots = Semaphore::new(limits.concurrent.max(1));
+        ArtifactSvc {
+            store,
+            limits,
+            slots,
+        }
+    }
+
+    /// The next message of an upload, or `DEADLINE_EXCEEDED` after [`UploadLimits::idle`].
+    async fn next(
+        &self,
+        inbound: &mut Streaming<pb::ArtifactChunk>,
+        name: &str,
+    ) -> Result<Option<pb::ArtifactChunk>, Status> {
+        let idle = self.limits.idle;
+        tokio::time::timeout(idle, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "artifact upload `{name}`: no data for {} s; upload again",
+                    idle.as_secs_f64()
+                ))
+            })?
+    }
 }
 
 type Chunks = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
@@ -35,7 +95,7 @@ impl ArtifactService for ArtifactSvc {
     ) -> Result<Response<pb::UploadReply>, Status> {
         use pb::artifact_chunk::Part;
         let mut inbound = req.into_inner();
-        let header = match inbound.message().await?.and_then(|c| c.part) {
+        let header = match self.next(&mut inbound, "?").await?.and_then(|c| c.part) {
             Some(Part::Header(h)) => h,
             _ => {
                 return Err(Status::invalid_argument(
@@ -44,21 +104,35 @@ impl ArtifactService for ArtifactSvc {
             }
         };
         let name = ArtifactName::parse(&header.name)?;
-        if header.size > MAX_ARTIFACT_BYTES {
+        let max = self.limits.max_bytes;
+        if header.size > max {
             return Err(ArtifactError::TooLarge {
                 name: header.name,
                 size: header.size,
-                max: MAX_ARTIFACT_BYTES,
+                max,
             }
             .into());
         }
+        let wait = self.limits.slot_wait;
+        let _slot = match tokio::time::timeout(wait, self.slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(Status::unavailable("the artifact store is closed")),
+            Err(_) => {
+                return Err(Status::resource_exhausted(format!(
+                    "artifact `{name}`: {} uploads are already in progress (the limit, \
+                     `coordinator serve --max-uploads`) and none ended within {} s; upload again later",
+                    self.limits.concurrent.max(1),
+                    wait.as_secs_f64()
+                )));
+            }
+        };
         // Each chunk goes to the artifact's temp file as it arrives (nothing is buffered whole).
         let store = self.store.clone();
         let (size, sha) = (header.size, header.sha256.clone());
         let n = name.clone();
         let mut writer = blocking(move || store.begin(&n, size, &sha)).await?;
         loop {
-            let chunk = match inbound.message().await {
+            let chunk = match self.next(&mut inbound, &header.name).await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => {
@@ -73,6 +147,8 @@ impl ArtifactService for ArtifactSvc {
                     header.name
                 )));
             };
+            // Refused (temp file removed) as soon as the bytes pass the announced size, which is
+            // at most the cap.
             writer = blocking(move || writer.write(&bytes).map(|()| writer)).await?;
         }
         blocking(move || writer.finish()).await?;
@@ -86,6 +162,8 @@ impl ArtifactService for ArtifactSvc {
 
     type DownloadStream = Chunks;
 
+    /// The header (size and SHA-256 from one pass over the file), then the file in chunks read
+    /// as the client takes them: a few chunks in memory at a time, whatever the artifact's size.
     async fn download(
         &self,
         req: Request<pb::DownloadRequest>,
@@ -94,20 +172,37 @@ impl ArtifactService for ArtifactSvc {
         let name = ArtifactName::parse(&req.into_inner().name)?;
         let store = self.store.clone();
         let n = name.clone();
-        let data = blocking(move || store.get(&n)).await?;
+        let mut reader = blocking(move || store.open(&n)).await?;
         let header = pb::ArtifactHeader {
             name: name.to_string(),
-            size: data.len() as u64,
-            sha256: sha256_hex(&data),
+            size: reader.size,
+            sha256: reader.sha256.clone(),
         };
-        let mut chunks = vec![Ok(pb::ArtifactChunk {
-            part: Some(Part::Header(header)),
-        })];
-        chunks.extend(data.chunks(ARTIFACT_CHUNK_BYTES).map(|c| {
-            Ok(pb::ArtifactChunk {
-                part: Some(Part::Data(c.to_vec())),
-            })
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let head = pb::ArtifactChunk {
+                part: Some(Part::Header(header)),
+            };
+            if tx.blocking_send(Ok(head)).is_err() {
+                return;
+            }
+            loop {
+                let item = match reader.next_chunk(ARTIFACT_CHUNK_BYTES) {
+                    Ok(Some(bytes)) => Ok(pb::ArtifactChunk {
+                        part: Some(Part::Data(bytes)),
+                    }),
+                    Ok(None) => return,
+                    Err(e) => Err(Status::from(e)),
+                };
+                let stop = item.is_err();
+                // A receiver gone means the client hung up: stop reading.
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -8,6 +8,7 @@ pub mod live_http;
 pub mod view;
 
 pub use crate::prepare::Planner;
+pub use artifact_svc::UploadLimits;
 
 use crate::artifacts::{ArtifactError, ArtifactStore};
 use crate::journal::Journal;
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     pub planner: Arc<dyn Planner>,
     /// Largest agent/artifact message decoded (control requests are capped lower).
     pub max_message_bytes: usize,
+    /// Artifact upload size cap, concurrency bound and timeouts.
+    pub uploads: UploadLimits,
 }
 
 impl ServeOptions {
@@ -57,6 +60,7 @@ impl ServeOptions {
             tls: None,
             planner,
             max_message_bytes: MAX_MESSAGE_BYTES,
+            uploads: UploadLimits::default(),
         }
     }
 }
@@ -151,16 +155,17 @@ pub async fn start(
         shutdown.clone(),
     );
     let store = ArtifactStore::new(opts.data_dir.join("artifacts"));
-    let auth = RequireToken(opts.token.clone());
+    let auth = RequireToken::new(opts.token.clone());
     let max = opts.max_message_bytes;
     let agent = AgentServiceServer::new(agent_svc::AgentSvc {
         state: state.clone(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let artifacts = ArtifactServiceServer::new(artifact_svc::ArtifactSvc { store })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let artifacts =
+        ArtifactServiceServer::new(artifact_svc::ArtifactSvc::new(store, opts.uploads.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let control = ControlServiceServer::new(control_svc::ControlSvc {
         state: state.clone(),
         planner: opts.planner.clone(),
