@@ -4,7 +4,7 @@
 //! all mutable state (scheduler, leases, retries) fed by a command channel; [`journal`] what
 //! survives a restart; [`artifacts`] the adapter store; [`outputs`] the results folder;
 //! [`server`] the gRPC services (agent session, artifacts, control, health, reflection);
-//! [`prepare`] config → plan, with [`hub_data`] the dataset and model configs from the hub;
+//! [`prepare`] config → plan, [`plan`] the dry run (`coordinator plan`), with [`hub_data`] the dataset and model configs from the hub;
 //! [`single_box`] `coordinator run`; [`progress`] terminal bars;
 //! [`report`] the verdict, plots and HTML.
 pub mod artifacts;
@@ -13,6 +13,7 @@ pub mod hub_data;
 pub mod journal;
 pub mod outcome;
 pub mod outputs;
+pub mod plan;
 pub mod prepare;
 pub mod progress;
 pub mod report;
