@@ -4,10 +4,12 @@
 //! all mutable state (scheduler, leases, retries) fed by a command channel; [`journal`] what
 //! survives a restart; [`artifacts`] the adapter store; [`outputs`] the results folder;
 //! [`server`] the gRPC services (agent session, artifacts, control, health, reflection);
-//! [`prepare`] config → plan, [`plan`] the dry run (`coordinator plan`), with [`hub_data`] the dataset and model configs from the hub;
-//! [`single_box`] `coordinator run`; [`progress`] terminal bars;
+//! [`prepare`] config → plan, with [`hub_data`] the dataset and model configs from the hub;
+//! [`plan`] the dry run (`coordinator plan`); [`cache`] the prediction cache shared across
+//! experiments; [`single_box`] `coordinator run`; [`progress`] terminal bars;
 //! [`report`] the verdict, plots and HTML.
 pub mod artifacts;
+pub mod cache;
 pub mod experiment;
 pub mod hub_data;
 pub mod journal;

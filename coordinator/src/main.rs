@@ -1,4 +1,5 @@
-//! `coordinator` command line: `serve | submit | status | watch | results | run | plan` (+ `report`).
+//! `coordinator` command line: `serve | submit | status | watch | results | run | plan | cache`
+//! (+ `report`).
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use coordinator::progress::{Display, ProgressView};
@@ -39,6 +40,9 @@ enum Cmd {
         /// evaluations) or slm (only the SLMs' finetune and evaluations).
         #[arg(long)]
         experiment: Option<ExperimentScope>,
+        /// Evaluate every row: neither read nor fill the coordinator's prediction cache.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -65,10 +69,37 @@ enum Cmd {
     /// What `run` would do, without loading any model: the data, the split, the tasks, memory
     /// estimates against the devices, token lengths and wall-time estimates.
     Plan(PlanArgs),
+    /// The prediction cache shared across experiments (`$SIZESPEC_CACHE`, else
+    /// `~/.cache/sizespec/predictions`; a cluster coordinator's is `<data dir>/predictions`).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+        /// The cache folder.
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+    },
     /// Build report.html, report.md and plots/ from an experiment's output folder.
     Report {
         /// The folder holding results.json and predictions/.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Every cached evaluation: model, rows, when last written.
+    List,
+    /// Remove cached evaluations.
+    Prune {
+        /// Only those last written more than this many days ago.
+        #[arg(long, required_unless_present = "all")]
+        older_than_days: Option<u64>,
+        /// Every cached evaluation (of `--model`, if given).
+        #[arg(long, conflicts_with = "older_than_days")]
+        all: bool,
+        /// Only evaluations of models whose name contains this.
+        #[arg(long)]
+        model: Option<String>,
     },
 }
 
@@ -201,6 +232,10 @@ struct RunArgs {
     /// Serve the live experiment page on this address while it runs, e.g. 127.0.0.1:8080.
     #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// Evaluate every row: neither read nor fill the prediction cache (`$SIZESPEC_CACHE`, else
+    /// `~/.cache/sizespec/predictions`).
+    #[arg(long)]
+    no_cache: bool,
     /// Print the plan (`coordinator plan`) instead of running.
     #[arg(long)]
     dry_run: bool,
@@ -399,6 +434,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         models_dir: a.models_dir.clone(),
         env,
         hub: hubclient::HubSettings::from_env(),
+        cache: Some(coordinator::cache::PredictionCache::new(
+            a.data_dir.join("predictions"),
+        )),
     };
     let mut opts = ServeOptions::new(a.data_dir.clone(), std::sync::Arc::new(planner));
     opts.settings = a.sched.settings();
@@ -472,8 +510,17 @@ async fn run(a: RunArgs) -> Result<()> {
     let devices = single_box::agent_devices(&cfg.device, &agent_bin).await?;
     let c = cfg.clone();
     let hub = hubclient::HubSettings::from_env();
-    let plan =
-        tokio::task::spawn_blocking(move || coordinator::prepare::prepare(&c, &hub)).await??;
+    let use_cache = !a.no_cache;
+    let plan = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut plan = coordinator::prepare::prepare(&c, &hub)?;
+        if use_cache {
+            coordinator::cache::PredictionCache::new(coordinator::cache::default_dir())
+                .attach(&mut plan)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Ok(plan)
+    })
+    .await??;
     let output = plan.output_dir.clone();
     eprintln!(
         "experiment {} → {} ({} tasks on {})",
@@ -649,6 +696,48 @@ async fn plan(a: PlanArgs) -> Result<()> {
     print_plan(cfg, target, a.json).await
 }
 
+fn cache_cmd(cmd: CacheCmd, dir: Option<PathBuf>) -> Result<()> {
+    use coordinator::cache::{PredictionCache, default_dir, now_unix, rfc3339};
+    let cache = PredictionCache::new(dir.unwrap_or_else(default_dir));
+    match cmd {
+        CacheCmd::List => {
+            let groups = cache.list().map_err(anyhow::Error::msg)?;
+            println!("{} ({} evaluations)", cache.dir.display(), groups.len());
+            for (key, m, rows) in groups {
+                println!(
+                    "  {} {:>6} rows  {}{} {} max_new_tokens={}  last written {}",
+                    &key[..12.min(key.len())],
+                    rows,
+                    m.model,
+                    m.revision.map(|r| format!("@{r}")).unwrap_or_default(),
+                    m.quantization,
+                    m.max_new_tokens,
+                    rfc3339(m.updated)
+                );
+            }
+        }
+        CacheCmd::Prune {
+            older_than_days,
+            all: _,
+            model,
+        } => {
+            let before = match older_than_days {
+                Some(d) => now_unix().saturating_sub(d * 86_400),
+                None => u64::MAX,
+            };
+            let removed = cache
+                .prune(before, model.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "removed {} cached evaluations from {}",
+                removed.len(),
+                cache.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The config text `submit` sends: the file as written, unless it has the old shape (migrated
 /// here, the report printed) or `--experiment` overrides its scope. Validation, environment
 /// overrides and the models folder are the coordinator's.
@@ -678,12 +767,16 @@ async fn main() -> Result<()> {
             config,
             watch: follow,
             experiment,
+            no_cache,
             client: ca,
         } => {
             let text = submitted_config(&config, experiment)?;
             let mut c = client(&ca).await?;
             let r = c
-                .submit(pb::SubmitRequest { config_toml: text })
+                .submit(pb::SubmitRequest {
+                    config_toml: text,
+                    no_cache,
+                })
                 .await?
                 .into_inner();
             println!("{}", r.experiment_id);
@@ -726,6 +819,7 @@ async fn main() -> Result<()> {
         }
         Cmd::Run(a) => run(a).await,
         Cmd::Plan(a) => plan(a).await,
+        Cmd::Cache { command, dir } => cache_cmd(command, dir),
         Cmd::Report { dir } => {
             let paths = coordinator::report::build(&dir)?;
             println!("{}\n{}", paths.html.display(), paths.markdown.display());

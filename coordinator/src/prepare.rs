@@ -182,6 +182,7 @@ pub fn prepare_loaded(
         result_keys: planned.result_keys.clone(),
         tasks,
         dataset,
+        cache: None,
     })
 }
 
@@ -189,6 +190,17 @@ pub fn prepare_loaded(
 /// `serve` plans each submitted config through one; tests plan a fixed experiment.
 pub trait Planner: Send + Sync + 'static {
     fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String>;
+
+    /// [`Planner::plan`] reading the prediction cache unless `use_cache` is false (`submit
+    /// --no-cache`); a planner without a cache plans the same either way.
+    fn plan_with_cache(
+        &self,
+        config_toml: &str,
+        use_cache: bool,
+    ) -> Result<ExperimentPlan, String> {
+        let _ = use_cache;
+        self.plan(config_toml)
+    }
 }
 
 /// The planner `serve` uses for `Submit`: parses the TOML (plus `SIZESPEC_*` overrides taken when
@@ -198,10 +210,20 @@ pub struct ConfigPlanner {
     pub env: std::collections::BTreeMap<String, String>,
     /// The hub settings (`HF_*`) taken when the server started.
     pub hub: HubSettings,
+    /// The prediction cache submitted experiments read and fill (`None`: no cache).
+    pub cache: Option<crate::cache::PredictionCache>,
 }
 
 impl Planner for ConfigPlanner {
     fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String> {
+        self.plan_with_cache(config_toml, true)
+    }
+
+    fn plan_with_cache(
+        &self,
+        config_toml: &str,
+        use_cache: bool,
+    ) -> Result<ExperimentPlan, String> {
         let cfg = ExperimentConfig::from_toml_str(config_toml, "submitted config")
             .map_err(|e| e.to_string())?;
         let mut cfg = cfg
@@ -227,7 +249,11 @@ impl Planner for ConfigPlanner {
                 }
             }
         }
-        prepare(&cfg, &self.hub).map_err(|e| e.to_string())
+        let mut plan = prepare(&cfg, &self.hub).map_err(|e| e.to_string())?;
+        if let Some(c) = self.cache.as_ref().filter(|_| use_cache) {
+            c.attach(&mut plan)?;
+        }
+        Ok(plan)
     }
 }
 
@@ -250,6 +276,7 @@ mod tests {
             models_dir: Some(PathBuf::from("/models")),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let a = planner.plan(&text).unwrap();
         let b = planner.plan(&text).unwrap();
@@ -317,6 +344,7 @@ mod tests {
             models_dir: None,
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let text = ExperimentConfig::offline_default().to_toml().unwrap();
         let err = planner.plan(&text).unwrap_err();
@@ -332,6 +360,7 @@ mod tests {
             models_dir: Some(PathBuf::from("/models")),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let ids = |scope: &str| -> Vec<String> {
             let mut cfg = ExperimentConfig::offline_default();
@@ -355,6 +384,7 @@ mod tests {
             models_dir: None,
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let err = planner.plan("[training]\nlearnin_rate = 1\n").unwrap_err();
         assert!(err.contains("learnin_rate"), "{err}");

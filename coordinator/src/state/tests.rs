@@ -61,6 +61,7 @@ fn plan() -> ExperimentPlan {
             )),
         ],
         dataset: None,
+        cache: None,
     }
 }
 
