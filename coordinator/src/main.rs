@@ -1,5 +1,8 @@
 //! `coordinator` command line: `serve | submit | status | watch | results | run | plan | cache`
 //! (+ `report`).
+mod cache_cli;
+mod plan_cli;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use coordinator::progress::{Display, ProgressView};
@@ -68,12 +71,12 @@ enum Cmd {
     Run(RunArgs),
     /// What `run` would do, without loading any model: the data, the split, the tasks, memory
     /// estimates against the devices, token lengths and wall-time estimates.
-    Plan(PlanArgs),
+    Plan(plan_cli::PlanArgs),
     /// The prediction cache shared across experiments (`$SIZESPEC_CACHE`, else
     /// `~/.cache/sizespec/predictions`; a cluster coordinator's is `<data dir>/predictions`).
     Cache {
         #[command(subcommand)]
-        command: CacheCmd,
+        command: cache_cli::CacheCmd,
         /// The cache folder.
         #[arg(long, global = true)]
         dir: Option<PathBuf>,
@@ -82,24 +85,6 @@ enum Cmd {
     Report {
         /// The folder holding results.json and predictions/.
         dir: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum CacheCmd {
-    /// Every cached evaluation: model, rows, when last written.
-    List,
-    /// Remove cached evaluations.
-    Prune {
-        /// Only those last written more than this many days ago.
-        #[arg(long, required_unless_present = "all")]
-        older_than_days: Option<u64>,
-        /// Every cached evaluation (of `--model`, if given).
-        #[arg(long, conflicts_with = "older_than_days")]
-        all: bool,
-        /// Only evaluations of models whose name contains this.
-        #[arg(long)]
-        model: Option<String>,
     },
 }
 
@@ -247,41 +232,6 @@ struct RunArgs {
     card: Vec<String>,
     #[command(flatten)]
     sched: SchedArgs,
-}
-
-#[derive(Args)]
-struct PlanArgs {
-    /// Experiment config (TOML, or the old shape); defaults apply when omitted.
-    config: Option<PathBuf>,
-    /// Plan the offline default instead of a file.
-    #[arg(long, conflicts_with = "config")]
-    offline: bool,
-    /// Cap the evaluated test samples (overrides `data.max_eval_samples`).
-    #[arg(long)]
-    max_eval_samples: Option<usize>,
-    /// Devices (overrides `device`), as for `run`.
-    #[arg(long)]
-    device: Option<String>,
-    /// Which tasks run (overrides `experiment`): full, llm or slm.
-    #[arg(long)]
-    experiment: Option<ExperimentScope>,
-    /// Folder that replaces `${SIZESPEC_MODELS}` in model names (as for `run`).
-    #[arg(long, env = "SIZESPEC_MODELS")]
-    models_dir: Option<PathBuf>,
-    /// The agent binary that lists the local devices (as for `run`).
-    #[arg(long, env = "SIZESPEC_AGENT_BIN")]
-    agent_bin: Option<PathBuf>,
-    /// Check against the agents of this running coordinator instead of the local devices.
-    #[arg(long)]
-    coordinator: Option<String>,
-    #[command(flatten)]
-    token: TokenArgs,
-    /// Also estimate for this card kind (e.g. H100, H200); repeatable.
-    #[arg(long)]
-    card: Vec<String>,
-    /// Print the plan as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 fn init_tracing() {
@@ -504,8 +454,8 @@ async fn run(a: RunArgs) -> Result<()> {
     cfg.resolve_models_dir(&a.models_dir.clone().unwrap_or_else(default_models_dir));
     let agent_bin = a.agent_bin.unwrap_or_else(single_box::default_agent_bin);
     if a.dry_run {
-        let target = local_target(&cfg, &agent_bin, a.card).await;
-        return print_plan(cfg, target, a.json).await;
+        let target = plan_cli::local_target(&cfg, &agent_bin, a.card).await;
+        return plan_cli::print_plan(cfg, target, a.json).await;
     }
     let devices = single_box::agent_devices(&cfg.device, &agent_bin).await?;
     let c = cfg.clone();
@@ -574,166 +524,6 @@ async fn run(a: RunArgs) -> Result<()> {
             results.display(),
             output.join(".sizespec/agents").display()
         );
-    }
-    Ok(())
-}
-
-/// The local devices `run` would use; an agent binary that cannot list them leaves the list empty
-/// with a note (planning needs no agent).
-async fn local_target(
-    cfg: &ExperimentConfig,
-    agent_bin: &std::path::Path,
-    cards: Vec<String>,
-) -> coordinator::plan::Target {
-    let mut notes = Vec::new();
-    let devices = match single_box::agent_devices(&cfg.device, agent_bin).await {
-        Ok(d) => coordinator::plan::devices::local(&d, &mut notes),
-        Err(e) => {
-            notes.push(format!("local devices unknown: {e}"));
-            Vec::new()
-        }
-    };
-    coordinator::plan::Target {
-        devices_from: "local devices (single box)".into(),
-        devices,
-        cards,
-        notes,
-    }
-}
-
-/// The devices a running coordinator's agents registered (its status RPC).
-async fn remote_target(a: &PlanArgs, url: &str) -> Result<coordinator::plan::Target> {
-    let ca = ClientArgs {
-        coordinator: url.to_string(),
-        token: TokenArgs {
-            token: a.token.token.clone(),
-            token_file: a.token.token_file.clone(),
-        },
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
-        tls_domain: None,
-    };
-    let s = client(&ca)
-        .await?
-        .status(pb::StatusRequest {
-            experiment_id: String::new(),
-        })
-        .await
-        .with_context(|| format!("status of {url}"))?
-        .into_inner();
-    let devices = s
-        .agents
-        .iter()
-        .flat_map(|ag| {
-            ag.devices
-                .iter()
-                .map(|d| coordinator::plan::devices::KnownDevice {
-                    agent: ag.agent_id.clone(),
-                    device: d.uuid.clone(),
-                    name: d.name.clone(),
-                    total_mib: Some(d.total_mib),
-                    free_mib: Some(d.free_mib),
-                })
-        })
-        .collect();
-    Ok(coordinator::plan::Target {
-        devices_from: format!("agents of {url}"),
-        devices,
-        cards: a.card.clone(),
-        notes: Vec::new(),
-    })
-}
-
-async fn print_plan(
-    cfg: ExperimentConfig,
-    target: coordinator::plan::Target,
-    json: bool,
-) -> Result<()> {
-    let hub = hubclient::HubSettings::from_env();
-    let report =
-        tokio::task::spawn_blocking(move || coordinator::plan::build(&cfg, &hub, target)).await??;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", coordinator::plan::text(&report));
-    }
-    Ok(())
-}
-
-async fn plan(a: PlanArgs) -> Result<()> {
-    let env = shared::config::env_overrides_from(std::env::vars());
-    let mut cfg = if a.offline {
-        ExperimentConfig::offline_default().with_env_overrides(&env)?
-    } else {
-        let loaded = ExperimentConfig::load_layered(a.config.as_deref(), &env)?;
-        if let Some(m) = &loaded.migration {
-            eprintln!("{m}");
-        }
-        loaded.config
-    };
-    if let Some(d) = &a.device {
-        cfg.device = d.parse()?;
-    }
-    if let Some(n) = a.max_eval_samples {
-        cfg.data.max_eval_samples = Some(n);
-    }
-    if let Some(scope) = a.experiment {
-        cfg.experiment = scope;
-    }
-    cfg.validate()?;
-    cfg.resolve_models_dir(&a.models_dir.clone().unwrap_or_else(default_models_dir));
-    let target = match &a.coordinator {
-        Some(url) => remote_target(&a, url).await?,
-        None => {
-            let bin = a
-                .agent_bin
-                .clone()
-                .unwrap_or_else(single_box::default_agent_bin);
-            local_target(&cfg, &bin, a.card.clone()).await
-        }
-    };
-    print_plan(cfg, target, a.json).await
-}
-
-fn cache_cmd(cmd: CacheCmd, dir: Option<PathBuf>) -> Result<()> {
-    use coordinator::cache::{PredictionCache, default_dir, now_unix, rfc3339};
-    let cache = PredictionCache::new(dir.unwrap_or_else(default_dir));
-    match cmd {
-        CacheCmd::List => {
-            let groups = cache.list().map_err(anyhow::Error::msg)?;
-            println!("{} ({} evaluations)", cache.dir.display(), groups.len());
-            for (key, m, rows) in groups {
-                println!(
-                    "  {} {:>6} rows  {}{} {} max_new_tokens={}  last written {}",
-                    &key[..12.min(key.len())],
-                    rows,
-                    m.model,
-                    m.revision.map(|r| format!("@{r}")).unwrap_or_default(),
-                    m.quantization,
-                    m.max_new_tokens,
-                    rfc3339(m.updated)
-                );
-            }
-        }
-        CacheCmd::Prune {
-            older_than_days,
-            all: _,
-            model,
-        } => {
-            let before = match older_than_days {
-                Some(d) => now_unix().saturating_sub(d * 86_400),
-                None => u64::MAX,
-            };
-            let removed = cache
-                .prune(before, model.as_deref())
-                .map_err(anyhow::Error::msg)?;
-            println!(
-                "removed {} cached evaluations from {}",
-                removed.len(),
-                cache.dir.display()
-            );
-        }
     }
     Ok(())
 }
@@ -818,8 +608,8 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run(a) => run(a).await,
-        Cmd::Plan(a) => plan(a).await,
-        Cmd::Cache { command, dir } => cache_cmd(command, dir),
+        Cmd::Plan(a) => plan_cli::plan(a).await,
+        Cmd::Cache { command, dir } => cache_cli::cache_cmd(command, dir),
         Cmd::Report { dir } => {
             let paths = coordinator::report::build(&dir)?;
             println!("{}\n{}", paths.html.display(), paths.markdown.display());
