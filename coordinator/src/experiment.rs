@@ -50,4 +50,7 @@ pub struct ExperimentPlan {
     /// The hub file the dataset came from (commit and sha256), for `results.json`'s meta.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<shared::results::HubDataset>,
+    /// The prediction cache this experiment reads and fills (`None`: `--no-cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::PlanCache>,
 }

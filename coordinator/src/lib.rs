@@ -5,14 +5,17 @@
 //! survives a restart; [`artifacts`] the adapter store; [`outputs`] the results folder;
 //! [`server`] the gRPC services (agent session, artifacts, control, health, reflection);
 //! [`prepare`] config → plan, with [`hub_data`] the dataset and model configs from the hub;
-//! [`single_box`] `coordinator run`; [`progress`] terminal bars;
+//! [`plan`] the dry run (`coordinator plan`); [`cache`] the prediction cache shared across
+//! experiments; [`single_box`] `coordinator run`; [`progress`] terminal bars;
 //! [`report`] the verdict, plots and HTML.
 pub mod artifacts;
+pub mod cache;
 pub mod experiment;
 pub mod hub_data;
 pub mod journal;
 pub mod outcome;
 pub mod outputs;
+pub mod plan;
 pub mod prepare;
 pub mod progress;
 pub mod report;

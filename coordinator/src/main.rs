@@ -1,4 +1,8 @@
-//! `coordinator` command line: `serve | submit | status | watch | results | run` (+ `report`).
+//! `coordinator` command line: `serve | submit | status | watch | results | run | plan | cache`
+//! (+ `report`).
+mod cache_cli;
+mod plan_cli;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use coordinator::progress::{Display, ProgressView};
@@ -39,6 +43,9 @@ enum Cmd {
         /// evaluations) or slm (only the SLMs' finetune and evaluations).
         #[arg(long)]
         experiment: Option<ExperimentScope>,
+        /// Evaluate every row: neither read nor fill the coordinator's prediction cache.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -62,6 +69,18 @@ enum Cmd {
     },
     /// Single-box mode: coordinator in-process, one agent process per local device.
     Run(RunArgs),
+    /// What `run` would do, without loading any model: the data, the split, the tasks, memory
+    /// estimates against the devices, token lengths and wall-time estimates.
+    Plan(plan_cli::PlanArgs),
+    /// The prediction cache shared across experiments (`$SIZESPEC_CACHE`, else
+    /// `~/.cache/sizespec/predictions`; a cluster coordinator's is `<data dir>/predictions`).
+    Cache {
+        #[command(subcommand)]
+        command: cache_cli::CacheCmd,
+        /// The cache folder.
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+    },
     /// Build report.html, report.md and plots/ from an experiment's output folder.
     Report {
         /// The folder holding results.json and predictions/.
@@ -228,6 +247,19 @@ struct RunArgs {
     /// 127.0.0.1:8080; a bare port listens on loopback only.
     #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// Evaluate every row: neither read nor fill the prediction cache (`$SIZESPEC_CACHE`, else
+    /// `~/.cache/sizespec/predictions`).
+    #[arg(long)]
+    no_cache: bool,
+    /// Print the plan (`coordinator plan`) instead of running.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    json: bool,
+    /// With --dry-run: also estimate for this card kind (e.g. H100, H200); repeatable.
+    #[arg(long, requires = "dry_run")]
+    card: Vec<String>,
     #[command(flatten)]
     sched: SchedArgs,
 }
@@ -385,6 +417,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         outputs_root: a.data_dir.join("outputs"),
         env,
         hub: hubclient::HubSettings::from_env(),
+        cache: Some(coordinator::cache::PredictionCache::new(
+            a.data_dir.join("predictions"),
+        )),
     };
     let mut opts = ServeOptions::new(a.data_dir.clone(), std::sync::Arc::new(planner));
     opts.settings = a.sched.settings();
@@ -454,11 +489,24 @@ async fn run(a: RunArgs) -> Result<()> {
     cfg.validate()?;
     cfg.resolve_models_dir(&a.models_dir.clone().unwrap_or_else(default_models_dir));
     let agent_bin = a.agent_bin.unwrap_or_else(single_box::default_agent_bin);
+    if a.dry_run {
+        let target = plan_cli::local_target(&cfg, &agent_bin, a.card).await;
+        return plan_cli::print_plan(cfg, target, a.json).await;
+    }
     let devices = single_box::agent_devices(&cfg.device, &agent_bin).await?;
     let c = cfg.clone();
     let hub = hubclient::HubSettings::from_env();
-    let plan =
-        tokio::task::spawn_blocking(move || coordinator::prepare::prepare(&c, &hub)).await??;
+    let use_cache = !a.no_cache;
+    let plan = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut plan = coordinator::prepare::prepare(&c, &hub)?;
+        if use_cache {
+            coordinator::cache::PredictionCache::new(coordinator::cache::default_dir())
+                .attach(&mut plan)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Ok(plan)
+    })
+    .await??;
     let output = plan.output_dir.clone();
     eprintln!(
         "experiment {} → {} ({} tasks on {})",
@@ -545,12 +593,16 @@ async fn main() -> Result<()> {
             config,
             watch: follow,
             experiment,
+            no_cache,
             client: ca,
         } => {
             let text = submitted_config(&config, experiment)?;
             let mut c = client(&ca).await?;
             let r = c
-                .submit(pb::SubmitRequest { config_toml: text })
+                .submit(pb::SubmitRequest {
+                    config_toml: text,
+                    no_cache,
+                })
                 .await?
                 .into_inner();
             println!("{}", r.experiment_id);
@@ -592,6 +644,8 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run(a) => run(a).await,
+        Cmd::Plan(a) => plan_cli::plan(a).await,
+        Cmd::Cache { command, dir } => cache_cli::cache_cmd(command, dir),
         Cmd::Report { dir } => {
             let paths = coordinator::report::build(&dir)?;
             println!("{}\n{}", paths.html.display(), paths.markdown.display());

@@ -6,7 +6,7 @@ use crate::hub_data::HubDataError;
 use hubclient::HubSettings;
 use sha2::{Digest, Sha256};
 use shared::config::{DataSource, ExperimentConfig, ModelEntry};
-use shared::dataset::{LoadOptions, Record};
+use shared::dataset::{LoadOptions, LoadReport, Record};
 use shared::plan::{ModelShape, known_shape};
 use shared::results::HubDataset;
 use shared::task::{EvalPayload, FinetunePayload, TaskKind};
@@ -28,23 +28,32 @@ pub enum PrepareError {
     EmptyDataset,
 }
 
-/// Loads the records the config names; for a hub dataset also which file, commit and content.
-pub fn load_records(
-    cfg: &ExperimentConfig,
-    hub: &HubSettings,
-) -> Result<(Vec<Record>, Option<HubDataset>), PrepareError> {
+/// The records the config names and what loading them gave.
+#[derive(Debug, Clone)]
+pub struct LoadedData {
+    pub records: Vec<Record>,
+    /// The loader's counts (rows kept, skipped and why); `None` for the embedded dataset, which
+    /// is generated, not read.
+    pub report: Option<LoadReport>,
+    /// For a hub dataset: which file, commit and content.
+    pub hub: Option<HubDataset>,
+}
+
+/// Loads the records the config names, with the loader's report and, for a hub dataset, which
+/// file, commit and content.
+pub fn load_data(cfg: &ExperimentConfig, hub: &HubSettings) -> Result<LoadedData, PrepareError> {
     let opts = LoadOptions {
         invalid_codes: cfg.data.invalid_codes,
     };
     let mut provenance = None;
-    let records = match &cfg.data.source {
+    let (records, report) = match &cfg.data.source {
         DataSource::Embedded { codes, per_code } => {
-            shared::embedded::embedded_subset(*codes, *per_code)
+            (shared::embedded::embedded_subset(*codes, *per_code), None)
         }
         DataSource::MedsynthCsv { path } | DataSource::Jsonl { path } => {
             let loaded = shared::dataset::load_path(path, &opts)?;
             tracing::info!(path = %path.display(), kept = loaded.records.len(), "dataset loaded");
-            loaded.records
+            (loaded.records, Some(loaded.report))
         }
         DataSource::MedsynthHub {
             repo,
@@ -56,18 +65,22 @@ pub fn load_records(
             let loaded = shared::dataset::load_path(&path, &opts)?;
             tracing::info!(path = %path.display(), kept = loaded.records.len(), "dataset loaded");
             provenance = Some(from);
-            loaded.records
+            (loaded.records, Some(loaded.report))
         }
     };
     if records.is_empty() {
         return Err(PrepareError::EmptyDataset);
     }
-    Ok((records, provenance))
+    Ok(LoadedData {
+        records,
+        report,
+        hub: provenance,
+    })
 }
 
 /// A model's shape: its local `config.json` if the name is an HF folder, else the known shapes,
 /// else (a hub id) the `config.json` in the hub cache or fetched from the hub.
-fn shape_of(entry: &ModelEntry, hub: &HubSettings) -> Option<ModelShape> {
+pub(crate) fn shape_of(entry: &ModelEntry, hub: &HubSettings) -> Option<ModelShape> {
     let cfg = Path::new(&entry.name).join("config.json");
     if let Ok(text) = std::fs::read_to_string(&cfg) {
         match ModelShape::from_hf_config_json(&text, &cfg.display().to_string()) {
@@ -101,9 +114,19 @@ fn safe(s: &str) -> String {
 /// experiment resumes it. `hub`: where the hub cache is and whether the hub may be contacted (for
 /// a hub dataset and the shapes of hub models).
 pub fn prepare(cfg: &ExperimentConfig, hub: &HubSettings) -> Result<ExperimentPlan, PrepareError> {
+    let data = load_data(cfg, hub)?;
+    prepare_loaded(cfg, hub, &data.records, data.hub)
+}
+
+/// [`prepare`] on records already loaded (`coordinator plan` loads once and reports on the load).
+pub fn prepare_loaded(
+    cfg: &ExperimentConfig,
+    hub: &HubSettings,
+    records: &[Record],
+    dataset: Option<HubDataset>,
+) -> Result<ExperimentPlan, PrepareError> {
     let config_toml = cfg.to_toml()?;
-    let (records, dataset) = load_records(cfg, hub)?;
-    let split = shared::split::split(&records, &cfg.data.split)?;
+    let split = shared::split::split(records, &cfg.data.split)?;
     let eval_samples = split.eval_samples(cfg.data.max_eval_samples).to_vec();
     let train: Vec<Record> = match cfg.data.max_train_samples {
         Some(n) => split.train.iter().take(n).cloned().collect(),
@@ -159,6 +182,7 @@ pub fn prepare(cfg: &ExperimentConfig, hub: &HubSettings) -> Result<ExperimentPl
         result_keys: planned.result_keys.clone(),
         tasks,
         dataset,
+        cache: None,
     })
 }
 
@@ -166,6 +190,17 @@ pub fn prepare(cfg: &ExperimentConfig, hub: &HubSettings) -> Result<ExperimentPl
 /// `serve` plans each submitted config through one; tests plan a fixed experiment.
 pub trait Planner: Send + Sync + 'static {
     fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String>;
+
+    /// [`Planner::plan`] reading the prediction cache unless `use_cache` is false (`submit
+    /// --no-cache`); a planner without a cache plans the same either way.
+    fn plan_with_cache(
+        &self,
+        config_toml: &str,
+        use_cache: bool,
+    ) -> Result<ExperimentPlan, String> {
+        let _ = use_cache;
+        self.plan(config_toml)
+    }
 }
 
 /// The planner `serve` uses for `Submit`: parses the TOML (plus `SIZESPEC_*` overrides taken when
@@ -180,10 +215,20 @@ pub struct ConfigPlanner {
     pub env: std::collections::BTreeMap<String, String>,
     /// The hub settings (`HF_*`) taken when the server started.
     pub hub: HubSettings,
+    /// The prediction cache submitted experiments read and fill (`None`: no cache).
+    pub cache: Option<crate::cache::PredictionCache>,
 }
 
 impl Planner for ConfigPlanner {
     fn plan(&self, config_toml: &str) -> Result<ExperimentPlan, String> {
+        self.plan_with_cache(config_toml, true)
+    }
+
+    fn plan_with_cache(
+        &self,
+        config_toml: &str,
+        use_cache: bool,
+    ) -> Result<ExperimentPlan, String> {
         let cfg = ExperimentConfig::from_toml_str(config_toml, "submitted config")
             .map_err(|e| e.to_string())?;
         let mut cfg = cfg
@@ -218,6 +263,9 @@ impl Planner for ConfigPlanner {
             config_output = %requested.display(),
             "outputs go under the coordinator's data dir (a submitted config's `output` is not used)"
         );
+        if let Some(c) = self.cache.as_ref().filter(|_| use_cache) {
+            c.attach(&mut plan)?;
+        }
         Ok(plan)
     }
 }
@@ -242,6 +290,7 @@ mod tests {
             outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let a = planner.plan(&text).unwrap();
         let b = planner.plan(&text).unwrap();
@@ -310,6 +359,7 @@ mod tests {
             outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let text = ExperimentConfig::offline_default().to_toml().unwrap();
         let err = planner.plan(&text).unwrap_err();
@@ -326,6 +376,7 @@ mod tests {
             outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let ids = |scope: &str| -> Vec<String> {
             let mut cfg = ExperimentConfig::offline_default();
@@ -350,6 +401,7 @@ mod tests {
             outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let err = planner.plan("[training]\nlearnin_rate = 1\n").unwrap_err();
         assert!(err.contains("learnin_rate"), "{err}");

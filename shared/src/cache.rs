@@ -1,5 +1,11 @@
 //! Stable prediction cache keys: a SHA-256 of a canonical encoding of everything that decides a prediction.
 //!
+//! A key has two halves. [`eval_key`] covers the evaluation — model id and revision, the local
+//! files' fingerprint, quantisation, adapter digest, the prompt config and the generation config —
+//! and names a group of cached rows; [`record_hash`] covers one record (id, dialogue, reference code
+//! and description), so a row is reused only for the very same record under the very same
+//! evaluation. [`prediction_key`] joins the two.
+//!
 //! The encoding is hand-written rather than `serde_json` or `Debug` output so that it cannot change
 //! with a dependency's formatting, field order or map iteration order: a version tag, then each
 //! field as a one-byte tag and a length-prefixed (u64 little-endian) byte string. Config structs are
@@ -8,31 +14,38 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::{GenerationConfig, PromptConfig};
+use crate::dataset::Record;
 use crate::task::Quantization;
 
 /// Bump when the meaning of a cached prediction changes (e.g. code extraction rules).
-const KEY_VERSION: &[u8] = b"sizespec-prediction-key-v1";
+const KEY_VERSION: &[u8] = b"sizespec-prediction-key-v2";
 
-/// Everything a greedy prediction depends on.
+/// Everything a greedy evaluation's predictions depend on, records aside.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheKeyParts<'a> {
     /// Hub id, local folder or `.gguf` path.
     pub model_id: &'a str,
     /// Hub revision; `None` = `main`.
     pub revision: Option<&'a str>,
+    /// For a local folder or file: a fingerprint of its files (names, sizes, modification times),
+    /// which covers the weights and the tokenizer; `None` for a hub id (id + revision name them).
+    pub files: Option<&'a str>,
     pub quantization: Quantization,
     /// Content hash of the adapter weights, `None` for a zero-shot model.
     pub adapter_hash: Option<&'a str>,
     pub prompt: &'a PromptConfig,
     pub generation: &'a GenerationConfig,
-    /// Hash of the dataset split the sample belongs to.
-    pub split_hash: &'a str,
-    pub sample_id: &'a str,
 }
 
 struct Encoder(Sha256);
 
 impl Encoder {
+    fn new() -> Self {
+        let mut e = Encoder(Sha256::new());
+        e.field(0, KEY_VERSION);
+        e
+    }
+
     fn field(&mut self, tag: u8, bytes: &[u8]) {
         self.0.update([tag]);
         self.0.update((bytes.len() as u64).to_le_bytes());
@@ -48,20 +61,23 @@ impl Encoder {
             }
         }
     }
+
+    fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
 }
 
 /// Hex SHA-256 (64 characters) of the canonical encoding of `parts`; identical on every platform
 /// and run for the same inputs.
-pub fn prediction_key(parts: &CacheKeyParts) -> String {
+pub fn eval_key(parts: &CacheKeyParts) -> String {
     let CacheKeyParts {
         model_id,
         revision,
+        files,
         quantization,
         adapter_hash,
         prompt,
         generation,
-        split_hash,
-        sample_id,
     } = *parts;
     let PromptConfig {
         system,
@@ -74,8 +90,7 @@ pub fn prediction_key(parts: &CacheKeyParts) -> String {
         max_new_tokens,
         batch_size: _,
     } = generation;
-    let mut e = Encoder(Sha256::new());
-    e.field(0, KEY_VERSION);
+    let mut e = Encoder::new();
     e.field(1, model_id.as_bytes());
     e.optional(2, revision);
     let q: &[u8] = match quantization {
@@ -88,9 +103,36 @@ pub fn prediction_key(parts: &CacheKeyParts) -> String {
     e.field(6, user_template.as_bytes());
     e.field(7, answer_template.as_bytes());
     e.field(8, &(*max_new_tokens as u64).to_le_bytes());
-    e.field(9, split_hash.as_bytes());
-    e.field(10, sample_id.as_bytes());
-    hex::encode(e.0.finalize())
+    e.optional(9, files);
+    e.finish()
+}
+
+/// Hex SHA-256 of a record's id and whole content (the dialogue the model reads, the reference
+/// code and description it is scored against, and the note, which no prompt uses today but a
+/// changed record must never hit).
+pub fn record_hash(r: &Record) -> String {
+    let Record {
+        id,
+        dialogue,
+        note,
+        code,
+        description,
+    } = r;
+    let mut e = Encoder::new();
+    e.field(20, id.as_bytes());
+    e.field(21, dialogue.as_bytes());
+    e.field(22, note.as_bytes());
+    e.field(23, code.as_bytes());
+    e.field(24, description.as_bytes());
+    e.finish()
+}
+
+/// The key of one record's prediction under one evaluation.
+pub fn prediction_key(parts: &CacheKeyParts, record: &Record) -> String {
+    let mut e = Encoder::new();
+    e.field(30, eval_key(parts).as_bytes());
+    e.field(31, record_hash(record).as_bytes());
+    e.finish()
 }
 
 #[cfg(test)]
@@ -101,17 +143,26 @@ mod tests {
         CacheKeyParts {
             model_id: "Qwen/Qwen2.5-3B-Instruct",
             revision: None,
+            files: None,
             quantization: Quantization::None,
             adapter_hash: Some("abc123"),
             prompt: p,
             generation: g,
-            split_hash: "deadbeef",
-            sample_id: "medsynth-17",
+        }
+    }
+
+    fn record() -> Record {
+        Record {
+            id: "medsynth-17".into(),
+            dialogue: "Patient: my throat hurts.".into(),
+            note: "Sore throat".into(),
+            code: "J029".into(),
+            description: "Acute pharyngitis, unspecified".into(),
         }
     }
 
     #[test]
-    fn key_is_pinned() {
+    fn keys_are_pinned() {
         let p = PromptConfig {
             system: "sys".into(),
             user_template: "D: {dialogue}".into(),
@@ -121,21 +172,25 @@ mod tests {
             max_new_tokens: 16,
             batch_size: 8,
         };
-        let k = prediction_key(&base(&p, &g));
+        let k = eval_key(&base(&p, &g));
         assert_eq!(k.len(), 64);
         // Pinned: a change here means every cached prediction is invalidated; bump KEY_VERSION
-        // deliberately if that is intended. (Value cross-checked with Python's hashlib over the
+        // deliberately if that is intended. (Values cross-checked with Python's hashlib over the
         // same encoding.)
         assert_eq!(
             k,
-            "13a15aeab4b3281158464ab20a2a5ef9f7134b67a9228bba5b8a1140f108a0b4"
+            "49a081e1a721cc6cfa4f3c64e7f3035f23d502df51da0a83788e9d6a60f6b1d6"
+        );
+        assert_eq!(
+            record_hash(&record()),
+            "f6bc5164adb91e29e182099af2437603c5f32fd37e9e17f018a1ca849c1946c8"
         );
     }
 
     #[test]
     fn every_field_changes_the_key() {
         let (p, g) = (PromptConfig::default(), GenerationConfig::default());
-        let k0 = prediction_key(&base(&p, &g));
+        let k0 = eval_key(&base(&p, &g));
         let p2 = PromptConfig {
             system: "other".into(),
             ..p.clone()
@@ -163,6 +218,10 @@ mod tests {
                 ..b
             },
             CacheKeyParts {
+                files: Some("model.safetensors 10 1700000000"),
+                ..b
+            },
+            CacheKeyParts {
                 quantization: Quantization::Q4,
                 ..b
             },
@@ -181,16 +240,8 @@ mod tests {
                 generation: &g2,
                 ..b
             },
-            CacheKeyParts {
-                split_hash: "deadbeee",
-                ..b
-            },
-            CacheKeyParts {
-                sample_id: "medsynth-18",
-                ..b
-            },
         ];
-        let mut keys: Vec<String> = variants.iter().map(prediction_key).collect();
+        let mut keys: Vec<String> = variants.iter().map(eval_key).collect();
         keys.push(k0.clone());
         let n = keys.len();
         keys.sort();
@@ -202,35 +253,51 @@ mod tests {
             ..g.clone()
         };
         assert_eq!(
-            prediction_key(&CacheKeyParts {
+            eval_key(&CacheKeyParts {
                 generation: &g3,
                 ..b
             }),
             k0
         );
+        // Every part of a record changes its hash, and so the prediction's key.
+        let r = record();
+        let edits: [fn(&mut Record); 5] = [
+            |r| r.id.push('x'),
+            |r| r.dialogue.push('x'),
+            |r| r.note.push('x'),
+            |r| r.code = "J020".into(),
+            |r| r.description.push('x'),
+        ];
+        let mut hashes = vec![record_hash(&r)];
+        for edit in edits {
+            let mut r2 = r.clone();
+            edit(&mut r2);
+            hashes.push(record_hash(&r2));
+            assert_ne!(prediction_key(&b, &r2), prediction_key(&b, &r));
+        }
+        let n = hashes.len();
+        hashes.sort();
+        hashes.dedup();
+        assert_eq!(hashes.len(), n);
     }
 
     #[test]
     fn field_boundaries_are_unambiguous() {
         // Moving characters from one field to the next must not collide (length prefixes).
+        let mut a = record();
+        a.id = "ab".into();
+        a.dialogue = "c".into();
+        let mut c = record();
+        c.id = "a".into();
+        c.dialogue = "bc".into();
+        assert_ne!(record_hash(&a), record_hash(&c));
         let (p, g) = (PromptConfig::default(), GenerationConfig::default());
         let b = base(&p, &g);
-        let a = prediction_key(&CacheKeyParts {
-            split_hash: "ab",
-            sample_id: "c",
-            ..b
-        });
-        let c = prediction_key(&CacheKeyParts {
-            split_hash: "a",
-            sample_id: "bc",
-            ..b
-        });
-        assert_ne!(a, c);
-        let none = prediction_key(&CacheKeyParts {
+        let none = eval_key(&CacheKeyParts {
             revision: None,
             ..b
         });
-        let empty = prediction_key(&CacheKeyParts {
+        let empty = eval_key(&CacheKeyParts {
             revision: Some(""),
             ..b
         });

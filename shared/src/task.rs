@@ -184,6 +184,9 @@ pub enum TaskEvent {
     /// No registered device has the total memory the task's estimate needs: it fails at once
     /// instead of waiting forever (raised by the coordinator's scheduler).
     Unplaceable,
+    /// Every prediction of a ready evaluation came from the prediction cache: it succeeds without
+    /// an agent (raised by the coordinator's scheduler).
+    FromCache,
 }
 
 /// An event that makes no sense in the task's current state (a stale agent's report, a double
@@ -219,6 +222,7 @@ impl TaskState {
             }
             (S::Failed, E::Retry) => S::Ready,
             (S::Pending | S::Ready, E::Unplaceable) => S::Failed,
+            (S::Ready, E::FromCache) => S::Succeeded,
             _ => return Err(IllegalTransition { from: self, event }),
         };
         Ok(next)
@@ -279,6 +283,7 @@ mod tests {
             E::Cancel,
             E::Retry,
             E::Unplaceable,
+            E::FromCache,
         ];
         // Fails to compile when an event is added, so the table cannot silently miss it.
         for e in &events {
@@ -293,7 +298,8 @@ mod tests {
                 | E::Fail { .. }
                 | E::Cancel
                 | E::Retry
-                | E::Unplaceable => {}
+                | E::Unplaceable
+                | E::FromCache => {}
             }
         }
         let legal: Vec<(S, E, S)> = vec![
@@ -333,6 +339,7 @@ mod tests {
             ),
             (S::Running { agent: a("x") }, E::Cancel, S::Cancelled),
             (S::Failed, E::Retry, S::Ready),
+            (S::Ready, E::FromCache, S::Succeeded),
         ];
         let mut legal_seen = 0;
         for s in &states {

@@ -365,6 +365,7 @@ pub fn demo_plan(id: &str, out: &Path, eval_n: usize, estimate_mib: u64) -> Expe
         result_keys,
         tasks,
         dataset: None,
+        cache: None,
     }
 }
 
@@ -574,6 +575,7 @@ pub async fn submit_and_wait(
     let id = c
         .submit(pb::SubmitRequest {
             config_toml: "name = \"x\"".into(),
+            no_cache: false,
         })
         .await
         .expect("submit")

@@ -184,6 +184,7 @@ async fn killed_agent_loses_its_task_which_finishes_elsewhere_with_the_same_resu
     let id = ctl
         .submit(pb::SubmitRequest {
             config_toml: String::new(),
+            no_cache: false,
         })
         .await
         .unwrap()
@@ -374,6 +375,7 @@ async fn a_restarted_coordinator_resumes_without_redoing_finished_work() {
     let id = ctl
         .submit(pb::SubmitRequest {
             config_toml: String::new(),
+            no_cache: false,
         })
         .await
         .unwrap()
@@ -523,6 +525,7 @@ async fn a_gracefully_stopped_agent_hands_its_task_back_without_using_up_an_atte
     let id = ctl
         .submit(pb::SubmitRequest {
             config_toml: String::new(),
+            no_cache: false,
         })
         .await
         .unwrap()

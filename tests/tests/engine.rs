@@ -117,6 +117,7 @@ fn plan(model_dir: &Path, out: &Path) -> ExperimentPlan {
             eval(slm, vec![TaskId("finetune:SLM_Tiny".into())]),
         ],
         dataset: None,
+        cache: None,
     }
 }
 

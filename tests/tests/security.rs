@@ -66,7 +66,10 @@ async fn unauthenticated_oversize_and_traversal_requests_are_rejected() {
     let huge = "#".repeat(2 * 1024 * 1024);
     let err = control(&url, token.clone())
         .await
-        .submit(pb::SubmitRequest { config_toml: huge })
+        .submit(pb::SubmitRequest {
+            config_toml: huge,
+            no_cache: false,
+        })
         .await
         .unwrap_err();
     assert!(

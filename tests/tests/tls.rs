@@ -60,6 +60,7 @@ async fn mutual_tls_admits_signed_clients_only() {
     let id = ctl
         .submit(pb::SubmitRequest {
             config_toml: String::new(),
+            no_cache: false,
         })
         .await
         .unwrap()

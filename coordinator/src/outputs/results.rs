@@ -145,11 +145,30 @@ pub fn build(input: &OutputsInput, created: Option<String>) -> Results {
                 device_name: Some(perf.device_name.clone()),
             },
             training_metrics,
-            extra: Default::default(),
+            extra: cache_extra(input, t),
         };
         results.entries.insert(key, entry);
     }
     results
+}
+
+/// For an evaluation that took rows from the prediction cache, how many (the output folder's
+/// `prediction_cache.json` says when and by which experiment they were computed).
+fn cache_extra(
+    input: &OutputsInput,
+    t: &super::TaskResultView,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut extra = std::collections::BTreeMap::new();
+    if let Some(n) = input
+        .plan
+        .cache
+        .as_ref()
+        .and_then(|c| c.hits.get(&t.spec.id))
+        .map(|h| h.rows.len())
+    {
+        extra.insert("rows_from_prediction_cache".into(), n as f64);
+    }
+    extra
 }
 
 /// RFC 3339 UTC timestamp of now (civil-from-days; no date crate needed for one format).
@@ -157,6 +176,11 @@ pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
+    rfc3339(secs)
+}
+
+/// RFC 3339 UTC timestamp of unix seconds `secs`.
+pub fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's days → civil date.
     let z = days + 719_468;

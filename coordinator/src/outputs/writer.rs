@@ -10,9 +10,13 @@ use tokio::sync::mpsc;
 /// tests pass their own to observe or hold the writing.
 pub type WriteFn = Arc<dyn Fn(&OutputsInput) -> Result<Written, String> + Send + Sync>;
 
-/// The product's writer.
+/// The product's writer: the output folder, then the prediction cache ([`crate::cache`]).
 pub fn default_write() -> WriteFn {
-    Arc::new(|input: &OutputsInput| super::write_outputs(input).map_err(|e| e.to_string()))
+    Arc::new(|input: &OutputsInput| {
+        let written = super::write_outputs(input).map_err(|e| e.to_string());
+        crate::cache::after_outputs(input);
+        written
+    })
 }
 
 /// One finished folder (or why it could not be written).

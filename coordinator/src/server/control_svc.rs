@@ -32,9 +32,10 @@ impl ControlService for ControlSvc {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let text = req.into_inner().config_toml;
+        let req = req.into_inner();
+        let (text, use_cache) = (req.config_toml, !req.no_cache);
         let planner = self.planner.clone();
-        let plan = tokio::task::spawn_blocking(move || planner.plan(&text))
+        let plan = tokio::task::spawn_blocking(move || planner.plan_with_cache(&text, use_cache))
             .await
             .map_err(|e| Status::internal(format!("planner: {e}")))?
             .map_err(Status::invalid_argument)?;

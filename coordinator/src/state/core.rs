@@ -208,11 +208,12 @@ impl Core {
             tracing::info!(experiment = %id, "already known: resuming");
             return id;
         }
-        let tasks = plan
+        let mut tasks: Vec<TaskEntry> = plan
             .tasks
             .iter()
             .map(|_| new_task(TaskState::Pending, 0, None, None))
             .collect();
+        seed_cached(&plan, &mut tasks);
         let entry = ExperimentEntry {
             plan: plan.clone(),
             tasks,
@@ -251,6 +252,7 @@ impl Core {
             }
             tasks.push(entry);
         }
+        seed_cached(&r.plan, &mut tasks);
         // Finished means the outputs were written; otherwise `schedule` writes them again once
         // every task has ended (a crash mid-write loses nothing).
         let (state, outputs) = if r.state.finished {
@@ -756,6 +758,21 @@ pub(super) fn new_task(
         curve: Vec::new(),
         wait: None,
         accept_implied: false,
+    }
+}
+
+/// Rows the plan found in the prediction cache count as received predictions (they are in the
+/// journalled plan, so a restart seeds them again).
+fn seed_cached(plan: &ExperimentPlan, tasks: &mut [TaskEntry]) {
+    let Some(c) = &plan.cache else {
+        return;
+    };
+    for (p, t) in plan.tasks.iter().zip(tasks) {
+        for row in c.rows(&p.spec.id) {
+            t.predictions
+                .entry(row.sample_id.clone())
+                .or_insert_with(|| row.clone());
+        }
     }
 }
 

@@ -25,7 +25,9 @@ impl Core {
             let mut changed = self.promote(ei, largest);
             for ti in 0..self.experiments[ei].tasks.len() {
                 if self.experiments[ei].tasks[ti].state == TaskState::Ready
-                    && (self.place(ei, ti, now) || self.note_wait(ei, ti, now))
+                    && (self.complete_from_cache(ei, ti)
+                        || self.place(ei, ti, now)
+                        || self.note_wait(ei, ti, now))
                 {
                     changed = true;
                 }
@@ -104,6 +106,39 @@ impl Core {
             }
         }
         changed
+    }
+
+    /// A ready evaluation whose every sample has a row from the prediction cache succeeds without
+    /// an agent, with the performance of the run that computed the rows.
+    fn complete_from_cache(&mut self, ei: usize, ti: usize) -> bool {
+        let e = &self.experiments[ei];
+        let (spec, t) = (&e.plan.tasks[ti].spec, &e.tasks[ti]);
+        let TaskPayload::Evaluate(p) = &e.plan.tasks[ti].payload else {
+            return false;
+        };
+        let Some(perf) = e
+            .plan
+            .cache
+            .as_ref()
+            .and_then(|c| c.hits.get(&spec.id))
+            .and_then(|h| h.performance.clone())
+        else {
+            return false;
+        };
+        if p.samples.iter().any(|s| !t.predictions.contains_key(&s.id)) {
+            return false;
+        }
+        let (exp, task) = (e.plan.id.clone(), spec.id.clone());
+        let t = &mut self.experiments[ei].tasks[ti];
+        if let Err(e) = t.step(TaskEvent::FromCache) {
+            tracing::error!(task = %task.0, error = %e, "refused");
+            return false;
+        }
+        t.output = Some(TaskOutput::Evaluated(perf));
+        t.detail = "every prediction from the prediction cache".into();
+        tracing::info!(task = %task.0, "completed from the prediction cache");
+        self.fx.notices.push(Notice::Task(exp, task));
+        true
     }
 
     /// Offers task `ti` to the best idle device that fits; false when none does (it waits).

@@ -61,6 +61,7 @@ pub(super) fn plan() -> ExperimentPlan {
             )),
         ],
         dataset: None,
+        cache: None,
     }
 }
 
