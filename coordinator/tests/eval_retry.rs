@@ -72,6 +72,7 @@ fn plan(out: &Path) -> ExperimentPlan {
             }),
         }],
         dataset: None,
+        cache: None,
     }
 }
 
@@ -223,6 +224,7 @@ async fn a_retried_evaluation_runs_only_the_missing_rows_and_counts_each_row_onc
         heartbeat_interval: Duration::from_millis(100),
         lease: Duration::from_secs(5),
         max_attempts: 3,
+        unplaceable_timeout: Duration::from_secs(30),
     };
     let c = coordinator::server::start(listener, opts, stop.clone())
         .await
@@ -259,6 +261,7 @@ async fn a_retried_evaluation_runs_only_the_missing_rows_and_counts_each_row_onc
             peak_memory_mib: 10,
             device_name: "cpu".into(),
         })),
+        permanent: false,
     }))
     .await;
 
