@@ -49,7 +49,7 @@ fn header(name: &str, size: u64, data: &[u8]) -> pb::ArtifactChunk {
 
 fn data(bytes: &[u8]) -> pb::ArtifactChunk {
     pb::ArtifactChunk {
-        part: Some(Part::Data(bytes.to_vec())),
+        part: Some(Part::Data(proto::Bytes::copy_from_slice(bytes))),
     }
 }
 

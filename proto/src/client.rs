@@ -61,6 +61,8 @@ impl Connection {
             .map_err(bad)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            .initial_stream_window_size(crate::limits::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::limits::CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {

@@ -14,6 +14,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// The files of a PEFT adapter folder; each travels as the artifact `<adapter artifact>/<file>`.
 pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
 
+/// The buffer type of artifact chunks (`ArtifactChunk.data`).
+pub use prost::bytes::Bytes;
+
 pub mod auth;
 pub mod client;
 #[cfg(feature = "domain")]

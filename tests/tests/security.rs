@@ -118,7 +118,9 @@ async fn unauthenticated_oversize_and_traversal_requests_are_rejected() {
             part: Some(pb::artifact_chunk::Part::Header(header)),
         },
         pb::ArtifactChunk {
-            part: Some(pb::artifact_chunk::Part::Data(b"abc".to_vec())),
+            part: Some(pb::artifact_chunk::Part::Data(proto::Bytes::from_static(
+                b"abc",
+            ))),
         },
     ];
     let err = art.upload(tokio_stream::iter(chunks)).await.unwrap_err();

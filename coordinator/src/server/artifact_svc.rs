@@ -2,7 +2,7 @@
 //! a temp file beside the artifact (never held whole in memory), under [`UploadLimits`]: a size
 //! cap checked against the announced size and the bytes received, a bound on concurrent uploads,
 //! and an idle timeout so a stalled client cannot hold a slot.
-use crate::artifacts::{ArtifactError, ArtifactName, ArtifactStore, ArtifactWriter};
+use crate::artifacts::{ArtifactError, ArtifactName, ArtifactStore};
 use proto::limits::{ARTIFACT_CHUNK_BYTES, MAX_ARTIFACT_BYTES};
 use proto::pb;
 use proto::pb::artifact_service_server::ArtifactService;
@@ -82,11 +82,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-/// Drops an unfinished upload off the async threads (dropping removes its temp file).
-fn discard(writer: ArtifactWriter) {
-    tokio::task::spawn_blocking(move || drop(writer));
-}
-
 #[tonic::async_trait]
 impl ArtifactService for ArtifactSvc {
     async fn upload(
@@ -126,31 +121,41 @@ impl ArtifactService for ArtifactSvc {
                 )));
             }
         };
-        // Each chunk goes to the artifact's temp file as it arrives (nothing is buffered whole).
+        // Each chunk goes to the artifact's temp file as it arrives (nothing is buffered whole): a
+        // blocking thread writes and hashes while the next chunks are received. Refused (temp
+        // file removed) as soon as the bytes pass the announced size, which is at most the cap.
+        // On an early return the channel closes and the thread drops the writer, which removes
+        // the temp file.
         let store = self.store.clone();
         let (size, sha) = (header.size, header.sha256.clone());
         let n = name.clone();
         let mut writer = blocking(move || store.begin(&n, size, &sha)).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<proto::Bytes>(4);
+        let disk = tokio::task::spawn_blocking(move || {
+            while let Some(bytes) = rx.blocking_recv() {
+                writer.write(&bytes)?;
+            }
+            Ok::<_, ArtifactError>(writer)
+        });
         loop {
-            let chunk = match self.next(&mut inbound, &header.name).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    discard(writer);
-                    return Err(e);
-                }
+            let Some(chunk) = self.next(&mut inbound, &header.name).await? else {
+                break;
             };
             let Some(Part::Data(bytes)) = chunk.part else {
-                discard(writer);
                 return Err(Status::invalid_argument(format!(
                     "artifact `{}`: a second header mid-upload",
                     header.name
                 )));
             };
-            // Refused (temp file removed) as soon as the bytes pass the announced size, which is
-            // at most the cap.
-            writer = blocking(move || writer.write(&bytes).map(|()| writer)).await?;
+            // A closed channel means the disk side failed: its error is returned below.
+            if tx.send(bytes).await.is_err() {
+                break;
+            }
         }
+        drop(tx);
+        let writer = disk
+            .await
+            .map_err(|e| Status::internal(format!("artifact worker: {e}")))??;
         blocking(move || writer.finish()).await?;
         tracing::info!(artifact = %name, size, "artifact stored");
         Ok(Response::new(pb::UploadReply {
@@ -189,7 +194,7 @@ impl ArtifactService for ArtifactSvc {
             loop {
                 let item = match reader.next_chunk(ARTIFACT_CHUNK_BYTES) {
                     Ok(Some(bytes)) => Ok(pb::ArtifactChunk {
-                        part: Some(Part::Data(bytes)),
+                        part: Some(Part::Data(bytes.into())),
                     }),
                     Ok(None) => return,
                     Err(e) => Err(Status::from(e)),

@@ -182,7 +182,10 @@ pub async fn start(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(proto::limits::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(proto::limits::CONNECTION_WINDOW_BYTES);
     if let Some(tls) = &opts.tls {
         let mut cfg =
             ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
