@@ -61,9 +61,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print an experiment's `results.json`.
+    /// Print an experiment's `results.json`, or download its whole output folder.
     Results {
         experiment: String,
+        /// Write the finished experiment's whole output folder (results.json, predictions,
+        /// plots, report.html, ...) into DIR, each file checked against its SHA-256.
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -631,6 +635,34 @@ async fn main() -> Result<()> {
         } => watch(&mut client(&ca).await?, &experiment).await,
         Cmd::Results {
             experiment,
+            download: Some(dir),
+            client: ca,
+        } => {
+            let stream = client(&ca)
+                .await?
+                .download_results(pb::ResultsRequest {
+                    experiment_id: experiment.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("results {experiment}: {}", s.message()))?
+                .into_inner();
+            let got = coordinator::results_download::receive(stream, &dir)
+                .await
+                .with_context(|| format!("downloading `{experiment}` into {}", dir.display()))?;
+            println!(
+                "{} files, {} bytes written to {}",
+                got.files.len(),
+                got.bytes,
+                dir.display()
+            );
+            if got.files.iter().any(|f| f == "report.html") {
+                println!("report: {}", dir.join("report.html").display());
+            }
+            Ok(())
+        }
+        Cmd::Results {
+            experiment,
+            download: None,
             client: ca,
         } => {
             let r = client(&ca)
