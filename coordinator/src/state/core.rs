@@ -6,7 +6,6 @@ pub(super) use super::task::new_task;
 pub use super::types::*;
 use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
 use crate::journal::{ExperimentJournal, Restored, TaskJournal};
-use crate::outcome::TaskOutput;
 use shared::task::{
     AgentId, IllegalTransition, PredictionRow, ProgressEvent, TaskEvent, TaskId, TaskState,
 };

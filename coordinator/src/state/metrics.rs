@@ -165,3 +165,79 @@ pub fn snapshot(core: &Core) -> MetricsSnapshot {
         tally: core.tally.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::core::*;
+    use super::super::tests::{plan, reg, settings};
+    use crate::experiment::ExperimentId;
+    use shared::task::{AgentId, TaskId};
+    use std::time::Duration;
+
+    /// The histogram's `(sum, count)` as `/metrics` writes them.
+    fn queue_wait(core: &Core) -> (f64, f64) {
+        let text = crate::server::metrics::encode_snapshot(&super::snapshot(core));
+        let val = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        (
+            val("sizespec_task_queue_wait_seconds_sum"),
+            val("sizespec_task_queue_wait_seconds_count"),
+        )
+    }
+
+    #[test]
+    fn waits_span_declined_offers_and_only_running_tasks_count_as_retries() {
+        let s = |secs: f64| Duration::from_secs_f64(secs);
+        let t0 = std::time::Instant::now();
+        let a = AgentId("a".into());
+        let mut core = Core::new(settings());
+        let session = core.register(reg("a", 1000), t0).unwrap();
+        core.submit(plan(), t0);
+        let r = |attempt| TaskRef {
+            experiment: ExperimentId("e".into()),
+            task: TaskId("finetune:SLM_X".into()),
+            attempt,
+        };
+        // Ready and offered at t0; declined at 1 s; offered again after a heartbeat at 2 s;
+        // taken at 3 s: one wait of 3 s, not 1 s.
+        let decline = OfferAnswer::Decline {
+            reason: "busy".into(),
+            free_mib: 1000,
+        };
+        core.offer_reply(&a, session, &r(1), decline, t0 + s(1.0))
+            .unwrap();
+        core.heartbeat(&a, session, &[("dev-a".into(), 999)], &[], t0 + s(2.0));
+        assert_eq!(core.experiments[0].tasks[0].attempt, 2, "offered again");
+        core.offer_reply(&a, session, &r(2), OfferAnswer::Accept, t0 + s(3.0))
+            .unwrap();
+        assert_eq!(queue_wait(&core), (3.0, 1.0));
+        assert_eq!(core.tally.retries.get(), 0, "a declined offer is no retry");
+
+        // A failure with an attempt left: one retry, and a new wait from 4 s to 4.5 s.
+        let failed = Outcome::Failed("transient".into());
+        core.result(&a, session, &r(2), failed, t0 + s(4.0)).unwrap();
+        assert_eq!(core.tally.retries.get(), 1);
+        core.offer_reply(&a, session, &r(3), OfferAnswer::Accept, t0 + s(4.5))
+            .unwrap();
+        assert_eq!(queue_wait(&core), (3.5, 2.0));
+
+        // Silent past the lease: an expiry, and the last attempt used up fails it (no retry).
+        core.tick(t0 + s(10.0));
+        assert_eq!(core.tally.lease_expiries.get(), 1);
+        assert_eq!(core.tally.retries.get(), 1);
+        let snap = super::snapshot(&core);
+        let count = |state: &str| {
+            snap.tasks
+                .iter()
+                .find(|c| c.state == state)
+                .map(|c| c.count)
+                .unwrap()
+        };
+        assert_eq!((count("failed"), count("cancelled")), (1, 1));
+        assert_eq!(snap.agents, 1);
+        assert_eq!(snap.devices[0].free_bytes, 999 << 20);
+    }
+}
