@@ -178,7 +178,9 @@ where
             }
             Some(Part::End(e)) => {
                 let Some(c) = cur.take() else {
-                    return Err(DownloadError::Protocol("a file end before its start".into()));
+                    return Err(DownloadError::Protocol(
+                        "a file end before its start".into(),
+                    ));
                 };
                 if c.got != c.size {
                     return Err(DownloadError::Size {
@@ -295,7 +297,10 @@ mod tests {
         let got = receive(tokio_stream::iter(ok), dir.path()).await.unwrap();
         assert_eq!(got.files, ["results.json", "plots/a.svg"]);
         assert_eq!(got.bytes, 8);
-        assert_eq!(std::fs::read(dir.path().join("plots/a.svg")).unwrap(), b"<svg/>");
+        assert_eq!(
+            std::fs::read(dir.path().join("plots/a.svg")).unwrap(),
+            b"<svg/>"
+        );
 
         let bad_sum = vec![start("x.txt", 3), data(b"abc"), end(sha(b"abd"))];
         let err = receive(tokio_stream::iter(bad_sum), dir.path())

@@ -228,9 +228,11 @@ impl FakeAgent {
 async fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -255,10 +257,16 @@ impl Scrape {
         assert_eq!(status, 200, "{body}");
         assert!(body.ends_with("# EOF\n"), "{body}");
         let mut out = BTreeMap::new();
-        for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (key, value) = line.rsplit_once(' ').expect("`series value`");
             let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert!(out.insert(key.to_string(), value).is_none(), "twice: {line}");
+            assert!(
+                out.insert(key.to_string(), value).is_none(),
+                "twice: {line}"
+            );
         }
         Scrape(out)
     }
@@ -287,7 +295,11 @@ async fn scrape_until(http: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool
         if ok(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "{what}: not in time; last {:#?}", s.0);
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not in time; last {:#?}",
+            s.0
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -367,7 +379,8 @@ async fn metrics_count_tasks_agents_memory_retries_and_lease_expiries() {
     assert_eq!(r2.attempt, 2, "offered again after the lease expired");
     a.accept(&r2).await;
     a.eval_progress(&r2, 7.5).await;
-    let series = format!("sizespec_task_eval_samples_per_second{{experiment=\"{EXP}\",task=\"{TASK}\"}}");
+    let series =
+        format!("sizespec_task_eval_samples_per_second{{experiment=\"{EXP}\",task=\"{TASK}\"}}");
     let running = scrape_until(s.http, "a running evaluation's speed", |m| {
         m.get(&series) == Some(7.5)
     })
@@ -401,9 +414,19 @@ async fn metrics_count_tasks_agents_memory_retries_and_lease_expiries() {
     a.finish(&r3).await;
     wait_for_file(&out.join("results.json")).await;
 
-    let done = scrape_until(s.http, "the task succeeded", |m| m.tasks("succeeded") == 1.0).await;
+    let done = scrape_until(s.http, "the task succeeded", |m| {
+        m.tasks("succeeded") == 1.0
+    })
+    .await;
     assert_eq!(done.tasks("succeeded"), plan(&out).tasks.len() as f64);
-    for state in ["pending", "ready", "offered", "running", "failed", "cancelled"] {
+    for state in [
+        "pending",
+        "ready",
+        "offered",
+        "running",
+        "failed",
+        "cancelled",
+    ] {
         assert_eq!(done.tasks(state), 0.0, "{state}");
     }
     assert_eq!(done.val("sizespec_task_retries_total"), 1.0);
@@ -429,7 +452,12 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
             if kind.is_dir() {
                 walk(root, &e.path(), out);
             } else if kind.is_file() {
-                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().to_string();
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
                 out.insert(rel, std::fs::read(e.path()).unwrap());
             }
         }

@@ -180,7 +180,13 @@ mod tests {
             assert!(is_temp_name(tmp.to_str().unwrap()), "{tmp:?}");
         }
         drop((f, p));
-        for name in ["results.json", "plot.png", ".sizespec", "report.tmpl.html", "a.tmp"] {
+        for name in [
+            "results.json",
+            "plot.png",
+            ".sizespec",
+            "report.tmpl.html",
+            "a.tmp",
+        ] {
             assert!(!is_temp_name(name), "{name}");
         }
     }

@@ -166,7 +166,13 @@ async fn handle(
             }
         }
     }
-    let down = || reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down");
+    let down = || {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "shutting down",
+        )
+    };
     if path == "/metrics" {
         let Ok(snapshot) = state.ask(|reply| Command::Metrics { reply }).await else {
             return Ok(down());

@@ -25,7 +25,10 @@ pub fn encode_snapshot(s: &MetricsSnapshot) -> String {
 
     let tasks = IntGauges::default();
     for t in &s.tasks {
-        let labels = vec![("experiment", t.experiment.clone()), ("state", t.state.into())];
+        let labels = vec![
+            ("experiment", t.experiment.clone()),
+            ("state", t.state.into()),
+        ];
         tasks.get_or_create(&labels).set(int(t.count));
     }
     reg.register(
@@ -58,15 +61,8 @@ pub fn encode_snapshot(s: &MetricsSnapshot) -> String {
             .set(int(d.total_bytes.saturating_sub(d.free_bytes)));
         total.get_or_create(&labels).set(int(d.total_bytes));
     }
-    let memory_help = |what| {
-        format!("{what} memory of a device, as its agent last reported it")
-    };
-    reg.register_with_unit(
-        "device_memory_free",
-        memory_help("Free"),
-        Unit::Bytes,
-        free,
-    );
+    let memory_help = |what| format!("{what} memory of a device, as its agent last reported it");
+    reg.register_with_unit("device_memory_free", memory_help("Free"), Unit::Bytes, free);
     reg.register_with_unit(
         "device_memory_used",
         memory_help("Used (total less free)"),
@@ -82,7 +78,10 @@ pub fn encode_snapshot(s: &MetricsSnapshot) -> String {
 
     let (train, eval) = (FloatGauges::default(), FloatGauges::default());
     for r in &s.rates {
-        let labels = vec![("experiment", r.experiment.clone()), ("task", r.task.clone())];
+        let labels = vec![
+            ("experiment", r.experiment.clone()),
+            ("task", r.task.clone()),
+        ];
         match r.rate {
             Rate::TrainTokensPerS(v) => train.get_or_create(&labels).set(v),
             Rate::EvalSamplesPerS(v) => eval.get_or_create(&labels).set(v),
@@ -128,7 +127,7 @@ pub fn encode_snapshot(s: &MetricsSnapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::metrics::{DeviceMemory, TaskCount, TaskRate, Tally};
+    use crate::state::metrics::{DeviceMemory, Tally, TaskCount, TaskRate};
 
     #[test]
     fn every_metric_is_encoded_with_its_labels_and_units() {

@@ -150,7 +150,11 @@ mod tests {
             std::os::unix::fs::symlink(&secret, root.join("link.txt")).unwrap();
             std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("linkdir")).unwrap();
         }
-        let rels: Vec<String> = list_files(&root).unwrap().into_iter().map(|f| f.0).collect();
+        let rels: Vec<String> = list_files(&root)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
         assert_eq!(
             rels,
             ["predictions/a.jsonl", "predictions/b.jsonl", "results.json"]

@@ -218,7 +218,8 @@ mod tests {
 
         // A failure with an attempt left: one retry, and a new wait from 4 s to 4.5 s.
         let failed = Outcome::Failed("transient".into());
-        core.result(&a, session, &r(2), failed, t0 + s(4.0)).unwrap();
+        core.result(&a, session, &r(2), failed, t0 + s(4.0))
+            .unwrap();
         assert_eq!(core.tally.retries.get(), 1);
         core.offer_reply(&a, session, &r(3), OfferAnswer::Accept, t0 + s(4.5))
             .unwrap();

@@ -3,7 +3,9 @@
 use super::core::Placement;
 use super::metrics::{Rate, Tally};
 use crate::outcome::TaskOutput;
-use shared::task::{AgentId, IllegalTransition, PredictionRow, ProgressEvent, TaskEvent, TaskState};
+use shared::task::{
+    AgentId, IllegalTransition, PredictionRow, ProgressEvent, TaskEvent, TaskState,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -97,4 +99,3 @@ pub(super) fn new_task(
         tally: tally.clone(),
     }
 }
-
