@@ -23,7 +23,7 @@ pub struct Downloaded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("the coordinator refused: {}", .0.message())]
+    #[error("the coordinator answered: {}", .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("the coordinator sent the path `{path}`: {why}; refused")]
     BadPath { path: String, why: &'static str },

@@ -133,7 +133,8 @@ impl ControlService for ControlSvc {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(Status::failed_precondition(format!(
-                    "experiment `{name}`: its output path {} is not a folder",
+                    "experiment `{name}`: its output path {} is not a folder (a symbolic link \
+                     is not followed)",
                     dir.display()
                 )));
             }
