@@ -20,7 +20,10 @@ async fn scrape(http: std::net::SocketAddr) -> BTreeMap<String, f64> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
             let (k, v) = l.rsplit_once(' ').expect("`series value`");
-            (k.to_string(), v.parse().unwrap_or_else(|e| panic!("{l}: {e}")))
+            (
+                k.to_string(),
+                v.parse().unwrap_or_else(|e| panic!("{l}: {e}")),
+            )
         })
         .collect()
 }
@@ -102,8 +105,7 @@ async fn a_run_with_one_agent_shows_in_metrics_and_its_outputs_download_whole() 
     assert_eq!(m["sizespec_task_retries_total"], 0.0);
     assert_eq!(m["sizespec_lease_expiries_total"], 0.0);
     assert_eq!(
-        m["sizespec_task_queue_wait_seconds_count"],
-        planned as f64,
+        m["sizespec_task_queue_wait_seconds_count"], planned as f64,
         "each task taken once"
     );
     assert!(
