@@ -157,12 +157,13 @@ struct ServeArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, env = "SIZESPEC_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Also serve the live experiment page (plain HTTP, unauthenticated) on this address, e.g.
-    /// 127.0.0.1:8080; a bare port listens on loopback only.
+    /// Also serve the live experiment page, /healthz and Prometheus /metrics (plain HTTP,
+    /// unauthenticated) on this address, e.g. 127.0.0.1:8080; a bare port listens on loopback
+    /// only.
     #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
     http_listen: Option<String>,
-    /// A host name the live page also answers for (repeatable), e.g. the name of a reverse proxy
-    /// in front of it. Without it, only localhost, 127.0.0.1, [::1] and the address a request
+    /// A host name the live page and /metrics also answer for (repeatable), e.g. the name of a
+    /// reverse proxy in front of it or the name Prometheus scrapes. Without it, only localhost, 127.0.0.1, [::1] and the address a request
     /// arrives on are answered (DNS rebinding protection).
     #[arg(
         long = "allowed-host",
