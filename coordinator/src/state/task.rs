@@ -37,7 +37,8 @@ pub struct TaskEntry {
     /// When it last became ready (not counting a declined or unanswered offer), until an agent
     /// takes it.
     pub ready_since: Option<Instant>,
-    /// The current attempt's last reported speed (`None` once it stops running).
+    /// The current attempt's last reported speed (`None` once it stops running). Kept apart from
+    /// `last_progress`, which a stage or validation event (no speed) replaces between steps.
     pub rate: Option<Rate>,
     /// The owner's event counts (shared).
     pub tally: Tally,
