@@ -171,7 +171,7 @@ mod tests {
     use super::super::core::*;
     use super::super::tests::{plan, reg, settings};
     use crate::experiment::ExperimentId;
-    use shared::task::{AgentId, TaskId};
+    use shared::task::{AgentId, ProgressEvent, TaskId};
     use std::time::Duration;
 
     /// The histogram's `(sum, count)` as `/metrics` writes them.
@@ -224,9 +224,30 @@ mod tests {
         core.offer_reply(&a, session, &r(3), OfferAnswer::Accept, t0 + s(4.5))
             .unwrap();
         assert_eq!(queue_wait(&core), (3.5, 2.0));
+        // A validation between steps carries no speed: the step's stays reported.
+        let step = ProgressEvent::TrainStep {
+            epoch: 1,
+            step: 1,
+            total_steps: 2,
+            loss: 1.0,
+            lr: 1e-4,
+            tokens_per_s: 250.0,
+            memory_mib: 1,
+        };
+        let validation = ProgressEvent::Validation {
+            epoch: 1,
+            step: 1,
+            loss: 1.0,
+        };
+        core.progress(&a, session, &r(3), step, t0 + s(4.6));
+        core.progress(&a, session, &r(3), validation, t0 + s(4.7));
+        let rates = super::snapshot(&core).rates;
+        assert_eq!(rates.len(), 1);
+        assert_eq!(rates[0].rate, super::Rate::TrainTokensPerS(250.0));
 
         // Silent past the lease: an expiry, and the last attempt used up fails it (no retry).
         core.tick(t0 + s(10.0));
+        assert!(super::snapshot(&core).rates.is_empty(), "no longer running");
         assert_eq!(core.tally.lease_expiries.get(), 1);
         assert_eq!(core.tally.retries.get(), 1);
         let snap = super::snapshot(&core);
