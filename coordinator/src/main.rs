@@ -692,6 +692,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn results_downloads_into_a_folder_only_when_asked() {
+        let cli =
+            Cli::try_parse_from(["coordinator", "results", "e1", "--download", "runs/e1"]).unwrap();
+        let Cmd::Results {
+            experiment,
+            download,
+            ..
+        } = cli.command
+        else {
+            panic!("results")
+        };
+        assert_eq!(experiment, "e1");
+        assert_eq!(download, Some(PathBuf::from("runs/e1")));
+        let cli = Cli::try_parse_from(["coordinator", "results", "e1"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Results { download: None, .. }));
+    }
+
+    #[test]
     fn run_and_submit_take_the_experiment_scope() {
         let cli = Cli::try_parse_from(["coordinator", "run", "--offline", "--experiment", "llm"])
             .unwrap();
