@@ -7,7 +7,8 @@
 //! [`prepare`] config → plan, with [`hub_data`] the dataset and model configs from the hub;
 //! [`plan`] the dry run (`coordinator plan`); [`cache`] the prediction cache shared across
 //! experiments; [`single_box`] `coordinator run`; [`progress`] terminal bars;
-//! [`report`] the verdict, plots and HTML.
+//! [`report`] the verdict, plots and HTML; [`results_download`] `results --download` (an output
+//! folder streamed into a local one).
 pub mod artifacts;
 pub mod cache;
 pub mod experiment;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod prepare;
 pub mod progress;
 pub mod report;
+pub mod results_download;
 pub mod server;
 pub mod single_box;
 pub mod state;

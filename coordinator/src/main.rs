@@ -61,9 +61,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print an experiment's `results.json`.
+    /// Print an experiment's `results.json`, or download its whole output folder.
     Results {
         experiment: String,
+        /// Write the finished experiment's whole output folder (results.json, predictions,
+        /// plots, report.html, ...) into DIR, each file checked against its SHA-256.
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -153,12 +157,13 @@ struct ServeArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, env = "SIZESPEC_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Also serve the live experiment page (plain HTTP, unauthenticated) on this address, e.g.
-    /// 127.0.0.1:8080; a bare port listens on loopback only.
+    /// Also serve the live experiment page, /healthz and Prometheus /metrics (plain HTTP,
+    /// unauthenticated) on this address, e.g. 127.0.0.1:8080; a bare port listens on loopback
+    /// only.
     #[arg(long, env = "SIZESPEC_HTTP_LISTEN")]
     http_listen: Option<String>,
-    /// A host name the live page also answers for (repeatable), e.g. the name of a reverse proxy
-    /// in front of it. Without it, only localhost, 127.0.0.1, [::1] and the address a request
+    /// A host name the live page and /metrics also answer for (repeatable), e.g. the name of a
+    /// reverse proxy in front of it or the name Prometheus scrapes. Without it, only localhost, 127.0.0.1, [::1] and the address a request
     /// arrives on are answered (DNS rebinding protection).
     #[arg(
         long = "allowed-host",
@@ -631,6 +636,34 @@ async fn main() -> Result<()> {
         } => watch(&mut client(&ca).await?, &experiment).await,
         Cmd::Results {
             experiment,
+            download: Some(dir),
+            client: ca,
+        } => {
+            let stream = client(&ca)
+                .await?
+                .download_results(pb::ResultsRequest {
+                    experiment_id: experiment.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("results {experiment}: {}", s.message()))?
+                .into_inner();
+            let got = coordinator::results_download::receive(stream, &dir)
+                .await
+                .with_context(|| format!("downloading `{experiment}` into {}", dir.display()))?;
+            println!(
+                "{} files, {} bytes written to {}",
+                got.files.len(),
+                got.bytes,
+                dir.display()
+            );
+            if got.files.iter().any(|f| f == "report.html") {
+                println!("report: {}", dir.join("report.html").display());
+            }
+            Ok(())
+        }
+        Cmd::Results {
+            experiment,
+            download: None,
             client: ca,
         } => {
             let r = client(&ca)
@@ -657,6 +690,24 @@ async fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_downloads_into_a_folder_only_when_asked() {
+        let cli =
+            Cli::try_parse_from(["coordinator", "results", "e1", "--download", "runs/e1"]).unwrap();
+        let Cmd::Results {
+            experiment,
+            download,
+            ..
+        } = cli.command
+        else {
+            panic!("results")
+        };
+        assert_eq!(experiment, "e1");
+        assert_eq!(download, Some(PathBuf::from("runs/e1")));
+        let cli = Cli::try_parse_from(["coordinator", "results", "e1"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Results { download: None, .. }));
+    }
 
     #[test]
     fn run_and_submit_take_the_experiment_scope() {

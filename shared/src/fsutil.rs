@@ -113,6 +113,13 @@ impl AtomicPath {
     }
 }
 
+/// Whether a file name is one of [`AtomicFile`]'s or [`AtomicPath`]'s temp files
+/// (`.{name}.<random>.tmp`, `.{name}.<random>.tmp.{extension}`), which a crash mid-write can
+/// leave behind: never a finished output.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && (name.ends_with(".tmp") || name.contains(".tmp."))
+}
+
 /// Writes `path` atomically with whatever `write` streams into it; the file appears only if
 /// `write` returns `Ok` (its value is returned).
 pub fn write_atomic_with<T>(
@@ -162,6 +169,26 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect()
+    }
+
+    #[test]
+    fn temp_names_are_recognised_and_outputs_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = AtomicFile::create(&dir.path().join("results.json")).unwrap();
+        let p = AtomicPath::create(&dir.path().join("plot.png"), "png").unwrap();
+        for tmp in names(dir.path()) {
+            assert!(is_temp_name(tmp.to_str().unwrap()), "{tmp:?}");
+        }
+        drop((f, p));
+        for name in [
+            "results.json",
+            "plot.png",
+            ".sizespec",
+            "report.tmpl.html",
+            "a.tmp",
+        ] {
+            assert!(!is_temp_name(name), "{name}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `ControlService`: what the CLI calls (submit, watch, status, results).
+//! `ControlService`: what the CLI calls (submit, watch, status, results, results --download).
 use super::{ServerError, view};
 use crate::experiment::ExperimentId;
 use crate::prepare::Planner;
@@ -105,6 +105,47 @@ impl ControlService for ControlSvc {
             results_json,
             output_dir: dir.display().to_string(),
         }))
+    }
+
+    type DownloadResultsStream = super::results_stream::Chunks;
+
+    /// Only finished experiments (succeeded or failed): the output folder is written once every
+    /// task ended, so a running experiment's would be empty or half written.
+    async fn download_results(
+        &self,
+        req: Request<pb::ResultsRequest>,
+    ) -> Result<Response<Self::DownloadResultsStream>, Status> {
+        let experiment = experiment_id(req.into_inner().experiment_id)?;
+        let name = experiment.0.clone();
+        let (dir, finished) = self
+            .state
+            .ask(|reply| Command::Results { experiment, reply })
+            .await
+            .map_err(ServerError::from)?
+            .map_err(ServerError::from)?;
+        if !finished {
+            return Err(Status::failed_precondition(format!(
+                "experiment `{name}` is still running: its output folder is written once every \
+                 task has ended; `watch` it first"
+            )));
+        }
+        match tokio::fs::symlink_metadata(&dir).await {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "experiment `{name}`: its output path {} is not a folder (a symbolic link \
+                     is not followed)",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(Status::not_found(format!(
+                    "experiment `{name}`: output folder {}: {e}",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(Response::new(super::results_stream::stream_folder(dir)))
     }
 }
 

@@ -1,11 +1,15 @@
 //! The live experiment page over plain HTTP/1.1 (read-only, unauthenticated: bind it to loopback
 //! or put it behind your own proxy): `/` the page, `/api/state` its JSON, `/report/...` the report,
 //! `/healthz` a plain-text liveness answer for probes (kubelet cannot send gRPC health checks over
-//! TLS, so with TLS on this is the coordinator's only probe-able endpoint).
+//! TLS, so with TLS on this is the coordinator's only probe-able endpoint), `/metrics` the
+//! Prometheus metrics (`super::metrics`).
 //!
 //! Every request but `/healthz` must name an allowed `Host` ([`AllowedHosts`]), so a web page
 //! whose own name an attacker points at this address (DNS rebinding) cannot read the experiment.
 //! `/healthz` answers any Host: probes send the pod's IP, and "ok" tells nobody anything.
+//! `/metrics` names experiments, tasks and agents, so it keeps the Host check: Prometheus scrapes
+//! a pod's or host's `IP:port`, which names the address the request arrives on and is answered;
+//! a scrape through a DNS name needs that name in `--allowed-host`.
 use crate::state::{Command, StateHandle};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -162,12 +166,22 @@ async fn handle(
             }
         }
     }
-    let Ok((live, dir)) = state.ask(|reply| Command::Live { reply }).await else {
-        return Ok(reply(
+    let down = || {
+        reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "shutting down",
-        ));
+        )
+    };
+    if path == "/metrics" {
+        let Ok(snapshot) = state.ask(|reply| Command::Metrics { reply }).await else {
+            return Ok(down());
+        };
+        let text = super::metrics::encode_snapshot(&snapshot);
+        return Ok(reply(StatusCode::OK, super::metrics::CONTENT_TYPE, text));
+    }
+    let Ok((live, dir)) = state.ask(|reply| Command::Live { reply }).await else {
+        return Ok(down());
     };
     Ok(match path.as_str() {
         // Reached only when the state owner answered: a live coordinator, not just an open port.

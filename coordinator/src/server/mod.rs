@@ -5,6 +5,8 @@ mod artifact_svc;
 mod control_svc;
 pub mod convert;
 pub mod live_http;
+pub mod metrics;
+mod results_stream;
 pub mod view;
 
 pub use crate::prepare::Planner;

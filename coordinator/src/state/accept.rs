@@ -23,9 +23,12 @@ impl Core {
         if !matches!(&t.state, TaskState::Offered { agent: held } if held == agent) {
             return;
         }
-        if let Err(e) = t.step(TaskEvent::Accept {
-            agent: agent.clone(),
-        }) {
+        if let Err(e) = t.step(
+            TaskEvent::Accept {
+                agent: agent.clone(),
+            },
+            now,
+        ) {
             tracing::error!(task = %r.task.0, error = %e, "implied accept refused");
             return;
         }

@@ -1,10 +1,11 @@
 //! The coordinator's state and its event handlers. Synchronous and free of I/O: each handler
 //! mutates the state and queues effects (messages to agents, journal writes, watcher notices) that
 //! the owner task ([`super::spawn`]) carries out. That keeps every decision testable without a network.
+pub use super::task::TaskEntry;
+pub(super) use super::task::new_task;
 pub use super::types::*;
 use crate::experiment::{ExperimentId, ExperimentPlan, TaskPayload};
 use crate::journal::{ExperimentJournal, Restored, TaskJournal};
-use crate::outcome::TaskOutput;
 use shared::task::{
     AgentId, IllegalTransition, PredictionRow, ProgressEvent, TaskEvent, TaskId, TaskState,
 };
@@ -33,42 +34,6 @@ pub struct Placement {
     pub agent: AgentId,
     pub session: u64,
     pub device_uuid: String,
-}
-
-#[derive(Debug)]
-pub struct TaskEntry {
-    pub state: TaskState,
-    /// Why it failed or was cancelled (empty otherwise).
-    pub detail: String,
-    /// Offer sequence number (the wire `attempt`).
-    pub attempt: u32,
-    /// Times the task was lost or failed on an agent.
-    pub losses: u32,
-    pub placed: Option<Placement>,
-    pub deadline: Option<Instant>,
-    /// (agent, device) pairs that declined the current offer round.
-    pub declined: HashSet<(AgentId, String)>,
-    /// Received predictions by sample id (persisted before they count).
-    pub predictions: BTreeMap<String, PredictionRow>,
-    pub output: Option<TaskOutput>,
-    pub ran_on: Option<AgentId>,
-    pub last_progress: Option<ProgressEvent>,
-    /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
-    pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
-    /// Why it is ready but not placed (`None` once placed).
-    pub wait: Option<super::wait::Wait>,
-    /// The current attempt runs because a message about it came before its accept; that accept,
-    /// when it arrives, is expected and changes nothing.
-    pub accept_implied: bool,
-}
-
-impl TaskEntry {
-    /// Moves the task to the state `event` leads to (`TaskState::transition`, the one place states
-    /// change); an illegal event leaves the entry as it was.
-    pub(super) fn step(&mut self, event: TaskEvent) -> Result<(), IllegalTransition> {
-        self.state = self.state.clone().transition(event)?;
-        Ok(())
-    }
 }
 
 #[derive(Debug)]
@@ -137,6 +102,8 @@ pub struct Core {
     pub experiments: Vec<ExperimentEntry>,
     next_session: u64,
     pub fx: Effects,
+    /// Retries, lease expiries and queue waits since start (`/metrics`).
+    pub tally: super::metrics::Tally,
 }
 
 /// Why a request from the CLI or an agent was refused.
@@ -211,7 +178,7 @@ impl Core {
         let mut tasks: Vec<TaskEntry> = plan
             .tasks
             .iter()
-            .map(|_| new_task(TaskState::Pending, 0, None, None))
+            .map(|_| new_task(TaskState::Pending, 0, None, None, &self.tally))
             .collect();
         seed_cached(&plan, &mut tasks);
         let entry = ExperimentEntry {
@@ -242,6 +209,7 @@ impl Core {
                 j.map_or(0, |j| j.attempt),
                 j.and_then(|j| j.output.clone()),
                 j.and_then(|j| j.ran_on.clone()),
+                &self.tally,
             );
             entry.detail = j.map(|j| j.detail.clone()).unwrap_or_default();
             for row in r.predictions.get(&t.spec.id).into_iter().flatten() {
@@ -418,7 +386,7 @@ impl Core {
                 agent: agent.clone(),
             },
         };
-        t.step(event).map_err(illegal(r))?;
+        t.step(event, now).map_err(illegal(r))?;
         let device = t
             .placed
             .as_ref()
@@ -465,6 +433,9 @@ impl Core {
                 t.curve.push((*step, None, Some(*loss)))
             }
             _ => {}
+        }
+        if let Some(rate) = super::metrics::Rate::of(&event) {
+            t.rate = Some(rate);
         }
         t.last_progress = Some(event.clone());
         self.fx.notices.push(Notice::Progress(
@@ -567,7 +538,7 @@ impl Core {
             // Not the task's fault (the agent is shutting down): back to the queue, not counted.
             Outcome::Cancelled(_) => TaskEvent::Requeue,
         };
-        t.step(event).map_err(illegal(r))?;
+        t.step(event, now).map_err(illegal(r))?;
         let device = t.placed.take().map(|p| p.device_uuid).unwrap_or_default();
         t.deadline = None;
         match outcome {
@@ -630,12 +601,13 @@ impl Core {
         }
         for (exp, task, attempt, pl) in expired {
             tracing::warn!(task = %task.0, agent = %pl.agent.0, "lease expired: re-queueing");
+            self.tally.lease_expiries.inc();
             let r = TaskRef {
                 experiment: exp,
                 task,
                 attempt,
             };
-            if let Err(e) = self.lose_task(&r, "lease expired (no heartbeat or progress)") {
+            if let Err(e) = self.lose_task(&r, "lease expired (no heartbeat or progress)", now) {
                 tracing::error!(error = %e, "lease expiry");
                 continue;
             }
@@ -652,7 +624,7 @@ impl Core {
         self.schedule(now);
     }
 
-    fn lose_agent_tasks(&mut self, agent: &AgentId, why: &str, _now: Instant) {
+    fn lose_agent_tasks(&mut self, agent: &AgentId, why: &str, now: Instant) {
         let mut lost = Vec::new();
         for e in &self.experiments {
             for (p, t) in e.plan.tasks.iter().zip(&e.tasks) {
@@ -666,7 +638,7 @@ impl Core {
             }
         }
         for r in lost {
-            if let Err(e) = self.lose_task(&r, why) {
+            if let Err(e) = self.lose_task(&r, why, now) {
                 tracing::error!(error = %e, "losing an agent's task");
             }
         }
@@ -678,7 +650,7 @@ impl Core {
     }
 
     /// A placed task lost its agent: back to the queue, or failed once attempts are used up.
-    fn lose_task(&mut self, r: &TaskRef, why: &str) -> Result<(), CoreError> {
+    fn lose_task(&mut self, r: &TaskRef, why: &str, now: Instant) -> Result<(), CoreError> {
         let max_attempts = self.settings.max_attempts;
         let Some(ei) = self.exp_index(&r.experiment) else {
             return Ok(());
@@ -699,7 +671,7 @@ impl Core {
             _ => TaskEvent::Requeue,
         };
         let counted = counted.is_some();
-        t.step(event).map_err(illegal(r))?;
+        t.step(event, now).map_err(illegal(r))?;
         t.placed = None;
         t.deadline = None;
         if counted {
@@ -734,30 +706,6 @@ impl Core {
         self.fx
             .io
             .push(Io::SaveState(e.plan.id.clone(), e.journal()));
-    }
-}
-
-pub(super) fn new_task(
-    state: TaskState,
-    attempt: u32,
-    output: Option<TaskOutput>,
-    ran_on: Option<AgentId>,
-) -> TaskEntry {
-    TaskEntry {
-        state,
-        detail: String::new(),
-        attempt,
-        losses: 0,
-        placed: None,
-        deadline: None,
-        declined: HashSet::new(),
-        predictions: BTreeMap::new(),
-        output,
-        ran_on,
-        last_progress: None,
-        curve: Vec::new(),
-        wait: None,
-        accept_implied: false,
     }
 }
 

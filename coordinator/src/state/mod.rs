@@ -8,8 +8,10 @@ pub mod core;
 #[cfg(test)]
 mod fault_tests;
 pub mod live;
+pub mod metrics;
 mod sched;
 pub mod status;
+mod task;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -90,6 +92,10 @@ pub enum Command {
     /// The live page's snapshot and the followed experiment's output folder.
     Live {
         reply: oneshot::Sender<(crate::report::live::LiveState, Option<PathBuf>)>,
+    },
+    /// The numbers `/metrics` reports.
+    Metrics {
+        reply: oneshot::Sender<metrics::MetricsSnapshot>,
     },
     /// The output folder and whether the experiment has finished.
     Results {
@@ -288,6 +294,9 @@ impl Owner {
                     &self.core,
                     crate::outputs::results::now_rfc3339(),
                 ));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(metrics::snapshot(&self.core));
             }
             Command::Results { experiment, reply } => {
                 let res = match self.core.experiment(&experiment) {

@@ -22,10 +22,10 @@ impl Core {
             if self.experiments[ei].state != ExperimentState::Running {
                 continue;
             }
-            let mut changed = self.promote(ei, largest);
+            let mut changed = self.promote(ei, largest, now);
             for ti in 0..self.experiments[ei].tasks.len() {
                 if self.experiments[ei].tasks[ti].state == TaskState::Ready
-                    && (self.complete_from_cache(ei, ti)
+                    && (self.complete_from_cache(ei, ti, now)
                         || self.place(ei, ti, now)
                         || self.note_wait(ei, ti, now))
                 {
@@ -45,7 +45,7 @@ impl Core {
 
     /// Pending → Ready when dependencies succeeded, → Cancelled when one did not; tasks larger than
     /// every registered device fail with the numbers.
-    fn promote(&mut self, ei: usize, largest: Option<u64>) -> bool {
+    fn promote(&mut self, ei: usize, largest: Option<u64>, now: Instant) -> bool {
         let mut changed = false;
         let exp_id = self.experiments[ei].plan.id.clone();
         for ti in 0..self.experiments[ei].tasks.len() {
@@ -96,7 +96,7 @@ impl Core {
             if let Some((ev, why)) = event {
                 let task = self.experiments[ei].plan.tasks[ti].spec.id.clone();
                 let t = &mut self.experiments[ei].tasks[ti];
-                if let Err(e) = t.step(ev) {
+                if let Err(e) = t.step(ev, now) {
                     tracing::error!(experiment = %exp_id, task = %task.0, error = %e, "refused");
                     continue;
                 }
@@ -110,7 +110,7 @@ impl Core {
 
     /// A ready evaluation whose every sample has a row from the prediction cache succeeds without
     /// an agent, with the performance of the run that computed the rows.
-    fn complete_from_cache(&mut self, ei: usize, ti: usize) -> bool {
+    fn complete_from_cache(&mut self, ei: usize, ti: usize, now: Instant) -> bool {
         let e = &self.experiments[ei];
         let (spec, t) = (&e.plan.tasks[ti].spec, &e.tasks[ti]);
         let TaskPayload::Evaluate(p) = &e.plan.tasks[ti].payload else {
@@ -130,7 +130,7 @@ impl Core {
         }
         let (exp, task) = (e.plan.id.clone(), spec.id.clone());
         let t = &mut self.experiments[ei].tasks[ti];
-        if let Err(e) = t.step(TaskEvent::FromCache) {
+        if let Err(e) = t.step(TaskEvent::FromCache, now) {
             tracing::error!(task = %task.0, error = %e, "refused");
             return false;
         }
@@ -194,7 +194,7 @@ impl Core {
         let offer = TaskEvent::Offer {
             agent: agent.clone(),
         };
-        if let Err(e) = t.step(offer) {
+        if let Err(e) = t.step(offer, now) {
             tracing::error!(task = %spec.id.0, error = %e, "offer refused");
             return false;
         }

@@ -107,7 +107,7 @@ impl Core {
         }
         let waited = starved_since.map(|s| now.duration_since(s));
         if let Some(w) = waited.filter(|w| *w >= timeout) {
-            if let Err(err) = t.step(TaskEvent::Unplaceable) {
+            if let Err(err) = t.step(TaskEvent::Unplaceable, now) {
                 tracing::error!(experiment = %exp, task = %task.0, error = %err, "refused");
                 return false;
             }
