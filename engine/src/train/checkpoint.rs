@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use crate::peft::{AdapterConfig, PeftAdapter};
 
+/// The checkpoint folder inside a finetune job's output folder ([`crate::job::finetune`]).
+pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ADAPTER_DIR: &str = "adapter";
