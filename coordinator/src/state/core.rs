@@ -52,6 +52,8 @@ pub struct TaskEntry {
     pub predictions: BTreeMap<String, PredictionRow>,
     pub output: Option<TaskOutput>,
     pub ran_on: Option<AgentId>,
+    /// A finetune's latest checkpoint (`checkpoint.rs`).
+    pub checkpoint: Option<CheckpointRef>,
     pub last_progress: Option<ProgressEvent>,
     /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
@@ -99,6 +101,7 @@ impl ExperimentEntry {
                         attempt: t.attempt,
                         output: t.output.clone(),
                         ran_on: t.ran_on.clone(),
+                        checkpoint: t.checkpoint.clone(),
                     };
                     (p.spec.id.clone(), tj)
                 })
@@ -244,6 +247,7 @@ impl Core {
                 j.and_then(|j| j.ran_on.clone()),
             );
             entry.detail = j.map(|j| j.detail.clone()).unwrap_or_default();
+            entry.checkpoint = j.and_then(|j| j.checkpoint.clone());
             for row in r.predictions.get(&t.spec.id).into_iter().flatten() {
                 entry
                     .predictions
@@ -558,6 +562,7 @@ impl Core {
                 state: t.state.clone(),
             });
         }
+        let outcome = super::checkpoint::name_resume(outcome, t.checkpoint.as_ref(), agent);
         let by = || agent.clone();
         let event = match &outcome {
             Outcome::Done(_) => TaskEvent::Succeed { agent: by() },
@@ -754,6 +759,7 @@ pub(super) fn new_task(
         predictions: BTreeMap::new(),
         output,
         ran_on,
+        checkpoint: None,
         last_progress: None,
         curve: Vec::new(),
         wait: None,

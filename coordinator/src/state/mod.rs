@@ -4,6 +4,7 @@
 //! reports back when one is written; messages to agents; watcher events). Everything else talks
 //! to it through a [`StateHandle`].
 mod accept;
+mod checkpoint;
 pub mod core;
 #[cfg(test)]
 mod fault_tests;
@@ -52,6 +53,11 @@ pub enum AgentEvent {
     Result {
         task: TaskRef,
         outcome: Outcome,
+    },
+    /// A finetune checkpoint is stored in full.
+    Checkpoint {
+        task: TaskRef,
+        checkpoint: self::core::SavedCheckpoint,
     },
 }
 
@@ -259,6 +265,11 @@ impl Owner {
                     }
                     AgentEvent::Result { task, outcome } => {
                         self.core.result(&agent, session, &task, outcome, now)
+                    }
+                    AgentEvent::Checkpoint { task, checkpoint } => {
+                        self.core
+                            .checkpoint(&agent, session, &task, checkpoint, now);
+                        Ok(())
                     }
                 };
                 if let Err(e) = res {

@@ -187,6 +187,7 @@ impl Core {
             return false;
         };
         let payload = self.offer_payload(ei, ti);
+        let resume = self.experiments[ei].tasks[ti].checkpoint.clone();
         let lease = self.settings.lease;
         let e = &mut self.experiments[ei];
         let spec = e.plan.tasks[ti].spec.clone();
@@ -231,6 +232,7 @@ impl Core {
                 spec,
                 device_uuid,
                 payload: Box::new(payload),
+                resume,
             },
         ));
         true
