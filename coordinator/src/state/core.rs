@@ -52,8 +52,9 @@ pub struct TaskEntry {
     pub predictions: BTreeMap<String, PredictionRow>,
     pub output: Option<TaskOutput>,
     pub ran_on: Option<AgentId>,
-    /// A finetune's latest checkpoint (`checkpoint.rs`).
+    /// A finetune's latest checkpoint, and the one offered to the current attempt (`checkpoint.rs`).
     pub checkpoint: Option<CheckpointRef>,
+    pub resume_offered: Option<CheckpointRef>,
     pub last_progress: Option<ProgressEvent>,
     /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
@@ -562,7 +563,7 @@ impl Core {
                 state: t.state.clone(),
             });
         }
-        let outcome = super::checkpoint::name_resume(outcome, t.checkpoint.as_ref(), agent);
+        let outcome = super::checkpoint::name_resume(outcome, t.resume_offered.as_ref(), agent);
         let by = || agent.clone();
         let event = match &outcome {
             Outcome::Done(_) => TaskEvent::Succeed { agent: by() },
@@ -760,6 +761,7 @@ pub(super) fn new_task(
         output,
         ran_on,
         checkpoint: None,
+        resume_offered: None,
         last_progress: None,
         curve: Vec::new(),
         wait: None,

@@ -201,6 +201,7 @@ impl Core {
         }
         t.attempt += 1;
         t.accept_implied = false;
+        t.resume_offered = resume.clone();
         t.wait = None;
         t.placed = Some(Placement {
             agent: agent.clone(),
