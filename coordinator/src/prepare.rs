@@ -414,6 +414,7 @@ mod tests {
             outputs_root: PathBuf::from("/data/outputs"),
             env: Default::default(),
             hub: no_hub(),
+            cache: None,
         };
         let mut seen = std::collections::BTreeSet::new();
         for output in ["/etc/x", "../../x", "runs/offline-smollm2"] {

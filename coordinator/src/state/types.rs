@@ -110,6 +110,9 @@ pub enum OfferAnswer {
 
 /// A message for an agent.
 #[derive(Debug, Clone, PartialEq)]
+// Offers are few (one per placement) and move once through a channel: their size costs nothing
+// worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum ToAgent {
     /// The registration was accepted (always the session's first message).
     Registered {
