@@ -5,6 +5,8 @@
 //! to it through a [`StateHandle`].
 mod accept;
 mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
 pub mod core;
 #[cfg(test)]
 mod fault_tests;
