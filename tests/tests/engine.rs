@@ -328,6 +328,14 @@ async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64
     stop.cancel();
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    if kill {
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(
+            report.contains("lost its agent (cpu-a) and resumed from its checkpoint at step")
+                && report.contains("on cpu-b"),
+            "the report says the finetune resumed"
+        );
+    }
     (results, stored_adapter(&data), step)
 }
 
