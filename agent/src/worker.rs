@@ -9,6 +9,7 @@
 //!
 //! Contract used by the gRPC session: `DeviceSpec`, `Job`, `WorkerEvent`, `JobOutput`,
 //! `EvalPerf`, `TrainSummary`, `Worker::{spawn, submit}`.
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
@@ -31,6 +32,13 @@ pub enum WorkerEvent {
     Progress(ProgressEvent),
     /// A batch of predictions, sent as soon as its generation batch is done.
     Predictions(Vec<PredictionRow>),
+    /// A finetune checkpoint, staged for upload in `dir` ([`crate::checkpoint::stage`]'s layout;
+    /// the folder is the receiver's to remove).
+    Checkpoint {
+        dir: PathBuf,
+        step: u64,
+        epoch: u32,
+    },
     Finished(JobOutput),
     /// The job failed or was cancelled (the message says which and why).
     Failed(String),
@@ -206,5 +214,25 @@ impl JobSink for ChannelSink {
 
     fn predictions(&self, rows: Vec<PredictionRow>) {
         self.send(WorkerEvent::Predictions(rows));
+    }
+
+    /// Stages the checkpoint beside its folder (`checkpoint-uploads/step-<N>`), so the upload
+    /// reads this checkpoint's bytes while training goes on. A checkpoint that cannot be staged is
+    /// logged and skipped: training does not stop for it.
+    fn checkpoint(&self, dir: &Path, state: &engine::train::TrainerState) {
+        let step = state.global_step;
+        let to = dir
+            .parent()
+            .unwrap_or(dir)
+            .join("checkpoint-uploads")
+            .join(format!("step-{step}"));
+        match crate::checkpoint::stage(dir, &to) {
+            Ok(_) => self.send(WorkerEvent::Checkpoint {
+                dir: to,
+                step,
+                epoch: state.epochs_completed,
+            }),
+            Err(e) => tracing::warn!(step, error = %e, "could not stage the checkpoint for upload"),
+        }
     }
 }

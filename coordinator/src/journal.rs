@@ -46,6 +46,9 @@ pub struct TaskJournal {
     pub output: Option<TaskOutput>,
     /// The agent that ran a finetune (its eval prefers that agent).
     pub ran_on: Option<AgentId>,
+    /// A finetune's latest checkpoint: a re-queued finetune resumes from it.
+    #[serde(default)]
+    pub checkpoint: Option<crate::state::core::CheckpointRef>,
 }
 
 /// All tasks' persisted progress for one experiment.

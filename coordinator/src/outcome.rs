@@ -37,6 +37,10 @@ pub struct TrainingOutcome {
     pub peak_memory_mib: u64,
     pub device_name: String,
     pub curve: Vec<CurvePoint>,
+    /// The run resumed from a checkpoint of an earlier attempt (agents filled in by the state
+    /// owner when the result arrives).
+    #[serde(default)]
+    pub resumed: Option<shared::results::Resumed>,
 }
 
 /// A task's output.

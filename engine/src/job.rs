@@ -105,6 +105,12 @@ pub trait JobSink {
     fn progress(&self, event: ProgressEvent);
     /// A batch of predictions, sent as soon as its generation batch is done.
     fn predictions(&self, rows: Vec<PredictionRow>);
+    /// A finetune wrote a complete checkpoint into `dir` (its state is `state`). Called on the
+    /// compute thread before the next optimiser step: `dir` is overwritten by the next checkpoint,
+    /// so an implementation that keeps it (to upload) copies it first. Default: nothing.
+    fn checkpoint(&self, dir: &std::path::Path, state: &crate::train::TrainerState) {
+        let _ = (dir, state);
+    }
     /// The job entered stage `name` ("loading", "training", ...).
     fn stage(&self, name: &str) {
         self.progress(ProgressEvent::Stage {
@@ -149,6 +155,8 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     pub peak_mem_mib: u64,
     pub device_name: String,
+    /// The step of the checkpoint the run resumed from; `None` when it trained from step 0.
+    pub resumed_from_step: Option<u64>,
 }
 
 /// Why a job failed.
@@ -422,7 +430,8 @@ pub fn evaluate(
 }
 
 /// LoRA-finetunes `model` on the payload; the adapter goes to `out_dir/adapter` (PEFT layout) and
-/// epoch checkpoints to `out_dir/checkpoint` (a rerun of the same task resumes from them).
+/// checkpoints to `out_dir/checkpoint` (a run finding one there resumes from it; the agent puts a
+/// downloaded checkpoint there), each reported to `sink` ([`JobSink::checkpoint`]).
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     model: &mut Model,
@@ -455,13 +464,13 @@ pub fn finetune(
         },
         layout,
         pad_id: tok.pad_id(),
-        checkpoint_dir: Some(out_dir.join("checkpoint")),
+        checkpoint_dir: Some(out_dir.join(crate::train::checkpoint::CHECKPOINT_DIR)),
         resume: Resume::IfPresent,
         base_model: task.model.name.clone(),
         revision: task.model.revision.clone(),
     };
     sink.stage("training");
-    let out = crate::train::train(
+    let out = crate::train::train_with(
         model,
         &train,
         &val,
@@ -470,6 +479,7 @@ pub fn finetune(
         &opts,
         cancel,
         |e| sink.progress(e),
+        |dir, state| sink.checkpoint(dir, state),
     )?;
     sink.stage("saving adapter");
     let adapter_dir = out_dir.join("adapter");
@@ -494,6 +504,7 @@ pub fn finetune(
         train_s: out.train_seconds,
         peak_mem_mib: peak_memory_mib(model.device()),
         device_name: device_name(spec),
+        resumed_from_step: out.resumed_from,
     })
 }
 

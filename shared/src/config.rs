@@ -128,6 +128,12 @@ pub enum Batching {
     LengthGrouped,
 }
 
+/// `training.checkpoint_every_s` by default: ten minutes of work at most is lost with an agent.
+pub const DEFAULT_CHECKPOINT_EVERY_S: u64 = 600;
+/// Bounds of a non-zero `training.checkpoint_every_s` (below, checkpoint uploads would crowd out
+/// training; above a day, the value is likely meant in milliseconds).
+pub const CHECKPOINT_EVERY_S_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
+
 /// LoRA training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,6 +161,12 @@ pub struct TrainingConfig {
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub seed: u64,
+    /// Save a resumable checkpoint (adapter, optimiser moments, data position, dropout stream)
+    /// every this many optimiser steps; 0 = not by step count. Epoch ends always checkpoint.
+    pub checkpoint_every_steps: u64,
+    /// Save a resumable checkpoint when this many seconds passed since the last one; 0 = not by
+    /// time. On a cluster the agent uploads each checkpoint, so a re-queued task resumes from it.
+    pub checkpoint_every_s: u64,
 }
 
 impl Default for TrainingConfig {
@@ -174,6 +186,8 @@ impl Default for TrainingConfig {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed: 42,
+            checkpoint_every_steps: 0,
+            checkpoint_every_s: DEFAULT_CHECKPOINT_EVERY_S,
         }
     }
 }

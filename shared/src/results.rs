@@ -145,6 +145,20 @@ pub struct TrainingMetrics {
     pub peak_memory_mib: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub curve: Vec<CurvePoint>,
+    /// The finetune lost its agent and resumed from a checkpoint on another attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resumed>,
+}
+
+/// Where a resumed finetune picked up: the checkpoint's step and who wrote and who resumed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// Optimiser steps done at the checkpoint (the run did the rest).
+    pub resumed_from_step: u64,
+    /// The agent that resumed and finished the run.
+    pub resumed_on_agent: String,
+    /// The agent whose checkpoint it was.
+    pub checkpoint_by_agent: String,
 }
 
 /// One evaluated model.

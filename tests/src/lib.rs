@@ -253,6 +253,7 @@ impl TaskRunner for FakeRunner {
                         peak_memory_mib: 100,
                         device_name: "fake device".into(),
                         curve: vec![(1, Some(2.0), None), (3, Some(2.0 / 3.0), Some(0.9))],
+                        resumed_from_step: None,
                     };
                     let _ = tx.send(RunEvent::Finetuned(rep)).await;
                 }

@@ -205,3 +205,163 @@ async fn the_real_engine_runs_an_experiment_over_grpc_and_placement_does_not_cha
     assert_eq!(one, two, "two agents predict exactly what one does");
     assert_eq!(exact, exact2);
 }
+
+/// Forwards a real runner's events until the first checkpoint, then withholds the rest: the agent
+/// looks busy (heartbeats go on) until the test kills it.
+struct StallAfterCheckpoint(WorkerRunner);
+
+impl TaskRunner for StallAfterCheckpoint {
+    fn run(
+        &self,
+        job: agent::rpc::runner::RunJob,
+        cancel: CancellationToken,
+    ) -> tokio::sync::mpsc::Receiver<agent::rpc::runner::RunEvent> {
+        use agent::rpc::runner::RunEvent;
+        let mut inner = self.0.run(job, cancel);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(ev) = inner.recv().await {
+                let stall = matches!(ev, RunEvent::Checkpoint { .. });
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// The finetune's adapter bytes in the coordinator's artifact store (checkpoints left out).
+fn stored_adapter(data: &Path) -> Vec<u8> {
+    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.ends_with("adapter_model.safetensors")
+                && !p.to_string_lossy().contains("checkpoint-")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&data.join("artifacts"), &mut found);
+    assert_eq!(found.len(), 1, "one final adapter: {found:?}");
+    std::fs::read(&found[0]).unwrap()
+}
+
+/// One experiment of [`plan`] with checkpoints every 4 steps and LoRA dropout on; with `kill`,
+/// agent `cpu-a` is killed once the coordinator journalled a checkpoint and `cpu-b` finishes.
+/// Returns the results.json, the final adapter bytes and the step of the checkpoint journalled
+/// when `cpu-a` was killed.
+async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny-model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let mut words = codes::words();
+    words.extend(prompt().system.split_whitespace().map(String::from));
+    Tiny {
+        hidden: 64,
+        intermediate: 128,
+        embed_scale: 0.3,
+        ..Tiny::default()
+    }
+    .write_hf_dir(&model_dir, 21, &words);
+    let out = dir.path().join("out");
+    let mut p = plan(&model_dir, &out);
+    for t in &mut p.tasks {
+        if let TaskPayload::Finetune(f) = &mut t.payload {
+            f.training.checkpoint_every_steps = 4;
+            f.training.epochs = 4;
+            f.lora.dropout = 0.1;
+        }
+    }
+    let data = dir.path().join("data");
+    let stop = CancellationToken::new();
+    let c = start_coordinator(&data, p, None, stop.clone()).await;
+    let url = format!("http://{}", c.addr);
+    let cpu = || WorkerRunner::spawn(DeviceSpec::Cpu).unwrap();
+    let first: Arc<dyn TaskRunner> = if kill {
+        Arc::new(StallAfterCheckpoint(cpu()))
+    } else {
+        Arc::new(cpu())
+    };
+    let a = start_agent(&url, "cpu-a", 64_000, first, None, &dir.path().join("a"));
+    let watch = tokio::spawn({
+        let url = url.clone();
+        async move { submit_and_wait(&url, None, Duration::from_secs(240)).await }
+    });
+    let state_file = data.join("experiments/tiny/state.json");
+    let checkpoint_step = || -> Option<u64> {
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+        j["tasks"]["finetune:SLM_Tiny"]["checkpoint"]["step"].as_u64()
+    };
+    let (b, step) = if kill {
+        let t0 = std::time::Instant::now();
+        while checkpoint_step().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no checkpoint journalled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let step = checkpoint_step();
+        tokio::task::spawn_blocking(move || a.kill()).await.unwrap();
+        let runner: Arc<dyn TaskRunner> = Arc::new(cpu());
+        let b = start_agent(&url, "cpu-b", 64_000, runner, None, &dir.path().join("b"));
+        (b, step)
+    } else {
+        (a, None)
+    };
+    let (_, state, events) = watch.await.unwrap();
+    assert_eq!(
+        state,
+        pb::ExperimentStateKind::ExperimentStateSucceeded as i32,
+        "{events:?}"
+    );
+    drop(b);
+    stop.cancel();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    if kill {
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(
+            report.contains("lost its agent (cpu-a) and resumed from its checkpoint at step")
+                && report.contains("on cpu-b"),
+            "the report says the finetune resumed"
+        );
+    }
+    (results, stored_adapter(&data), step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finetune_whose_agent_vanishes_resumes_from_its_checkpoint_on_another_agent() {
+    let (whole, want, _) = run_checkpointed(false).await;
+    let tm = &whole["SLM_Tiny_finetuned"]["training_metrics"];
+    assert!(tm.get("resumed").is_none(), "{tm}");
+
+    let (results, got, step) = run_checkpointed(true).await;
+    let step = step.expect("a journalled checkpoint");
+    assert!(step > 0);
+    let resumed = &results["SLM_Tiny_finetuned"]["training_metrics"]["resumed"];
+    assert_eq!(
+        resumed["resumed_from_step"].as_u64(),
+        Some(step),
+        "{resumed}"
+    );
+    assert_eq!(resumed["resumed_on_agent"], "cpu-b");
+    assert_eq!(resumed["checkpoint_by_agent"], "cpu-a");
+    assert_eq!(
+        results["SLM_Tiny_finetuned"]["training_metrics"]["steps"],
+        tm["steps"]
+    );
+    assert!(
+        got == want,
+        "the resumed adapter's bytes differ from the uninterrupted run's"
+    );
+}

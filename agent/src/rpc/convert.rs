@@ -27,6 +27,7 @@ pub fn training_summary(r: &FinetuneReport, adapter_artifact: String) -> pb::Tra
         tokens_per_s: r.tokens_per_s,
         peak_memory_mib: r.peak_memory_mib,
         device_name: r.device_name.clone(),
+        resumed_from_step: r.resumed_from_step,
         curve: r
             .curve
             .iter()

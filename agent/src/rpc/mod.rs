@@ -1,7 +1,9 @@
 //! The agent's side of the coordinator connection: dial, register, heartbeat, accept or decline
 //! offers after re-reading free memory, run tasks through a [`runner::TaskRunner`], stream
-//! progress and predictions, move adapters through the artifact service, reconnect with backoff.
+//! progress and predictions, move adapters and finetune checkpoints through the artifact service,
+//! reconnect with backoff.
 pub mod artifacts;
+pub mod checkpoints;
 pub mod convert;
 pub mod runner;
 pub mod session;

@@ -51,13 +51,22 @@ pub struct FinetuneReport {
     pub device_name: String,
     /// `(step, train loss, validation loss)`.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
+    /// The step of the checkpoint the run resumed from (`None`: from step 0).
+    pub resumed_from_step: Option<u64>,
 }
 
-/// What a running job reports. The stream ends after one of the last four.
+/// What a running job reports. The stream ends after one of the last five.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
     Progress(ProgressEvent),
     Predictions(Vec<PredictionRow>),
+    /// A finetune checkpoint staged for upload in `dir` ([`crate::checkpoint::stage`]'s layout,
+    /// the receiver removes it): `step` optimiser steps, `epoch` epochs completed.
+    Checkpoint {
+        dir: PathBuf,
+        step: u64,
+        epoch: u32,
+    },
     Evaluated(EvalReport),
     Finetuned(FinetuneReport),
     Failed(String),

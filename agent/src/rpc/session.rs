@@ -1,7 +1,7 @@
 //! One agent's life: connect, register, heartbeat, take offers one at a time, reconnect with
 //! exponential backoff; on shutdown, cancel the running job (it checkpoints) and report it.
 use super::runner::{RunEvent, RunJob, TaskRunner};
-use super::{Connection, RpcError, artifacts, convert};
+use super::{Connection, RpcError, artifacts, checkpoints, convert};
 use crate::probe::Probe;
 use proto::auth::AttachToken;
 use proto::limits::{MAX_MESSAGE_BYTES, MAX_PREDICTION_BATCH};
@@ -340,10 +340,14 @@ async fn run_task(
         TaskKind::Finetune => {
             let payload: FinetunePayload = serde_json::from_slice(&offer.payload_json)
                 .map_err(|e| format!("finetune payload: {e}"))?;
+            let out_dir = ctx.work_dir.join("adapters").join(&artifact);
+            if let Some(from) = &offer.resume {
+                fetch_checkpoint(ctx, from, &out_dir).await;
+            }
             RunJob::Finetune {
                 task: spec,
                 payload,
-                out_dir: ctx.work_dir.join("adapters").join(&artifact),
+                out_dir,
             }
         }
     };
@@ -365,6 +369,28 @@ async fn run_task(
                         rows: chunk.iter().map(Into::into).collect(),
                     };
                     let _ = send(Msg::Predictions(batch)).await;
+                }
+            }
+            RunEvent::Checkpoint { dir, step, epoch } => {
+                let name = format!("{artifact}/checkpoint-{step}");
+                match checkpoints::upload(&mut ctx.artifacts, &name, &dir).await {
+                    Ok(()) => {
+                        tracing::info!(artifact = %name, step, "checkpoint uploaded");
+                        let _ = send(Msg::Checkpoint(pb::CheckpointSaved {
+                            task: Some(r.clone()),
+                            artifact: name,
+                            step,
+                            epoch,
+                        }))
+                        .await;
+                    }
+                    // Training goes on; a re-queued task resumes from an earlier checkpoint.
+                    Err(e) => {
+                        tracing::warn!(artifact = %name, error = %e, "checkpoint upload failed")
+                    }
+                }
+                if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a staged checkpoint");
                 }
             }
             RunEvent::Evaluated(rep) => {
@@ -393,6 +419,27 @@ async fn run_task(
         }
     }
     Err("the worker stopped without a result".into())
+}
+
+/// Downloads the offer's checkpoint into `out_dir/checkpoint`, where the finetune resumes from it.
+/// A checkpoint that cannot be fetched is logged and the run starts from step 0 (its result then
+/// says it did not resume): slower, never wrong.
+async fn fetch_checkpoint(ctx: &mut TaskCtx, from: &pb::ResumeFrom, out_dir: &std::path::Path) {
+    let dir = out_dir.join(engine::train::checkpoint::CHECKPOINT_DIR);
+    let staging = out_dir.join("checkpoint-download");
+    match checkpoints::download(&mut ctx.artifacts, &from.artifact, &staging, &dir).await {
+        Ok(()) => tracing::info!(
+            artifact = %from.artifact,
+            step = from.step,
+            written_by = %from.agent_id,
+            "resuming from checkpoint"
+        ),
+        Err(e) => {
+            tracing::warn!(artifact = %from.artifact, error = %e, "could not fetch the checkpoint; training from step 0");
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+        }
+    }
 }
 
 /// The adapter's local folder: the one this agent trained, or a fresh download.

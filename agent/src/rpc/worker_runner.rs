@@ -62,6 +62,9 @@ impl TaskRunner for WorkerRunner {
                 let out = match ev {
                     WorkerEvent::Progress(p) => RunEvent::Progress(p),
                     WorkerEvent::Predictions(rows) => RunEvent::Predictions(rows),
+                    WorkerEvent::Checkpoint { dir, step, epoch } => {
+                        RunEvent::Checkpoint { dir, step, epoch }
+                    }
                     WorkerEvent::Finished(JobOutput::Evaluated(p)) => {
                         RunEvent::Evaluated(EvalReport {
                             load_s: p.load_s,
@@ -87,6 +90,7 @@ impl TaskRunner for WorkerRunner {
                             tokens_per_s: s.tokens_per_s,
                             peak_memory_mib: s.peak_mem_mib,
                             device_name: s.device_name,
+                            resumed_from_step: s.resumed_from_step,
                         })
                     }
                     // The worker reports a cancelled job as a failure; say which it was.

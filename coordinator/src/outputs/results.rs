@@ -19,6 +19,7 @@ fn training_metrics(t: &TrainingOutcome) -> TrainingMetrics {
         stopped_early: Some(t.stopped_early),
         tokens_per_s: Some(t.tokens_per_s),
         peak_memory_mib: Some(t.peak_memory_mib as f64),
+        resumed: t.resumed.clone(),
         curve: t
             .curve
             .iter()

@@ -93,6 +93,8 @@ pub struct Perf {
     pub train_steps: Option<f64>,
     pub final_train_loss: Option<f64>,
     pub best_validation_loss: Option<f64>,
+    /// The finetune resumed from another agent's checkpoint (results.json `training_metrics.resumed`).
+    pub resumed: Option<shared::results::Resumed>,
 }
 
 /// One point of a training curve.
@@ -237,6 +239,7 @@ fn perf_from(entry: Option<&ResultEntry>, training: Option<&Value>) -> Perf {
         best_validation_loss: tm
             .best_validation_loss
             .or_else(|| tnum(&["best_validation_loss", "best_val_loss"])),
+        resumed: tm.resumed,
     }
 }
 

@@ -219,9 +219,26 @@ fn perf_tables(input: &ReportInput) -> (Table, Option<Table>) {
             }
         })
         .collect();
+    let resumes: Vec<String> = input
+        .models
+        .iter()
+        .filter_map(|m| {
+            let r = m.perf.resumed.as_ref()?;
+            Some(format!(
+                " {} lost its agent ({}) and resumed from its checkpoint at step {} on {}.",
+                m.key.display(),
+                r.checkpoint_by_agent,
+                r.resumed_from_step,
+                r.resumed_on_agent
+            ))
+        })
+        .collect();
     let training = (!rows.is_empty()).then(|| Table {
         title: "LoRA training".into(),
-        note: "From training/<model key>.json (or results.json).".into(),
+        note: format!(
+            "From training/<model key>.json (or results.json).{}",
+            resumes.concat()
+        ),
         header: [
             "model",
             "train (s)",

@@ -78,6 +78,12 @@ fn training(t: pb::TrainingSummary) -> TrainingOutcome {
         tokens_per_s: t.tokens_per_s,
         peak_memory_mib: t.peak_memory_mib,
         device_name: t.device_name,
+        // Who wrote the checkpoint and who resumed it: the state owner knows (`Core::result`).
+        resumed: t.resumed_from_step.map(|step| shared::results::Resumed {
+            resumed_from_step: step,
+            resumed_on_agent: String::new(),
+            checkpoint_by_agent: String::new(),
+        }),
         curve: t
             .curve
             .into_iter()
@@ -140,6 +146,17 @@ pub fn agent_event(m: pb::AgentMessage) -> Result<Option<AgentEvent>, ConvertErr
             Msg::Predictions(b) => AgentEvent::Predictions {
                 task: task_ref(b.task)?,
                 rows: b.rows.into_iter().map(Into::into).collect(),
+            },
+            Msg::Checkpoint(c) => AgentEvent::Checkpoint {
+                task: task_ref(c.task)?,
+                checkpoint: crate::state::core::SavedCheckpoint {
+                    artifact: crate::artifacts::ArtifactName::parse(&c.artifact)
+                        .map_err(|_| ConvertError::Missing("checkpoint.artifact (a valid name)"))?
+                        .as_str()
+                        .to_string(),
+                    step: c.step,
+                    epoch: c.epoch,
+                },
             },
             Msg::Result(r) => {
                 use pb::task_result::Outcome as O;

@@ -34,6 +34,7 @@ pub fn to_agent_pb(msg: ToAgent) -> Result<pb::CoordinatorMessage, serde_json::E
             spec,
             device_uuid,
             payload,
+            resume,
         } => {
             let payload_json = match payload.as_ref() {
                 TaskPayload::Evaluate(p) => serde_json::to_vec(p)?,
@@ -45,6 +46,11 @@ pub fn to_agent_pb(msg: ToAgent) -> Result<pb::CoordinatorMessage, serde_json::E
                 device_uuid,
                 attempt: task.attempt,
                 payload_json,
+                resume: resume.map(|c| pb::ResumeFrom {
+                    artifact: c.saved.artifact,
+                    step: c.saved.step,
+                    agent_id: c.agent.0,
+                }),
             })
         }
         ToAgent::Cancel { task, reason } => Msg::Cancel(pb::CancelTask {

@@ -64,6 +64,7 @@ impl ExperimentEntry {
                         attempt: t.attempt,
                         output: t.output.clone(),
                         ran_on: t.ran_on.clone(),
+                        checkpoint: t.checkpoint.clone(),
                     };
                     (p.spec.id.clone(), tj)
                 })
@@ -212,6 +213,7 @@ impl Core {
                 &self.tally,
             );
             entry.detail = j.map(|j| j.detail.clone()).unwrap_or_default();
+            entry.checkpoint = j.and_then(|j| j.checkpoint.clone());
             for row in r.predictions.get(&t.spec.id).into_iter().flatten() {
                 entry
                     .predictions
@@ -529,6 +531,7 @@ impl Core {
                 state: t.state.clone(),
             });
         }
+        let outcome = super::checkpoint::name_resume(outcome, t.resume_offered.as_ref(), agent);
         let by = || agent.clone();
         let event = match &outcome {
             Outcome::Done(_) => TaskEvent::Succeed { agent: by() },

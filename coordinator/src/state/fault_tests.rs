@@ -218,6 +218,7 @@ fn a_finished_task_shows_no_stage() {
         peak_memory_mib: 1,
         device_name: "cpu".into(),
         curve: vec![],
+        resumed: None,
     };
     let done = Outcome::Done(crate::outcome::TaskOutput::Finetuned(tr));
     core.result(&a, s, &r, done, t0).unwrap();

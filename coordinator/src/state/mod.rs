@@ -4,6 +4,9 @@
 //! reports back when one is written; messages to agents; watcher events). Everything else talks
 //! to it through a [`StateHandle`].
 mod accept;
+mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
 pub mod core;
 #[cfg(test)]
 mod fault_tests;
@@ -54,6 +57,11 @@ pub enum AgentEvent {
     Result {
         task: TaskRef,
         outcome: Outcome,
+    },
+    /// A finetune checkpoint is stored in full.
+    Checkpoint {
+        task: TaskRef,
+        checkpoint: self::core::SavedCheckpoint,
     },
 }
 
@@ -265,6 +273,11 @@ impl Owner {
                     }
                     AgentEvent::Result { task, outcome } => {
                         self.core.result(&agent, session, &task, outcome, now)
+                    }
+                    AgentEvent::Checkpoint { task, checkpoint } => {
+                        self.core
+                            .checkpoint(&agent, session, &task, checkpoint, now);
+                        Ok(())
                     }
                 };
                 if let Err(e) = res {

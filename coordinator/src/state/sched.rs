@@ -187,6 +187,7 @@ impl Core {
             return false;
         };
         let payload = self.offer_payload(ei, ti);
+        let resume = self.experiments[ei].tasks[ti].checkpoint.clone();
         let lease = self.settings.lease;
         let e = &mut self.experiments[ei];
         let spec = e.plan.tasks[ti].spec.clone();
@@ -200,6 +201,7 @@ impl Core {
         }
         t.attempt += 1;
         t.accept_implied = false;
+        t.resume_offered = resume.clone();
         t.wait = None;
         t.placed = Some(Placement {
             agent: agent.clone(),
@@ -231,6 +233,7 @@ impl Core {
                 spec,
                 device_uuid,
                 payload: Box::new(payload),
+                resume,
             },
         ));
         true

@@ -2,6 +2,7 @@
 //! is placed, what it has produced, and why it waits.
 use super::core::Placement;
 use super::metrics::{Rate, Tally};
+use super::types::CheckpointRef;
 use crate::outcome::TaskOutput;
 use shared::task::{
     AgentId, IllegalTransition, PredictionRow, ProgressEvent, TaskEvent, TaskState,
@@ -26,6 +27,9 @@ pub struct TaskEntry {
     pub predictions: BTreeMap<String, PredictionRow>,
     pub output: Option<TaskOutput>,
     pub ran_on: Option<AgentId>,
+    /// A finetune's latest checkpoint, and the one offered to the current attempt (`checkpoint.rs`).
+    pub checkpoint: Option<CheckpointRef>,
+    pub resume_offered: Option<CheckpointRef>,
     pub last_progress: Option<ProgressEvent>,
     /// Loss points of a running or finished finetune, `(step, train, validation)`, for the live page.
     pub curve: Vec<(u64, Option<f64>, Option<f64>)>,
@@ -91,6 +95,8 @@ pub(super) fn new_task(
         predictions: BTreeMap::new(),
         output,
         ran_on,
+        checkpoint: None,
+        resume_offered: None,
         last_progress: None,
         curve: Vec::new(),
         wait: None,

@@ -221,6 +221,7 @@ fn an_eval_prefers_the_agent_that_trained_its_adapter() {
         peak_memory_mib: 1,
         device_name: "cpu".into(),
         curve: vec![],
+        resumed: None,
     };
     core.take_effects();
     core.result(

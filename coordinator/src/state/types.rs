@@ -78,6 +78,25 @@ pub enum Outcome {
     Cancelled(String),
 }
 
+/// A finetune checkpoint an agent announced once it was stored in full.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedCheckpoint {
+    /// Artifact folder (`agent/src/checkpoint.rs` gives its layout).
+    pub artifact: String,
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u32,
+}
+
+/// A task's latest checkpoint and the agent that wrote it (journalled with the task).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointRef {
+    #[serde(flatten)]
+    pub saved: SavedCheckpoint,
+    pub agent: AgentId,
+}
+
 /// An agent's answer to an offer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OfferAnswer {
@@ -91,6 +110,9 @@ pub enum OfferAnswer {
 
 /// A message for an agent.
 #[derive(Debug, Clone, PartialEq)]
+// Offers are few (one per placement) and move once through a channel: their size costs nothing
+// worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum ToAgent {
     /// The registration was accepted (always the session's first message).
     Registered {
@@ -103,6 +125,8 @@ pub enum ToAgent {
         spec: shared::task::TaskSpec,
         device_uuid: String,
         payload: Box<TaskPayload>,
+        /// A finetune's latest checkpoint, which the agent resumes from.
+        resume: Option<CheckpointRef>,
     },
     Cancel {
         task: TaskRef,

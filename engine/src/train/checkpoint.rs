@@ -1,6 +1,7 @@
-//! The end-of-epoch training checkpoint: adapter (PEFT layout), best adapter so far, optimizer
-//! moments, dropout stream and loop counters; `trainer_state.json` is written last, so its presence
-//! means the rest is complete.
+//! A training checkpoint, at an epoch end or mid-epoch: adapter (PEFT layout), best adapter so
+//! far, optimizer moments, dropout stream, data position (epoch and optimiser steps done in it)
+//! and loop counters; `trainer_state.json` is written last, so its presence means the rest is
+//! complete.
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -9,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use crate::peft::{AdapterConfig, PeftAdapter};
 
+/// The checkpoint folder inside a finetune job's output folder ([`crate::job::finetune`]).
+pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ADAPTER_DIR: &str = "adapter";
@@ -54,6 +57,14 @@ pub struct TrainerState {
     /// Forwarded tokens including padding (a checkpoint without the field reads as 0).
     #[serde(default)]
     pub padded_tokens: u64,
+    /// Optimiser steps done in epoch `epochs_completed` (0 at an epoch end): the data position in
+    /// that epoch's seeded plan, so a resumed run skips exactly those steps.
+    #[serde(default)]
+    pub steps_in_epoch: u64,
+    /// The run's total optimiser steps; a resume whose run plans another number (other data or
+    /// settings) is refused. 0 in a checkpoint without the field: not checked.
+    #[serde(default)]
+    pub total_steps: u64,
 }
 
 /// What a checkpoint folder holds, loaded.

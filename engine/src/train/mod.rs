@@ -1,6 +1,8 @@
 //! LoRA training: answer-only cross-entropy, AdamW with warmup + cosine/linear/constant schedule,
-//! gradient accumulation, global-norm clipping, periodic validation with early stopping, per-epoch
-//! checkpoints that a run resumes from, progress events. Seeded and bit-reproducible on CPU.
+//! gradient accumulation, global-norm clipping, periodic validation with early stopping,
+//! checkpoints (each epoch end, every `checkpoint_every_steps` steps / `checkpoint_every_s`
+//! seconds, and on cancellation) that a run resumes from mid-epoch, progress events. Seeded and
+//! bit-reproducible on CPU: a resumed run's adapter equals an uninterrupted run's, byte for byte.
 //!
 //! Layout: [`batch`] examples, labels and padding; [`batching`] which examples form each micro-batch
 //! and optimiser step (fixed or length-grouped); [`examples`] records → tokenized examples with the
@@ -15,8 +17,8 @@ pub mod optim;
 pub mod schedule;
 pub mod step;
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, Var};
 use shared::config::{LoraConfig, TrainingConfig};
@@ -54,7 +56,7 @@ pub enum TrainError {
 /// Whether a run continues from the checkpoint in its checkpoint folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Resume {
-    /// Continue from the last complete epoch checkpoint when there is one.
+    /// Continue from the checkpoint in the checkpoint folder when there is one.
     #[default]
     IfPresent,
     /// Start over, ignoring any checkpoint.
@@ -69,7 +71,7 @@ pub struct TrainOptions {
     pub layout: Layout,
     /// Token id that fills padding columns (never a label).
     pub pad_id: u32,
-    /// Where epoch checkpoints go; `None` = no checkpoints.
+    /// Where checkpoints go (each overwrites the last); `None` = no checkpoints.
     pub checkpoint_dir: Option<PathBuf>,
     pub resume: Resume,
     /// `base_model_name_or_path` written into the adapter config.
@@ -100,6 +102,8 @@ pub struct TrainOutcome {
     pub trained_tokens: u64,
     /// Tokens forwarded including padding (`rows × width` summed over micro-batches).
     pub padded_tokens: u64,
+    /// The optimiser step of the checkpoint this run resumed from; `None` for a fresh run.
+    pub resumed_from: Option<u64>,
 }
 
 impl TrainOutcome {
@@ -210,12 +214,32 @@ fn validate(
     Ok(cfg.early_stopping_patience > 0 && state.bad_validations >= cfg.early_stopping_patience)
 }
 
-/// Trains fresh LoRA adapters (attached here, seeded by `cfg.seed`) on `train`, validating on
-/// `val`. Emits [`ProgressEvent::TrainStep`] / [`ProgressEvent::Validation`] through `on_event`;
-/// checks `cancel` between optimiser steps. Leaves the model in eval mode holding the outcome's
-/// adapter (not merged).
-// Data, hyper-parameters (config sections) and plumbing (options, cancellation, events) stay
-// separate arguments on purpose: each comes from a different owner.
+/// Writes the run's current point as a checkpoint into `dir` (dropout position, optimiser
+/// moments and seconds trained are filled into `state` here).
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    dir: &Path,
+    model: &Model,
+    opt: &optim::AdamW,
+    adapter_cfg: &AdapterConfig,
+    state: &mut TrainerState,
+    best: Option<&Vec<(String, Tensor)>>,
+    trained_seconds: f64,
+) -> Result<(), TrainError> {
+    let (seed, pos) = model.dropout_rng().position();
+    state.dropout_seed = seed;
+    state.dropout_word_pos = pos;
+    let (opt_state, opt_steps) = opt.state()?;
+    state.optimizer_steps = opt_steps;
+    state.train_seconds = trained_seconds;
+    let adapter = checkpoint::adapter_of(adapter_cfg, var_values(&model.lora_vars())?)?;
+    let best_adapter = best
+        .map(|b| checkpoint::adapter_of(adapter_cfg, b.clone()))
+        .transpose()?;
+    checkpoint::save(dir, state, &adapter, best_adapter.as_ref(), &opt_state)
+}
+
+/// [`train_with`] without a checkpoint callback.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut Model,
@@ -225,7 +249,41 @@ pub fn train(
     lora: &LoraConfig,
     opts: &TrainOptions,
     cancel: &CancellationToken,
+    on_event: impl FnMut(ProgressEvent),
+) -> Result<TrainOutcome, TrainError> {
+    train_with(
+        model,
+        train,
+        val,
+        cfg,
+        lora,
+        opts,
+        cancel,
+        on_event,
+        |_, _| {},
+    )
+}
+
+/// Trains fresh LoRA adapters (attached here, seeded by `cfg.seed`) on `train`, validating on
+/// `val`. Emits [`ProgressEvent::TrainStep`] / [`ProgressEvent::Validation`] through `on_event`;
+/// checks `cancel` between optimiser steps. With a checkpoint folder, resumes from the checkpoint
+/// there ([`Resume::IfPresent`]) and writes one at each epoch end, as `cfg.checkpoint_every_steps`
+/// / `cfg.checkpoint_every_s` say, and on cancellation (when steps were done since the last);
+/// `on_checkpoint` hears of each once it is complete on disk, before the next step changes it.
+/// Leaves the model in eval mode holding the outcome's adapter (not merged).
+// Data, hyper-parameters (config sections) and plumbing (options, cancellation, events) stay
+// separate arguments on purpose: each comes from a different owner.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    model: &mut Model,
+    train: &[Example],
+    val: &[Example],
+    cfg: &TrainingConfig,
+    lora: &LoraConfig,
+    opts: &TrainOptions,
+    cancel: &CancellationToken,
     mut on_event: impl FnMut(ProgressEvent),
+    mut on_checkpoint: impl FnMut(&Path, &TrainerState),
 ) -> Result<TrainOutcome, TrainError> {
     check(cfg, train)?;
     model.add_lora(lora, cfg.seed)?;
@@ -267,11 +325,24 @@ pub fn train(
         train_seconds: 0.0,
         trained_tokens: 0,
         padded_tokens: 0,
+        steps_in_epoch: 0,
+        total_steps,
     };
+    let mut resumed_from = None;
     let mut best: Option<Vec<(String, Tensor)>> = None;
     if let (Some(dir), Resume::IfPresent) = (&opts.checkpoint_dir, opts.resume)
         && let Some(loaded) = checkpoint::load(dir, model.device())?
     {
+        if loaded.state.total_steps != 0 && loaded.state.total_steps != total_steps {
+            return Err(TrainError::Checkpoint {
+                path: dir.join(checkpoint::STATE_FILE),
+                reason: format!(
+                    "written by a run of {} optimiser steps, this run has {total_steps}: other \
+                     data or training settings; remove the checkpoint to start over",
+                    loaded.state.total_steps
+                ),
+            });
+        }
         let expected: Vec<(String, Vec<usize>)> = named_vars
             .iter()
             .map(|(n, v)| (n.clone(), v.dims().to_vec()))
@@ -297,9 +368,12 @@ pub fn train(
             .restore_position(loaded.state.dropout_seed, loaded.state.dropout_word_pos);
         best = loaded.best.map(|b| b.tensors.into_iter().collect());
         state = loaded.state;
+        state.total_steps = total_steps;
+        resumed_from = Some(state.global_step);
         tracing::info!(
             epochs = state.epochs_completed,
             step = state.global_step,
+            steps_in_epoch = state.steps_in_epoch,
             "resumed from checkpoint"
         );
     }
@@ -311,6 +385,10 @@ pub fn train(
     };
     let started = Instant::now();
     let base_seconds = state.train_seconds;
+    // The data position a mid-epoch checkpoint resumes at: steps of its epoch already done.
+    let (resume_epoch, resume_skip) = (state.epochs_completed, state.steps_in_epoch as usize);
+    let mut last_checkpoint = (Instant::now(), state.global_step);
+    let every_s = Duration::from_secs(cfg.checkpoint_every_s);
     'epochs: for epoch in state.epochs_completed..cfg.epochs {
         if ending == Ending::EarlyStopped {
             break;
@@ -324,8 +402,40 @@ pub fn train(
             cfg.seed,
             epoch,
         );
-        for group in &plan {
+        let skip = if epoch == resume_epoch {
+            resume_skip
+        } else {
+            0
+        };
+        if skip >= plan.len() && skip > 0 {
+            return Err(TrainError::Checkpoint {
+                path: opts.checkpoint_dir.clone().unwrap_or_default(),
+                reason: format!(
+                    "{skip} steps of epoch {} done, but the epoch has {} steps",
+                    epoch + 1,
+                    plan.len()
+                ),
+            });
+        }
+        for (i, group) in plan.iter().enumerate().skip(skip) {
             if cancel.is_cancelled() {
+                // Steps done since the last checkpoint are kept for a resume.
+                if let Some(dir) = &opts.checkpoint_dir
+                    && state.global_step > last_checkpoint.1
+                {
+                    state.steps_in_epoch = i as u64;
+                    let secs = base_seconds + started.elapsed().as_secs_f64();
+                    save_checkpoint(
+                        dir,
+                        model,
+                        &opt,
+                        &adapter_cfg,
+                        &mut state,
+                        best.as_ref(),
+                        secs,
+                    )?;
+                    on_checkpoint(dir, &state);
+                }
                 return Err(TrainError::Cancelled {
                     step: state.global_step,
                 });
@@ -406,8 +516,32 @@ pub fn train(
                 break 'epochs;
             }
             model.set_mode(Mode::Train);
+            let done = i + 1;
+            let due = (cfg.checkpoint_every_steps > 0
+                && state.global_step.is_multiple_of(cfg.checkpoint_every_steps))
+                || (cfg.checkpoint_every_s > 0 && last_checkpoint.0.elapsed() >= every_s);
+            // The epoch's last step is checkpointed at the epoch end, after its validation.
+            if let Some(dir) = &opts.checkpoint_dir
+                && due
+                && done < plan.len()
+            {
+                state.steps_in_epoch = done as u64;
+                let secs = base_seconds + started.elapsed().as_secs_f64();
+                save_checkpoint(
+                    dir,
+                    model,
+                    &opt,
+                    &adapter_cfg,
+                    &mut state,
+                    best.as_ref(),
+                    secs,
+                )?;
+                last_checkpoint = (Instant::now(), state.global_step);
+                on_checkpoint(dir, &state);
+            }
         }
         state.epochs_completed = epoch1;
+        state.steps_in_epoch = 0;
         if validate(
             model,
             val,
@@ -423,18 +557,18 @@ pub fn train(
         }
         model.set_mode(Mode::Train);
         if let Some(dir) = &opts.checkpoint_dir {
-            let (seed, pos) = model.dropout_rng().position();
-            state.dropout_seed = seed;
-            state.dropout_word_pos = pos;
-            let (opt_state, opt_steps) = opt.state()?;
-            state.optimizer_steps = opt_steps;
-            state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
-            let adapter = checkpoint::adapter_of(&adapter_cfg, var_values(&model.lora_vars())?)?;
-            let best_adapter = best
-                .as_ref()
-                .map(|b| checkpoint::adapter_of(&adapter_cfg, b.clone()))
-                .transpose()?;
-            checkpoint::save(dir, &state, &adapter, best_adapter.as_ref(), &opt_state)?;
+            let secs = base_seconds + started.elapsed().as_secs_f64();
+            save_checkpoint(
+                dir,
+                model,
+                &opt,
+                &adapter_cfg,
+                &mut state,
+                best.as_ref(),
+                secs,
+            )?;
+            last_checkpoint = (Instant::now(), state.global_step);
+            on_checkpoint(dir, &state);
         }
     }
     model.set_mode(Mode::Eval);
@@ -455,5 +589,6 @@ pub fn train(
         train_seconds: base_seconds + started.elapsed().as_secs_f64(),
         trained_tokens: state.trained_tokens,
         padded_tokens: state.padded_tokens,
+        resumed_from,
     })
 }

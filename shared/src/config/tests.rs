@@ -505,3 +505,34 @@ fn batching_parses_and_a_budget_needs_length_grouping() {
     );
     assert!(ExperimentConfig::from_toml_str("[training]\nbatching = \"grouped\"\n", "f").is_err());
 }
+
+#[test]
+fn checkpoint_cadence_parses_and_bad_intervals_name_key_and_line() {
+    let c = ExperimentConfig::from_toml_str(
+        "[training]\ncheckpoint_every_steps = 50\ncheckpoint_every_s = 0\n",
+        "f",
+    )
+    .unwrap();
+    assert_eq!(c.training.checkpoint_every_steps, 50);
+    assert_eq!(c.training.checkpoint_every_s, 0);
+    assert_eq!(
+        ExperimentConfig::default().training.checkpoint_every_s,
+        DEFAULT_CHECKPOINT_EVERY_S
+    );
+    for bad in ["3", "86401"] {
+        let e = ExperimentConfig::from_toml_str(
+            &format!("[training]\nepochs = 1\ncheckpoint_every_s = {bad}\n"),
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("training.checkpoint_every_s") && e.contains("line 3") && e.contains(bad),
+            "{e}"
+        );
+    }
+    let e = ExperimentConfig::from_toml_str("[training]\ncheckpoint_every_steps = -1\n", "f")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checkpoint_every_steps"), "{e}");
+}

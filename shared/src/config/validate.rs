@@ -2,7 +2,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::{ALL_PROJECTIONS, Batching, DataSource, ExperimentConfig, ModelEntry};
+use super::{
+    ALL_PROJECTIONS, Batching, CHECKPOINT_EVERY_S_RANGE, DataSource, ExperimentConfig, ModelEntry,
+};
 
 /// One thing wrong with a config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +227,17 @@ impl ExperimentConfig {
             out.push(Problem::new(
                 "training.weight_decay",
                 format!("is {}; it must be ≥ 0", t.weight_decay),
+            ));
+        }
+        if t.checkpoint_every_s != 0 && !CHECKPOINT_EVERY_S_RANGE.contains(&t.checkpoint_every_s) {
+            out.push(Problem::new(
+                "training.checkpoint_every_s",
+                format!(
+                    "is {}; it must be 0 (no time-based checkpoints) or {} to {} seconds",
+                    t.checkpoint_every_s,
+                    CHECKPOINT_EVERY_S_RANGE.start(),
+                    CHECKPOINT_EVERY_S_RANGE.end()
+                ),
             ));
         }
         if !(t.max_grad_norm.is_finite() && t.max_grad_norm >= 0.0) {

@@ -473,6 +473,7 @@ fn convert_entry(
             stopped_early: None,
             tokens_per_s: l.num(TRAIN_TOKENS_PER_S),
             peak_memory_mib: None,
+            resumed: None,
             curve: Vec::new(),
         });
     let entry = ResultEntry {

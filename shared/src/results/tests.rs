@@ -92,6 +92,11 @@ fn sample() -> Results {
                 stopped_early: Some(true),
                 tokens_per_s: Some(5000.0),
                 peak_memory_mib: Some(30000.0),
+                resumed: Some(Resumed {
+                    resumed_from_step: 600,
+                    resumed_on_agent: "gpu-b".into(),
+                    checkpoint_by_agent: "gpu-a".into(),
+                }),
                 curve: vec![
                     CurvePoint {
                         step: 10,
