@@ -254,11 +254,25 @@ fn stored_adapter(data: &Path) -> Vec<u8> {
     std::fs::read(&found[0]).unwrap()
 }
 
-/// One experiment of [`plan`] with checkpoints every 4 steps and LoRA dropout on; with `kill`,
-/// agent `cpu-a` is killed once the coordinator journalled a checkpoint and `cpu-b` finishes.
-/// Returns the results.json, the final adapter bytes and the step of the checkpoint journalled
-/// when `cpu-a` was killed.
-async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64>) {
+/// How agent `cpu-a` leaves a checkpointed finetune.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Leave {
+    /// It does not: `cpu-a` runs the whole experiment.
+    Never,
+    /// Killed (no goodbye, like kill -9 or a lost node) once the coordinator journalled a
+    /// checkpoint; its last events are withheld, so the checkpoint is all the coordinator has.
+    Killed,
+    /// Stopped as on SIGTERM (the agent binary's signal handler cancels the same token) once the
+    /// coordinator journalled a checkpoint: the job checkpoints at its next step and is reported.
+    Stopped,
+}
+
+/// One experiment of [`plan`] with checkpoints every 4 steps, LoRA dropout on and `epochs`; unless
+/// `leave` is `Never`, agent `cpu-a` leaves as it says and `cpu-b` finishes. Returns the
+/// results.json, the final adapter bytes, and the step of the checkpoint journalled when `cpu-a`
+/// was told to leave.
+async fn run_checkpointed(leave: Leave, epochs: u32) -> (serde_json::Value, Vec<u8>, Option<u64>) {
+    let kill = leave != Leave::Never;
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("tiny-model");
     std::fs::create_dir_all(&model_dir).unwrap();
@@ -276,7 +290,7 @@ async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64
     for t in &mut p.tasks {
         if let TaskPayload::Finetune(f) = &mut t.payload {
             f.training.checkpoint_every_steps = 4;
-            f.training.epochs = 4;
+            f.training.epochs = epochs;
             f.lora.dropout = 0.1;
         }
     }
@@ -285,7 +299,7 @@ async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64
     let c = start_coordinator(&data, p, None, stop.clone()).await;
     let url = format!("http://{}", c.addr);
     let cpu = || WorkerRunner::spawn(DeviceSpec::Cpu).unwrap();
-    let first: Arc<dyn TaskRunner> = if kill {
+    let first: Arc<dyn TaskRunner> = if leave == Leave::Killed {
         Arc::new(StallAfterCheckpoint(cpu()))
     } else {
         Arc::new(cpu())
@@ -311,7 +325,11 @@ async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let step = checkpoint_step();
-        tokio::task::spawn_blocking(move || a.kill()).await.unwrap();
+        if leave == Leave::Killed {
+            tokio::task::spawn_blocking(move || a.kill()).await.unwrap();
+        } else {
+            tokio::task::spawn_blocking(move || a.stop()).await.unwrap();
+        }
         let runner: Arc<dyn TaskRunner> = Arc::new(cpu());
         let b = start_agent(&url, "cpu-b", 64_000, runner, None, &dir.path().join("b"));
         (b, step)
@@ -341,11 +359,11 @@ async fn run_checkpointed(kill: bool) -> (serde_json::Value, Vec<u8>, Option<u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finetune_whose_agent_vanishes_resumes_from_its_checkpoint_on_another_agent() {
-    let (whole, want, _) = run_checkpointed(false).await;
+    let (whole, want, _) = run_checkpointed(Leave::Never, 4).await;
     let tm = &whole["SLM_Tiny_finetuned"]["training_metrics"];
     assert!(tm.get("resumed").is_none(), "{tm}");
 
-    let (results, got, step) = run_checkpointed(true).await;
+    let (results, got, step) = run_checkpointed(Leave::Killed, 4).await;
     let step = step.expect("a journalled checkpoint");
     assert!(step > 0);
     let resumed = &results["SLM_Tiny_finetuned"]["training_metrics"]["resumed"];
@@ -353,6 +371,37 @@ async fn a_finetune_whose_agent_vanishes_resumes_from_its_checkpoint_on_another_
         resumed["resumed_from_step"].as_u64(),
         Some(step),
         "{resumed}"
+    );
+    assert_eq!(resumed["resumed_on_agent"], "cpu-b");
+    assert_eq!(resumed["checkpoint_by_agent"], "cpu-a");
+    assert_eq!(
+        results["SLM_Tiny_finetuned"]["training_metrics"]["steps"],
+        tm["steps"]
+    );
+    assert!(
+        got == want,
+        "the resumed adapter's bytes differ from the uninterrupted run's"
+    );
+}
+
+/// SIGTERM (a pod evicted, a node drained): the agent checkpoints where it stands instead of
+/// falling back to the last periodic checkpoint, and the next agent ends with the same bytes.
+/// Enough epochs that training is far from its end when the stop arrives (the first checkpoint
+/// is at step 4 of 80; the stop lands within a few steps of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finetune_whose_agent_is_stopped_checkpoints_on_the_way_out_and_resumes_elsewhere() {
+    let (whole, want, _) = run_checkpointed(Leave::Never, 8).await;
+    let tm = &whole["SLM_Tiny_finetuned"]["training_metrics"];
+    let total = tm["steps"].as_u64().expect("steps");
+
+    let (results, got, told) = run_checkpointed(Leave::Stopped, 8).await;
+    let told = told.expect("a journalled checkpoint");
+    let resumed = &results["SLM_Tiny_finetuned"]["training_metrics"]["resumed"];
+    let from = resumed["resumed_from_step"].as_u64().expect("resumed");
+    assert!(
+        from > told && from < total,
+        "the stopped agent checkpoints where it stands: after the checkpoint journalled when it \
+         was told to stop (step {told}) and before the end (step {total}); resumed from {from}"
     );
     assert_eq!(resumed["resumed_on_agent"], "cpu-b");
     assert_eq!(resumed["checkpoint_by_agent"], "cpu-a");
