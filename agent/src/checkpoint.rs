@@ -1,12 +1,9 @@
 //! A finetune checkpoint between the engine's folder and the artifact store.
 //!
-//! The artifact service moves PEFT-layout folders (`adapter_config.json` +
-//! `adapter_model.safetensors`, [`proto::ADAPTER_FILES`]), so a checkpoint travels as three such
-//! folders (the layout `pb::ResumeFrom` documents):
-//! - `adapter/`: the adapter, as the engine wrote it;
+//! A checkpoint travels as three artifact folders (the layout `pb::ResumeFrom` documents):
+//! - `adapter/`: the adapter, as the engine wrote it ([`proto::ADAPTER_FILES`]);
 //! - `best/`: the best adapter by validation loss, when there is one;
-//! - `trainer/`: `trainer_state.json` as `adapter_config.json`, `optimizer.safetensors` as
-//!   `adapter_model.safetensors`.
+//! - `trainer/`: [`TRAINER_FILES`], the optimiser moments and `trainer_state.json`.
 //!
 //! [`stage`] lays a checkpoint out that way (hard links where the file system allows: the engine
 //! writes every checkpoint file as a new file renamed into place, so a link keeps this
@@ -22,9 +19,9 @@ pub const ADAPTER_PART: &str = ADAPTER_DIR;
 pub const BEST_PART: &str = BEST_DIR;
 /// The transport folder carrying the trainer state and the optimiser moments.
 pub const TRAINER_PART: &str = "trainer";
-/// `trainer/`'s file names for `trainer_state.json` and `optimizer.safetensors`.
-const TRAINER_STATE_AS: &str = proto::ADAPTER_FILES[0];
-const OPTIMIZER_AS: &str = proto::ADAPTER_FILES[1];
+/// `trainer/`'s files, in upload order: the state last, as the engine writes it (its presence
+/// means the rest is there).
+pub const TRAINER_FILES: [&str; 2] = [OPTIMIZER_FILE, STATE_FILE];
 
 fn ctx(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
@@ -60,14 +57,15 @@ pub fn stage(dir: &Path, to: &Path) -> io::Result<bool> {
     }
     let trainer = to.join(TRAINER_PART);
     std::fs::create_dir_all(&trainer).map_err(|e| ctx(&trainer, e))?;
-    link(&dir.join(OPTIMIZER_FILE), &trainer.join(OPTIMIZER_AS))?;
-    link(&dir.join(STATE_FILE), &trainer.join(TRAINER_STATE_AS))?;
+    for f in TRAINER_FILES {
+        link(&dir.join(f), &trainer.join(f))?;
+    }
     Ok(has_best)
 }
 
 /// Whether a downloaded `trainer/` part's state has a best validation loss (so a `best/` part).
 pub fn has_best(staged: &Path) -> io::Result<bool> {
-    let path = staged.join(TRAINER_PART).join(TRAINER_STATE_AS);
+    let path = staged.join(TRAINER_PART).join(STATE_FILE);
     let bytes = std::fs::read(&path).map_err(|e| ctx(&path, e))?;
     let state: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         io::Error::new(
@@ -89,8 +87,9 @@ pub fn unstage(staged: &Path, dir: &Path) -> io::Result<()> {
         mv(&best, &dir.join(BEST_DIR))?;
     }
     let trainer = staged.join(TRAINER_PART);
-    mv(&trainer.join(OPTIMIZER_AS), &dir.join(OPTIMIZER_FILE))?;
-    mv(&trainer.join(TRAINER_STATE_AS), &dir.join(STATE_FILE))?;
+    for f in TRAINER_FILES {
+        mv(&trainer.join(f), &dir.join(f))?;
+    }
     let _ = std::fs::remove_dir_all(staged);
     Ok(())
 }
@@ -118,7 +117,7 @@ mod tests {
         let staged = d.path().join("staged");
         assert!(stage(&ck, &staged).unwrap());
         assert_eq!(
-            std::fs::read_to_string(staged.join("trainer/adapter_model.safetensors")).unwrap(),
+            std::fs::read_to_string(staged.join("trainer/optimizer.safetensors")).unwrap(),
             "moments"
         );
         // The next checkpoint replaces the file (new file renamed over it): the staged bytes stay.

@@ -1,4 +1,5 @@
-//! Adapter folders to and from the coordinator's artifact store (chunked, SHA-256 checked).
+//! Files (adapter folders, checkpoint parts) to and from the coordinator's artifact store
+//! (chunked, SHA-256 checked).
 //! Files stream in both directions: a blocking thread reads (or writes and hashes) chunks while
 //! the async side moves the previous ones, so a transfer holds a few chunks in memory whatever the
 //! adapter's size and disk, checksum and network overlap.
@@ -49,7 +50,17 @@ pub async fn upload_adapter(
     artifact: &str,
     dir: &Path,
 ) -> Result<(), RpcError> {
-    for file in proto::ADAPTER_FILES {
+    upload_files(client, artifact, dir, &proto::ADAPTER_FILES).await
+}
+
+/// Uploads `files` of `dir` as `<artifact>/<file>`, in order.
+pub async fn upload_files(
+    client: &mut Client,
+    artifact: &str,
+    dir: &Path,
+    files: &[&str],
+) -> Result<(), RpcError> {
+    for file in files {
         let name = format!("{artifact}/{file}");
         let size = upload_file(client, &name, &dir.join(file)).await?;
         tracing::info!(artifact = %name, size, "uploaded");
@@ -134,7 +145,17 @@ pub async fn download_adapter(
     artifact: &str,
     dir: &Path,
 ) -> Result<(), RpcError> {
-    for file in proto::ADAPTER_FILES {
+    download_files(client, artifact, dir, &proto::ADAPTER_FILES).await
+}
+
+/// Downloads `<artifact>/<file>` for each of `files` into `dir`, checking size and SHA-256.
+pub async fn download_files(
+    client: &mut Client,
+    artifact: &str,
+    dir: &Path,
+    files: &[&str],
+) -> Result<(), RpcError> {
+    for file in files {
         let name = format!("{artifact}/{file}");
         download_file(client, &name, dir.join(file)).await?;
     }

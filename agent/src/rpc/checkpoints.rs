@@ -1,7 +1,7 @@
-//! Finetune checkpoints to and from the coordinator's artifact store, as PEFT-layout folders moved
-//! by [`super::artifacts`] (the layout is [`crate::checkpoint`]'s).
+//! Finetune checkpoints to and from the coordinator's artifact store, as folders moved by
+//! [`super::artifacts`] (the layout is [`crate::checkpoint`]'s).
 use super::{RpcError, artifacts};
-use crate::checkpoint::{ADAPTER_PART, BEST_PART, TRAINER_PART};
+use crate::checkpoint::{ADAPTER_PART, BEST_PART, TRAINER_FILES, TRAINER_PART};
 use std::path::{Path, PathBuf};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RpcError + '_ {
@@ -19,19 +19,18 @@ pub async fn upload(
     artifact: &str,
     staged: &Path,
 ) -> Result<(), RpcError> {
-    let mut parts = vec![ADAPTER_PART];
+    let part = |p: &str| (format!("{artifact}/{p}"), staged.join(p));
+    let (name, dir) = part(ADAPTER_PART);
+    artifacts::upload_adapter(client, &name, &dir).await?;
     if tokio::fs::try_exists(staged.join(BEST_PART))
         .await
         .map_err(io(staged))?
     {
-        parts.push(BEST_PART);
+        let (name, dir) = part(BEST_PART);
+        artifacts::upload_adapter(client, &name, &dir).await?;
     }
-    parts.push(TRAINER_PART);
-    for part in parts {
-        artifacts::upload_adapter(client, &format!("{artifact}/{part}"), &staged.join(part))
-            .await?;
-    }
-    Ok(())
+    let (name, dir) = part(TRAINER_PART);
+    artifacts::upload_files(client, &name, &dir, &TRAINER_FILES).await
 }
 
 /// Downloads the checkpoint `artifact` into the engine's checkpoint folder `dir` (through
@@ -43,10 +42,10 @@ pub async fn download(
     dir: &Path,
 ) -> Result<(), RpcError> {
     let part = |p: &str| (format!("{artifact}/{p}"), staging.join(p));
-    for p in [TRAINER_PART, ADAPTER_PART] {
-        let (name, to) = part(p);
-        artifacts::download_adapter(client, &name, &to).await?;
-    }
+    let (name, to) = part(TRAINER_PART);
+    artifacts::download_files(client, &name, &to, &TRAINER_FILES).await?;
+    let (name, to) = part(ADAPTER_PART);
+    artifacts::download_adapter(client, &name, &to).await?;
     let (staged, target): (PathBuf, PathBuf) = (staging.to_path_buf(), dir.to_path_buf());
     let has_best = {
         let s = staged.clone();
